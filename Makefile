@@ -1,0 +1,44 @@
+# IIA Lab. `make lab` and `make test` do all set-up on a fresh machine (Python >= 3.11).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install lab demo test lint up down status clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+## lab: start the simulated world and JupyterLab on notebooks/ (Ctrl-C stops both)
+lab: install
+	$(BIN)/iia-lab up --detach
+	trap '$(BIN)/iia-lab down' EXIT INT TERM; \
+	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --ServerApp.root_dir=notebooks
+
+## demo: a headless walkthrough through the real chain, in the terminal
+demo: install
+	$(BIN)/python -m harness.demo
+
+## test: lint, the test suite, and every notebook executed (nbval)
+test: install lint
+	$(BIN)/pytest tests notebooks --nbval-lax
+
+lint: install
+	$(BIN)/ruff check .
+
+up: install
+	$(BIN)/iia-lab up --detach
+
+down:
+	-$(BIN)/iia-lab down
+
+status:
+	$(BIN)/iia-lab status
+
+clean: down
+	rm -rf $(VENV) .lab .pytest_cache .ruff_cache *.egg-info
