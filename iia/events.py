@@ -1,0 +1,184 @@
+"""Security events: one schema for every decision, and an in-process bus.
+
+The schema follows DESIGN.md §4 (the article's fields: `type`, `userEmail`, `toolName`, `tier`,
+`rarType`, `rarSummary`, `durationMs`, `outcome`, `reason`, `actorTokenType`, `spiffeId`,
+`oboTokenExpiresIn`, plus `eventId`, `timestamp`, `sessionId` and correlation ids). Events are
+rendered with those camelCase wire names by `to_dict`.
+
+No token, secret or SVID may ever sit in an event: `EventBus.publish` refuses any event whose
+values look like a JWT or a Vault token, so a leak fails loudly in tests instead of quietly in a
+panel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import re
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+
+__all__ = [
+    "EventBus",
+    "SecretInEventError",
+    "SecurityEvent",
+    "bound_fields",
+    "looks_like_secret",
+]
+
+# A compact JWS/JWT (three base64url segments, the first a JSON header) or a Vault/OpenBao token.
+_SECRET_PATTERNS = (
+    re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
+    re.compile(r"\b(hv|s)[sbr]\.[A-Za-z0-9_-]{20,}"),
+)
+
+
+def looks_like_secret(value: str) -> bool:
+    """True when `value` contains something shaped like a JWT or a Vault token."""
+    return any(p.search(value) for p in _SECRET_PATTERNS)
+
+
+class SecretInEventError(ValueError):
+    """An event carried a value shaped like a token or secret; it was not published."""
+
+
+_WIRE_NAMES = {
+    "type": "type",
+    "outcome": "outcome",
+    "reason": "reason",
+    "duration_ms": "durationMs",
+    "user_email": "userEmail",
+    "session_id": "sessionId",
+    "tool_name": "toolName",
+    "tier": "tier",
+    "rar_type": "rarType",
+    "rar_summary": "rarSummary",
+    "actor_token_type": "actorTokenType",
+    "spiffe_id": "spiffeId",
+    "obo_token_expires_in": "oboTokenExpiresIn",
+    "event_id": "eventId",
+    "timestamp": "timestamp",
+}
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityEvent:
+    """One decision. `details` holds type-specific fields (wire names, e.g. `svidAgeS`);
+    `correlation` the ids that join this record to others (e.g. `oboJti`, `approvalId`)."""
+
+    type: str
+    outcome: str = "success"
+    reason: str | None = None
+    duration_ms: int | None = None
+    user_email: str | None = None
+    session_id: str | None = None
+    tool_name: str | None = None
+    tier: int | None = None
+    rar_type: str | None = None
+    rar_summary: str | None = None
+    actor_token_type: str | None = None
+    spiffe_id: str | None = None
+    obo_token_expires_in: int | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    correlation: Mapping[str, str] = field(default_factory=dict)
+    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    timestamp: str = field(default_factory=_now_iso)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form: camelCase names, empty fields left out."""
+        out: dict[str, Any] = {}
+        for attr, wire in _WIRE_NAMES.items():
+            value = getattr(self, attr)
+            if value is not None:
+                out[wire] = value
+        out.update(self.details)
+        if self.correlation:
+            out["correlation"] = dict(self.correlation)
+        return out
+
+    def strings(self) -> Iterator[str]:
+        """Every string value in the event, nested ones included (for the secret guard)."""
+        stack: list[Any] = [self.to_dict()]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str):
+                yield item
+            elif isinstance(item, Mapping):
+                stack.extend(item.values())
+            elif isinstance(item, list | tuple):
+                stack.extend(item)
+
+
+Subscriber = Callable[[SecurityEvent], None]
+
+_NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
+_AMBIENT: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "iia_event_fields", default=_NO_FIELDS)
+
+
+@contextlib.contextmanager
+def bound_fields(**fields: Any) -> Iterator[None]:
+    """Attach fields (e.g. `session_id`, `user_email`, `tool_name`) to every event emitted in
+    this context, so a lower layer (the identity chain) need not know whose call it serves."""
+    token = _AMBIENT.set(MappingProxyType({**_AMBIENT.get(), **fields}))
+    try:
+        yield
+    finally:
+        _AMBIENT.reset(token)
+
+
+class EventBus:
+    """Thread-safe publish/subscribe with a bounded history for late readers (panels, notebooks)."""
+
+    def __init__(self, history: int = 1000) -> None:
+        self._lock = threading.Lock()
+        self._history: deque[SecurityEvent] = deque(maxlen=history)
+        self._subscribers: list[Subscriber] = []
+
+    def publish(self, event: SecurityEvent) -> SecurityEvent:
+        for value in event.strings():
+            if looks_like_secret(value):
+                raise SecretInEventError(
+                    f"event {event.type!r} carries a value shaped like a token; not published")
+        with self._lock:
+            self._history.append(event)
+            subscribers = list(self._subscribers)
+        for subscriber in subscribers:
+            subscriber(event)
+        return event
+
+    def emit(self, type: str, **fields: Any) -> SecurityEvent:
+        """Build and publish an event in one call; fields bound by `bound_fields` fill gaps."""
+        merged = {**_AMBIENT.get(), **{k: v for k, v in fields.items() if v is not None}}
+        return self.publish(SecurityEvent(type=type, **merged))
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Register a callback; returns the function that unsubscribes it."""
+        with self._lock:
+            self._subscribers.append(subscriber)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if subscriber in self._subscribers:
+                    self._subscribers.remove(subscriber)
+
+        return unsubscribe
+
+    def recent(self, limit: int | None = None, *, type: str | None = None) -> list[SecurityEvent]:
+        with self._lock:
+            items = [e for e in self._history if type is None or e.type == type]
+        return items if limit is None else items[-limit:]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._history.clear()
