@@ -1,0 +1,75 @@
+"""Loopback plumbing shared by the lab's services: free ports, bound sockets, uvicorn servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+import uvicorn
+from starlette.types import ASGIApp
+
+__all__ = ["HttpService", "bind_loopback", "free_port_pair"]
+
+HOST = "127.0.0.1"
+
+
+def bind_loopback(port: int = 0) -> socket.socket:
+    """A listening TCP socket on 127.0.0.1 (port 0 = the kernel picks a free one)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((HOST, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def free_port_pair() -> int:
+    """A port p such that p and p+1 are both free now (OpenBao's dev mode takes p+1 for its
+    cluster listener). There is a window before the child binds them; callers retry on failure."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind((HOST, 0))
+            port = a.getsockname()[1]
+            if port >= 65535:
+                continue
+            with socket.socket() as b:
+                try:
+                    b.bind((HOST, port + 1))
+                except OSError:
+                    continue
+            return port
+    raise OSError("no pair of adjacent free ports on 127.0.0.1")
+
+
+class HttpService:
+    """An ASGI app served by uvicorn on an already-bound loopback socket, inside a running loop."""
+
+    def __init__(self, name: str, app: ASGIApp, sock: socket.socket | None = None) -> None:
+        self.name = name
+        self.sock = sock or bind_loopback()
+        self.port: int = self.sock.getsockname()[1]
+        self.url = f"http://{HOST}:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=2)
+        self._server = uvicorn.Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._server.serve(sockets=[self.sock]),
+                                         name=f"http:{self.name}")
+        for _ in range(500):
+            if self._server.started:
+                return
+            if self._task.done():
+                self._task.result()  # raise what stopped it
+            await asyncio.sleep(0.005)
+        raise TimeoutError(f"{self.name} did not start serving within 2.5 s")
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._task, timeout=5)
+        with contextlib.suppress(OSError):
+            self.sock.close()

@@ -1,0 +1,76 @@
+"""OAuth 2.0 error responses as the simulated Verify renders them (RFC 6749 §5.2).
+
+One exception per wire code; `response()` renders the JSON body and status, so a handler raises
+and the token endpoint answers exactly what the spec says.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from starlette.responses import JSONResponse
+
+__all__ = [
+    "AccessDenied",
+    "InvalidClient",
+    "InvalidGrant",
+    "InvalidRequest",
+    "InvalidScope",
+    "InvalidTarget",
+    "OAuthError",
+    "UnauthorizedClient",
+    "UnsupportedGrantType",
+]
+
+
+class OAuthError(Exception):
+    error: ClassVar[str] = "server_error"
+    status: ClassVar[int] = 400
+
+    def __init__(self, description: str, **extra: Any) -> None:
+        super().__init__(description)
+        self.description = description
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.error, "error_description": self.description, **self.extra}
+
+    def response(self) -> JSONResponse:
+        headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+        if self.status == 401:
+            headers["WWW-Authenticate"] = 'Basic realm="verify"'
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+class InvalidRequest(OAuthError):
+    error = "invalid_request"
+
+
+class InvalidClient(OAuthError):
+    error = "invalid_client"
+    status = 401
+
+
+class InvalidGrant(OAuthError):
+    error = "invalid_grant"
+
+
+class UnauthorizedClient(OAuthError):
+    error = "unauthorized_client"
+
+
+class UnsupportedGrantType(OAuthError):
+    error = "unsupported_grant_type"
+
+
+class InvalidScope(OAuthError):
+    error = "invalid_scope"
+
+
+class InvalidTarget(OAuthError):
+    error = "invalid_target"
+
+
+class AccessDenied(OAuthError):
+    error = "access_denied"
+    status = 403

@@ -1,0 +1,90 @@
+"""The rotating client secret of the Verify API client `iia-mcp-server`, kept in Vault.
+
+This models IBM Verify's Vault secrets engine: the secret lives only in Vault (kv-v2
+`ibm-verify/mcp-server`, fields `client_id`, `client_secret`), and every successful use rotates
+it: Verify writes a fresh secret to Vault at once. The secret just used stays valid for a short
+grace window (default 30 s) so that concurrent calls that read it before the rotation are not
+serialized behind each other; after that it is stale and client authentication fails with
+`invalid_client`. Only SHA-256 digests of secrets are kept here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import hvac
+
+__all__ = ["RotatingClientSecret", "RotationStats"]
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+@dataclass
+class RotationStats:
+    rotations: int = 0
+    accepted_in_grace: int = 0
+    refused: int = 0
+
+
+class RotatingClientSecret:
+    def __init__(
+        self,
+        vault: hvac.Client,
+        *,
+        client_id: str,
+        kv_mount: str,
+        path: str,
+        grace_seconds: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client_id = client_id
+        self.kv_mount = kv_mount
+        self.path = path
+        self.grace_seconds = grace_seconds
+        self._vault = vault
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._current: bytes = b""
+        self._used: dict[bytes, float] = {}  # digest -> valid until
+        self.version = 0
+        self.stats = RotationStats()
+
+    def initialize(self) -> None:
+        """Write the first secret (called once the kv mount exists)."""
+        with self._lock:
+            self._write_new_secret()
+
+    def _write_new_secret(self) -> None:
+        secret = secrets.token_urlsafe(32)
+        resp = self._vault.secrets.kv.v2.create_or_update_secret(
+            path=self.path, mount_point=self.kv_mount,
+            secret={"client_id": self.client_id, "client_secret": secret})
+        self._current = _digest(secret)
+        self.version = int(resp["data"]["version"])
+
+    def authenticate(self, client_secret: str) -> bool:
+        """True when `client_secret` is the current secret (which then rotates) or a secret used
+        less than `grace_seconds` ago. Anything else is stale or wrong."""
+        presented = _digest(client_secret)
+        with self._lock:
+            now = self._clock()
+            self._used = {d: until for d, until in self._used.items() if until > now}
+            if self._current and hmac.compare_digest(presented, self._current):
+                self._used[self._current] = now + self.grace_seconds
+                self._write_new_secret()
+                self.stats.rotations += 1
+                return True
+            for digest in self._used:
+                if hmac.compare_digest(presented, digest):
+                    self.stats.accepted_in_grace += 1
+                    return True
+            self.stats.refused += 1
+            return False
