@@ -1,0 +1,225 @@
+"""The Verify client credential, read from Vault with a JWT-SVID login (hvac).
+
+    JWT-SVID (aud "vault") --JWT auth login--> Vault token (TTL minutes) --kv-v2 read-->
+    {client_id, client_secret}
+
+The Vault token is reused while at least `min_token_ttl` seconds remain; after that (or when
+Vault says it is no longer valid) the source logs in again with a JWT-SVID. The credential is
+read from Vault for every use, because the identity provider rotates it after each successful
+use. When the IdP still calls the secret stale (another caller used it first and its grace window
+passed), `with_credential` re-reads it and retries once (`vault:rotation_retry`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import hvac
+import hvac.exceptions
+import requests
+
+from iia.events import EventBus
+from iia.identity.errors import (
+    VaultError,
+    VaultLoginRefusedError,
+    VaultPermissionDeniedError,
+    VaultSealedError,
+    VaultSecretMissingError,
+    VaultUnavailableError,
+)
+from iia.identity.settings import IdentitySettings
+from iia.identity.svid import JwtSvidSource, Svid
+from iia.oauth.errors import InvalidClientError
+
+__all__ = ["ClientCredential", "VaultCredentialSource"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ClientCredential:
+    """An OAuth client credential. The secret never appears in a repr or an event."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    version: int
+
+
+@dataclass(frozen=True)
+class _VaultToken:
+    token: str = field(repr=False)
+    obtained_at: float
+    expires_at: float
+    svid: Svid
+
+
+_STATUS = {hvac.exceptions.InvalidRequest: "400", hvac.exceptions.Unauthorized: "401",
+           hvac.exceptions.Forbidden: "403", hvac.exceptions.InvalidPath: "404",
+           hvac.exceptions.RateLimitExceeded: "429", hvac.exceptions.InternalServerError: "500",
+           hvac.exceptions.VaultNotInitialized: "501", hvac.exceptions.BadGateway: "502",
+           hvac.exceptions.VaultDown: "503"}
+
+
+def _status(exc: hvac.exceptions.VaultError) -> str | None:
+    return _STATUS.get(type(exc))
+
+
+def _words(exc: hvac.exceptions.VaultError) -> str:
+    """Vault's own error text, without the method and URL hvac appends."""
+    return "; ".join(exc.errors) if exc.errors else str(exc.args[0] if exc.args else exc)
+
+
+def _translate(exc: Exception, addr: str, doing: str) -> VaultError:
+    """Vault/HTTP failures -> typed errors naming Vault, keeping its own words and status."""
+    if isinstance(exc, requests.exceptions.RequestException):
+        return VaultUnavailableError(f"Vault at {addr} is unreachable while {doing} "
+                                     f"({exc.__class__.__name__})")
+    if isinstance(exc, hvac.exceptions.VaultDown):
+        return VaultSealedError(f"Vault at {addr} is sealed or not ready while {doing}",
+                                upstream_code="503")
+    if isinstance(exc, hvac.exceptions.VaultError):
+        words, status = _words(exc), _status(exc)
+        if isinstance(exc, hvac.exceptions.InvalidPath):
+            return VaultSecretMissingError(f"no secret in Vault while {doing}: {words}",
+                                           upstream_code=status)
+        if isinstance(exc, hvac.exceptions.Forbidden):
+            return VaultPermissionDeniedError(f"Vault refused {doing}: {words}",
+                                              upstream_code=status)
+        return VaultError(f"Vault failed while {doing}: {words}", upstream_code=status)
+    return VaultError(f"Vault failed while {doing}: {exc}")
+
+
+class VaultCredentialSource:
+    def __init__(
+        self,
+        settings: IdentitySettings,
+        svids: JwtSvidSource,
+        *,
+        events: EventBus | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.svids = svids
+        self._events = events
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._token: _VaultToken | None = None
+        self._client = hvac.Client(url=settings.vault_addr, timeout=settings.timeout,
+                                   verify=settings.vault_ca_cert or True)
+        self.logins = 0
+        self.reads = 0
+
+    # -- login ------------------------------------------------------------------------------
+
+    def _warm_token(self) -> _VaultToken | None:
+        token = self._token
+        if token is not None and token.expires_at - self._clock() >= self.settings.min_token_ttl:
+            return token
+        return None
+
+    def _ensure_token(self) -> tuple[_VaultToken, bool]:
+        token = self._warm_token()
+        if token is not None:
+            return token, True
+        with self._lock:
+            token = self._warm_token()
+            if token is not None:
+                return token, True
+            token = self._login()
+            self._token = token
+            return token, False
+
+    def _login(self) -> _VaultToken:
+        s = self.settings
+        svid, _ = self.svids.get(s.vault_audience)
+        started = time.perf_counter()
+        try:
+            response = self._client.auth.jwt.jwt_login(role=s.vault_role, jwt=svid.token,
+                                                       path=s.vault_jwt_mount)
+        except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden) as exc:
+            raise VaultLoginRefusedError(
+                f"Vault refused the JWT-SVID login for role {s.vault_role!r}: {_words(exc)}",
+                upstream_code=_status(exc)) from exc
+        except Exception as exc:
+            raise _translate(exc, s.vault_addr, "logging in") from exc
+        now = self._clock()
+        auth = response["auth"]
+        self.logins += 1
+        if self._events is not None:
+            self._events.emit(
+                "vault:login", spiffe_id=svid.spiffe_id,
+                duration_ms=round((time.perf_counter() - started) * 1000),
+                details={"role": s.vault_role, "tokenTtlS": int(auth["lease_duration"])})
+        return _VaultToken(token=auth["client_token"], obtained_at=now,
+                           expires_at=now + float(auth["lease_duration"]), svid=svid)
+
+    # -- the credential ---------------------------------------------------------------------
+
+    def read(self) -> ClientCredential:
+        """Read the current client credential (logging in first when needed)."""
+        token, warm = self._ensure_token()
+        if warm and self._events is not None:
+            now = self._clock()
+            self._events.emit(
+                "spiffe:svid_cached", spiffe_id=token.svid.spiffe_id, duration_ms=0,
+                details={"svidAgeS": round(token.svid.age(now), 1),
+                         "tokenRemainingS": round(token.expires_at - now, 1)})
+        try:
+            return self._read(token)
+        except VaultPermissionDeniedError:
+            if not warm:
+                raise
+            # Vault no longer honours a token we thought warm (revoked, or Vault restarted):
+            # log in once more and read again.
+            with self._lock:
+                if self._token is token:
+                    self._token = None
+            token, _ = self._ensure_token()
+            return self._read(token)
+
+    def _read(self, token: _VaultToken) -> ClientCredential:
+        s = self.settings
+        started = time.perf_counter()
+        self._client.token = token.token
+        try:
+            response = self._client.secrets.kv.v2.read_secret_version(
+                path=s.vault_secret_path, mount_point=s.vault_kv_mount,
+                raise_on_deleted_version=True)
+        except Exception as exc:
+            raise _translate(exc, s.vault_addr,
+                             f"reading {s.vault_kv_mount}/{s.vault_secret_path}") from exc
+        data = response["data"]["data"]
+        version = int(response["data"]["metadata"]["version"])
+        if not data.get("client_id") or not data.get("client_secret"):
+            raise VaultSecretMissingError(
+                f"{s.vault_kv_mount}/{s.vault_secret_path} has no client_id/client_secret")
+        self.reads += 1
+        if self._events is not None:
+            self._events.emit(
+                "vault:secret_read", duration_ms=round((time.perf_counter() - started) * 1000),
+                details={"path": f"{s.vault_kv_mount}/{s.vault_secret_path}",
+                         "version": version})
+        return ClientCredential(client_id=str(data["client_id"]),
+                                client_secret=str(data["client_secret"]), version=version)
+
+    def with_credential(self, use: Callable[[ClientCredential], T]) -> T:
+        """Call `use` with a freshly read credential; when the IdP answers `invalid_client`
+        (a stale secret), read it again and retry exactly once."""
+        credential = self.read()
+        try:
+            return use(credential)
+        except InvalidClientError as exc:
+            if self._events is not None:
+                self._events.emit("vault:rotation_retry", outcome="retry",
+                                  reason=exc.description,
+                                  details={"staleVersion": credential.version})
+            fresh = self.read()
+            return use(fresh)
+
+    def token_remaining(self) -> float | None:
+        token = self._token
+        return None if token is None else token.expires_at - self._clock()
