@@ -1,0 +1,287 @@
+"""`iia-lab`: run the simulated world.
+
+    iia-lab up [--detach]   start every service on 127.0.0.1 (foreground, or return once healthy)
+    iia-lab status [--json] a table of services, endpoints and health
+    iia-lab down            stop the lab and remove its processes, sockets and temp dirs
+
+`up` writes `.lab/endpoints.json` (service -> URL or unix:// socket) and `.lab/iia.env` (the IIA_*
+settings that point `iia` at this lab). Only one lab runs per lab directory: `up` holds an
+exclusive lock on `.lab/lab.lock` for as long as it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from harness.errors import HarnessError
+from harness.health import ServiceHealth, probe_all
+from harness.paths import lab_dir
+
+__all__ = ["main"]
+
+STATE_FILES = ("endpoints.json", "iia.env", "lab.json")
+
+
+# -- the lock that says "a lab runs here" ----------------------------------------------------
+
+def _try_lock(directory: Path) -> IO[str] | None:
+    """The lab lock, held open; None when another process holds it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = (directory / "lab.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def _running_state(directory: Path) -> dict[str, object] | None:
+    lock = _try_lock(directory)
+    if lock is not None:
+        lock.close()
+        return None
+    try:
+        return json.loads((directory / "lab.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {"pid": None}
+
+
+def _clear_state(directory: Path) -> None:
+    for name in STATE_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            (directory / name).unlink()
+
+
+# -- up ---------------------------------------------------------------------------------------
+
+def _already_running(directory: Path, state: dict[str, object]) -> int:
+    pid = state.get("pid") or "unknown"
+    print(f"iia-lab: a lab is already running in {directory} (pid {pid}). "
+          "Use `iia-lab status` to see it or `iia-lab down` to stop it.", file=sys.stderr)
+    return 1
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    directory = lab_dir()
+    if args.detach:
+        return _up_detached(directory, args.timeout)
+    lock = _try_lock(directory)
+    if lock is None:
+        return _already_running(directory, _running_state(directory) or {})
+    # Imported late: the lab pulls in the servers; `status`/`down` stay light.
+    from harness.lab import Lab
+
+    stop_requested = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, request_stop)
+    lab = Lab()
+    try:
+        began = time.monotonic()
+        lab.start()
+        lab.write_state(directory, os.getpid())
+        print(f"iia-lab: {len(lab.endpoints)} services healthy in "
+              f"{time.monotonic() - began:.2f} s", flush=True)
+        _print_table(probe_all(lab.endpoints))
+        print(f"iia-lab: endpoints in {directory / 'endpoints.json'}; settings for iia in "
+              f"{directory / 'iia.env'}. Ctrl-C or `iia-lab down` stops the lab.", flush=True)
+        while not stop_requested:
+            signal.pause() if hasattr(signal, "pause") else time.sleep(0.5)
+        print("iia-lab: stopping", flush=True)
+        return 0
+    except HarnessError as exc:
+        print(f"iia-lab: the lab did not start: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        lab.stop()
+        _clear_state(directory)
+        lock.close()
+
+
+def _up_detached(directory: Path, timeout: float) -> int:
+    state = _running_state(directory)
+    if state is not None:
+        return _already_running(directory, state)
+    directory.mkdir(parents=True, exist_ok=True)
+    log_path = directory / "lab.log"
+    with log_path.open("w") as log_file:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "harness.cli", "up"],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=os.getcwd())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            print(f"iia-lab: the lab exited during start-up (code {child.returncode}):\n"
+                  f"{_tail(log_path)}", file=sys.stderr)
+            return 1
+        endpoints = _read_endpoints(directory)
+        if endpoints and _state_pid(directory) == child.pid:
+            health = probe_all(endpoints)
+            if all(h.healthy for h in health):
+                _print_table(health)
+                print(f"iia-lab: running in the background (pid {child.pid}); "
+                      "`iia-lab down` stops it.")
+                return 0
+        time.sleep(0.1)
+    print(f"iia-lab: not healthy within {timeout:.0f} s; stopping it.\n{_tail(log_path)}",
+          file=sys.stderr)
+    _stop_pid(child.pid, directory)
+    return 1
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _read_endpoints(directory: Path) -> dict[str, str] | None:
+    try:
+        return json.loads((directory / "endpoints.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _state_pid(directory: Path) -> int | None:
+    try:
+        return int(json.loads((directory / "lab.json").read_text())["pid"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+# -- status -----------------------------------------------------------------------------------
+
+def _print_table(rows: Sequence[ServiceHealth]) -> None:
+    width_s = max([len("SERVICE")] + [len(r.service) for r in rows])
+    width_e = max([len("ENDPOINT")] + [len(r.endpoint) for r in rows])
+    print(f"{'SERVICE':<{width_s}}  {'ENDPOINT':<{width_e}}  HEALTH")
+    for r in rows:
+        mark = "healthy" if r.healthy else "DOWN"
+        print(f"{r.service:<{width_s}}  {r.endpoint:<{width_e}}  {mark}: {r.detail}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    directory = lab_dir()
+    state = _running_state(directory)
+    endpoints = _read_endpoints(directory) if state is not None else None
+    if not endpoints:
+        if args.json:
+            print(json.dumps({"running": False, "services": []}))
+        else:
+            print("iia-lab: no lab is running (start one with `iia-lab up --detach`).")
+        return 1
+    health = probe_all(endpoints)
+    if args.json:
+        print(json.dumps({"running": True, "pid": state.get("pid") if state else None,
+                          "services": [h.__dict__ for h in health]}, indent=2))
+    else:
+        _print_table(health)
+    return 0 if all(h.healthy for h in health) else 1
+
+
+# -- down -------------------------------------------------------------------------------------
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as gone once reaped
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def _stop_pid(pid: int, directory: Path, grace: float = 10.0) -> None:
+    """SIGTERM the lab, wait for it to exit (it removes what it made), SIGKILL it if it hangs."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return
+        time.sleep(0.05)
+    # It did not stop in time: kill it; OpenBao dies with it (parent-death signal).
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    directory = lab_dir()
+    state = _running_state(directory)
+    if state is None:
+        print("iia-lab: no lab is running.")
+        _clear_state(directory)
+        return 0
+    pid = state.get("pid")
+    runtime_dir = state.get("runtime_dir")
+    if not isinstance(pid, int):
+        print("iia-lab: a lab holds the lock but its pid is unknown; stop it by hand.",
+              file=sys.stderr)
+        return 1
+    _stop_pid(pid, directory)
+    if isinstance(runtime_dir, str) and Path(runtime_dir).name.startswith("iia-lab-"):
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+    _clear_state(directory)
+    print(f"iia-lab: stopped (pid {pid}).")
+    return 0
+
+
+# -- entry point ------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iia-lab", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the lab")
+    up.add_argument("--detach", action="store_true", help="return once every service is healthy")
+    up.add_argument("--timeout", type=float, default=30.0,
+                    help="seconds --detach waits for health (default 30)")
+    up.set_defaults(func=cmd_up)
+    status = sub.add_parser("status", help="show services and their health")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+    down = sub.add_parser("down", help="stop the lab")
+    down.set_defaults(func=cmd_down)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The lab: every simulated service on 127.0.0.1, started and stopped together.
+
+`Lab` runs its services on one asyncio loop in a background thread, so the same object serves
+the `iia-lab up` process, the test suite (in-process, where tests can reach the simulated
+products' state) and a notebook that starts its own lab.
+
+Start order follows the dependencies: the SPIFFE OIDC discovery provider and the Workload API
+first (Vault's JWT auth fetches the discovery document when it is configured), then OpenBao and
+its bootstrap, then the Verify tenant, whose client secret rotates in Vault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from harness.net import HttpService, bind_loopback
+from harness.openbao import OpenBaoServer, VaultLayout, bootstrap
+from harness.paths import fixtures_dir
+from harness.spire import JwtAuthority, WorkloadApiServer, discovery_app, load_registry
+from harness.verify import VerifyTenant
+from harness.verify.rotation import RotatingClientSecret
+
+__all__ = ["Lab", "LabSettings"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+WORKLOAD_SPIFFE_ID = "spiffe://iia.lab/agentic-workload"
+
+
+@dataclass
+class LabSettings:
+    fixtures: Path = field(default_factory=fixtures_dir)
+    svid_ttl: float = 300.0
+    spiffe_key_rotation: float = 3600.0
+    secret_grace_seconds: float = 30.0
+    start_timeout: float = 5.0
+    clock: Callable[[], float] = time.time
+
+
+class Lab:
+    """Start with `start()` (returns the endpoints), stop with `stop()`; also a context manager."""
+
+    def __init__(self, settings: LabSettings | None = None) -> None:
+        self.settings = settings or LabSettings()
+        self.endpoints: dict[str, str] = {}
+        self.runtime_dir: Path | None = None
+        self.started_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._http: list[HttpService] = []
+        self._ticker: asyncio.Task[None] | None = None
+        # the simulated products, reachable by tests and notebooks that started this lab
+        self.authority: JwtAuthority
+        self.workload_api: WorkloadApiServer
+        self.openbao: OpenBaoServer
+        self.vault_layout: VaultLayout
+        self.client_secret: RotatingClientSecret
+        self.verify: VerifyTenant
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> dict[str, str]:
+        if self._thread is not None:
+            raise RuntimeError("this lab is already started")
+        began = time.monotonic()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="iia-lab", daemon=True)
+        self._thread.start()
+        try:
+            self._run(self._start())
+        except BaseException:
+            self.stop()
+            raise
+        self.started_at = time.time()
+        log.info("lab healthy in %.2f s", time.monotonic() - began)
+        return dict(self.endpoints)
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result(timeout)
+
+    async def _start(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        self.runtime_dir = Path(tempfile.mkdtemp(prefix="iia-lab-"))
+        # Like SPIRE's socket directory: reachable by any local process, gated by attestation.
+        os.chmod(self.runtime_dir, 0o755)  # noqa: S103
+
+        # SPIFFE: discovery provider (its URL is the SVID issuer), then the Workload API.
+        discovery_sock = bind_loopback()
+        discovery_url = f"http://127.0.0.1:{discovery_sock.getsockname()[1]}"
+        registry = load_registry(s.fixtures / "spire" / "entries.json")
+        self.authority = JwtAuthority(registry.trust_domain, discovery_url, svid_ttl=s.svid_ttl,
+                                      rotation_period=s.spiffe_key_rotation, clock=s.clock)
+        await self._serve(HttpService("spiffe_oidc", discovery_app(self.authority),
+                                      discovery_sock))
+        socket_path = self.runtime_dir / "agent.sock"
+        self.workload_api = WorkloadApiServer(self.authority, registry)
+        await self.workload_api.start(str(socket_path))
+        os.chmod(socket_path, 0o777)  # noqa: S103
+        self.endpoints["spiffe_socket"] = f"unix://{socket_path}"
+        self._ticker = asyncio.create_task(self._tick(), name="key-rotation")
+
+        # Vault: a real OpenBao, bootstrapped from fixtures/vault (the calls into Vault run in a
+        # worker thread: Vault calls back into the discovery provider served by this loop).
+        self.openbao = OpenBaoServer(self.runtime_dir / "openbao")
+        self.openbao.start(timeout=s.start_timeout)
+        self.endpoints["vault"] = self.openbao.url
+        self.vault_layout = VaultLayout.load(s.fixtures)
+        root = self.openbao.root_client()
+        await loop.run_in_executor(None, bootstrap, root, self.vault_layout, discovery_url)
+        self.client_secret = RotatingClientSecret(
+            root, client_id=self.vault_layout.client_id, kv_mount=self.vault_layout.kv_mount,
+            path=self.vault_layout.secret_path, grace_seconds=s.secret_grace_seconds,
+            clock=s.clock)
+        await loop.run_in_executor(None, self.client_secret.initialize)
+
+        # The identity provider.
+        verify_sock = bind_loopback()
+        self.verify = VerifyTenant(f"http://127.0.0.1:{verify_sock.getsockname()[1]}",
+                                   mcp_client_secret=self.client_secret, clock=s.clock)
+        await self._serve(HttpService("verify", self.verify.app(), verify_sock))
+
+    async def _serve(self, service: HttpService) -> None:
+        await service.start()
+        self._http.append(service)
+        self.endpoints[service.name] = service.url
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.authority.keys.tick()
+            if hasattr(self, "verify"):
+                self.verify.keys.tick()
+
+    def stop(self) -> None:
+        """Stop every service and remove the runtime directory. Safe to call twice."""
+        loop, thread = self._loop, self._thread
+        if loop is not None and thread is not None and thread.is_alive():
+            with contextlib.suppress(Exception):
+                self._run(self._stop(), timeout=15)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=5)
+            loop.close()
+        if hasattr(self, "openbao"):
+            self.openbao.stop()
+        if self.runtime_dir is not None:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+            self.runtime_dir = None
+        self._loop = self._thread = None
+        self.endpoints.clear()
+
+    async def _stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for service in reversed(self._http):
+            await service.stop()
+        self._http.clear()
+        if hasattr(self, "workload_api"):
+            await self.workload_api.stop()
+        if hasattr(self, "openbao"):
+            self.openbao.stop()  # from the loop thread that started it
+
+    def __enter__(self) -> Lab:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- what `iia` needs to find this lab --------------------------------------------------
+
+    def iia_env(self) -> dict[str, str]:
+        """The IIA_* settings (IDs and URLs only) that point `iia` at this lab."""
+        layout = self.vault_layout
+        return {
+            "SPIFFE_ENDPOINT_SOCKET": self.endpoints["spiffe_socket"],
+            "IIA_SPIFFE_ID": WORKLOAD_SPIFFE_ID,
+            "IIA_VAULT_ADDR": self.endpoints["vault"],
+            "IIA_VAULT_AUDIENCE": layout.role["bound_audiences"][0],
+            "IIA_VAULT_JWT_MOUNT": layout.jwt_mount,
+            "IIA_VAULT_ROLE": layout.role["name"],
+            "IIA_VAULT_KV_MOUNT": layout.kv_mount,
+            "IIA_VAULT_SECRET_PATH": layout.secret_path,
+            "IIA_VERIFY_ISSUER": self.verify.issuer,
+        }
+
+    def write_state(self, directory: Path, pid: int) -> None:
+        """Write `endpoints.json`, `iia.env` and `lab.json` (atomically, IDs and URLs only)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        env_lines = "".join(f"{k}={v}\n" for k, v in self.iia_env().items())
+        state = {"pid": pid, "runtime_dir": str(self.runtime_dir), "started_at": self.started_at}
+        for name, text in (("endpoints.json", json.dumps(self.endpoints, indent=2) + "\n"),
+                           ("iia.env", env_lines),
+                           ("lab.json", json.dumps(state, indent=2) + "\n")):
+            tmp = directory / f".{name}.tmp"
+            tmp.write_text(text)
+            tmp.replace(directory / name)
