@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# JupyterLab refuses to run as root unless told; containers and CI sandboxes often are root.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .PHONY: install lab demo test lint up down status clean
 
@@ -18,7 +20,7 @@ $(STAMP): pyproject.toml
 lab: install
 	$(BIN)/iia-lab up --detach
 	trap '$(BIN)/iia-lab down' EXIT INT TERM; \
-	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --ServerApp.root_dir=notebooks
+	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --ServerApp.root_dir=notebooks $(ROOT_FLAG)
 
 ## demo: a headless walkthrough through the real chain, in the terminal
 demo: install
