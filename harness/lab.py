@@ -20,11 +20,12 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
+from harness.errors import HarnessError
 from harness.net import HttpService, bind_loopback
 from harness.openbao import OpenBaoServer, VaultLayout, bootstrap
 from harness.paths import fixtures_dir
@@ -42,6 +43,8 @@ WORKLOAD_SPIFFE_ID = "spiffe://iia.lab/agentic-workload"
 
 @dataclass
 class LabSettings:
+    """Knobs a trainer may turn, from arguments or `IIA_LAB_*` environment variables."""
+
     fixtures: Path = field(default_factory=fixtures_dir)
     svid_ttl: float = 300.0
     spiffe_key_rotation: float = 3600.0
@@ -49,12 +52,33 @@ class LabSettings:
     start_timeout: float = 5.0
     clock: Callable[[], float] = time.time
 
+    _ENV: ClassVar[dict[str, str]] = {
+        "svid_ttl": "IIA_LAB_SVID_TTL",
+        "spiffe_key_rotation": "IIA_LAB_SPIFFE_KEY_ROTATION",
+        "secret_grace_seconds": "IIA_LAB_SECRET_GRACE",
+    }
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LabSettings:
+        source = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name, var in cls._ENV.items():
+            if source.get(var):
+                try:
+                    values[name] = float(source[var])
+                except ValueError as exc:
+                    raise HarnessError(f"{var} must be a number of seconds, "
+                                       f"got {source[var]!r}") from exc
+                if values[name] < 0 or (name != "secret_grace_seconds" and values[name] == 0):
+                    raise HarnessError(f"{var} must be positive, got {source[var]!r}")
+        return cls(**values)
+
 
 class Lab:
     """Start with `start()` (returns the endpoints), stop with `stop()`; also a context manager."""
 
     def __init__(self, settings: LabSettings | None = None) -> None:
-        self.settings = settings or LabSettings()
+        self.settings = settings or LabSettings.from_env()
         self.endpoints: dict[str, str] = {}
         self.runtime_dir: Path | None = None
         self.started_at: float | None = None

@@ -120,3 +120,16 @@ def test_foreground_up_stops_cleanly_on_sigterm(lab_dir: Path) -> None:
             proc.stdout.close()
     assert not Path(runtime_dir).exists()
     assert not processes_mentioning(runtime_dir)
+
+
+def test_lab_settings_come_from_the_environment() -> None:
+    from harness.errors import HarnessError
+    from harness.lab import LabSettings
+
+    s = LabSettings.from_env({"IIA_LAB_SVID_TTL": "120", "IIA_LAB_SPIFFE_KEY_ROTATION": "600",
+                              "IIA_LAB_SECRET_GRACE": "0"})
+    assert (s.svid_ttl, s.spiffe_key_rotation, s.secret_grace_seconds) == (120, 600, 0)
+    with pytest.raises(HarnessError, match="IIA_LAB_SVID_TTL"):
+        LabSettings.from_env({"IIA_LAB_SVID_TTL": "five minutes"})
+    with pytest.raises(HarnessError, match="positive"):
+        LabSettings.from_env({"IIA_LAB_SPIFFE_KEY_ROTATION": "0"})

@@ -125,3 +125,14 @@ def test_login_refused_for_hs256_signed_with_the_public_key(lab: Lab) -> None:
     """The algorithm-confusion attack: HMAC keyed with the (public) verification key."""
     token = hs256_with_public_key(claims(lab), lab.authority.keys.current)
     assert 'algorithm "HS256"' in _refused(lab, token)
+
+
+def test_vault_follows_a_spiffe_key_rotation(lab: Lab) -> None:
+    """After the trust domain rotates its signing key, Vault fetches the new key from the
+    discovery provider and accepts SVIDs signed with it; older SVIDs still work until expiry."""
+    old_svid = lab.authority.sign_svid(WORKLOAD_SPIFFE_ID, ["vault"])
+    new_kid = lab.authority.keys.rotate()
+    new_svid = lab.authority.sign_svid(WORKLOAD_SPIFFE_ID, ["vault"])
+    assert jwt.get_unverified_header(new_svid)["kid"] == new_kid
+    assert login(lab, new_svid)["auth"]["client_token"]
+    assert login(lab, old_svid)["auth"]["client_token"]
