@@ -9,17 +9,31 @@ import socket
 import uvicorn
 from starlette.types import ASGIApp
 
-__all__ = ["HttpService", "bind_loopback", "free_port_pair"]
+__all__ = ["HttpService", "bind_loopback", "free_port_pair", "reserve_loopback"]
 
 HOST = "127.0.0.1"
 
 
 def bind_loopback(port: int = 0) -> socket.socket:
-    """A listening TCP socket on 127.0.0.1 (port 0 = the kernel picks a free one)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    """A listening TCP socket on 127.0.0.1 (port 0 = the kernel picks a free one).
+
+    The protocol is named (IPPROTO_TCP, not 0) so that asyncio sets TCP_NODELAY on the accepted
+    connections (`base_events._set_nodelay` checks `sock.proto`); otherwise Nagle's algorithm
+    and the peer's delayed ACK add about 40 ms to every response written in two parts."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((HOST, port))
     sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def reserve_loopback() -> socket.socket:
+    """A bound, not yet listening, loopback socket: the port is ours, nobody can connect yet.
+    Serving it later (uvicorn/asyncio) starts listening. IPPROTO_TCP: see bind_loopback."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((HOST, 0))
     sock.setblocking(False)
     return sock
 
