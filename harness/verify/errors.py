@@ -12,12 +12,16 @@ from starlette.responses import JSONResponse
 
 __all__ = [
     "AccessDenied",
+    "AuthorizationPending",
+    "ExpiredToken",
+    "InvalidAuthorizationDetails",
     "InvalidClient",
     "InvalidGrant",
     "InvalidRequest",
     "InvalidScope",
     "InvalidTarget",
     "OAuthError",
+    "SlowDown",
     "UnauthorizedClient",
     "UnsupportedGrantType",
 ]
@@ -74,3 +78,27 @@ class InvalidTarget(OAuthError):
 class AccessDenied(OAuthError):
     error = "access_denied"
     status = 403
+
+
+class InvalidAuthorizationDetails(OAuthError):
+    """RFC 9396 §5: authorization_details is malformed or asks for what is not registered."""
+
+    error = "invalid_authorization_details"
+
+
+class AuthorizationPending(OAuthError):
+    """OpenID CIBA §11: the user has not answered yet."""
+
+    error = "authorization_pending"
+
+
+class SlowDown(OAuthError):
+    """OpenID CIBA §11: polling faster than the interval."""
+
+    error = "slow_down"
+
+
+class ExpiredToken(OAuthError):
+    """OpenID CIBA §11: the auth_req_id expired before the user answered."""
+
+    error = "expired_token"

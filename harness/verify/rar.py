@@ -1,0 +1,109 @@
+"""Rich Authorization Requests (RFC 9396) at the tenant: the registered `authorization_details`
+types and their validation.
+
+Types live in `fixtures/policy/rar_types.json`: for each, its tier, its allowed `actions`, its
+type-specific fields and the one admin-API request it covers. Every object also carries the
+common fields `type`, `actions`, `locations`, `tier`, `summary` and `digest`. An object is valid
+when its type is registered, it has every field and no other, each field has its type, its
+`actions` and `tier` are the registered ones (the client does not get to choose its tier), and its
+`locations` name the admin API (RFC 9396 §2.2). Anything else is `invalid_authorization_details`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.verify.errors import InvalidAuthorizationDetails
+
+__all__ = ["RarRegistry", "RarType", "parse_authorization_details"]
+
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_KIND_WORDS = {"string": "a non-empty string", "integer": "an integer",
+               "array": "an array of strings"}
+_CHECKS = {
+    "string": lambda v: isinstance(v, str) and v != "",
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "array": lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
+}
+
+
+@dataclass(frozen=True)
+class RarType:
+    name: str
+    tier: int
+    actions: tuple[str, ...]
+    fields: Mapping[str, str]
+    method: str | None
+    path: str | None
+    approval_only: bool
+    description: str
+
+
+def parse_authorization_details(raw: str | None) -> list[Any]:
+    """The form parameter is a JSON array (RFC 9396 §2)."""
+    if raw is None or raw == "":
+        raise InvalidAuthorizationDetails("authorization_details is required")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidAuthorizationDetails("authorization_details is not valid JSON") from exc
+    if not isinstance(value, list) or not value:
+        raise InvalidAuthorizationDetails("authorization_details must be a non-empty JSON array")
+    return value
+
+
+class RarRegistry:
+    def __init__(self, path: Path) -> None:
+        doc = json.loads(path.read_text())
+        self.common_fields: dict[str, str] = dict(doc["common_fields"])
+        self.admin_group: str = doc["admin_group"]
+        self.types: dict[str, RarType] = {}
+        for name, spec in doc["types"].items():
+            request = spec.get("request") or {}
+            self.types[name] = RarType(
+                name=name, tier=int(spec["tier"]), actions=tuple(spec["actions"]),
+                fields=dict(spec["fields"]), method=request.get("method"),
+                path=request.get("path"), approval_only=bool(spec.get("approval_only")),
+                description=spec.get("description", ""))
+
+    def supported_types(self) -> list[str]:
+        return sorted(self.types)
+
+    def validate(self, obj: Any, *, location: str, approval: bool = False) -> RarType:
+        """Validate one authorization_details object; return its registered type."""
+        if not isinstance(obj, dict):
+            raise InvalidAuthorizationDetails("each authorization_details entry must be an object")
+        name = obj.get("type")
+        spec = self.types.get(name) if isinstance(name, str) else None
+        if spec is None:
+            raise InvalidAuthorizationDetails(f"authorization_details type {name!r} is not "
+                                              "registered at this tenant")
+        if spec.approval_only and not approval:
+            raise InvalidAuthorizationDetails(f"{name} can be approved but never be a token")
+        expected = {**self.common_fields, **spec.fields}
+        unknown = sorted(set(obj) - set(expected))
+        if unknown:
+            raise InvalidAuthorizationDetails(f"{name}: unknown field(s) {', '.join(unknown)}")
+        missing = sorted(set(expected) - set(obj))
+        if missing:
+            raise InvalidAuthorizationDetails(f"{name}: missing field(s) {', '.join(missing)}")
+        for field, kind in expected.items():
+            if not _CHECKS[kind](obj[field]):
+                raise InvalidAuthorizationDetails(f"{name}: field {field!r} must be "
+                                                  f"{_KIND_WORDS[kind]}")
+        if tuple(obj["actions"]) != spec.actions:
+            raise InvalidAuthorizationDetails(f"{name}: actions must be {list(spec.actions)}")
+        if obj["tier"] != spec.tier:
+            raise InvalidAuthorizationDetails(f"{name} is a tier {spec.tier} operation, not tier "
+                                              f"{obj['tier']}")
+        if not spec.approval_only and obj["locations"] != [location]:
+            raise InvalidAuthorizationDetails(f"{name}: locations must be [{location!r}]")
+        if not _DIGEST.match(obj["digest"]):
+            raise InvalidAuthorizationDetails(f"{name}: digest must be 'sha256:' and 64 hex "
+                                              "digits")
+        return spec

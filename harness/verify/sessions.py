@@ -1,0 +1,79 @@
+"""IdP sessions. Every token the tenant issues carries its session's `sid` and dies with it.
+
+A session ends at logout, when the user is deactivated or has their sessions revoked through the
+admin API, and when a CAEP `session-revoked` event arrives at the SSF receiver.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Session", "SessionStore"]
+
+
+@dataclass
+class Session:
+    sid: str
+    user_id: str
+    email: str
+    client_id: str
+    created_at: float
+    ended_at: float | None = None
+    end_reason: str | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.ended_at is None
+
+
+class SessionStore:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._sessions: dict[str, Session] = {}
+        self._listeners: list[Callable[[Session], None]] = []
+
+    def create(self, user_id: str, email: str, client_id: str) -> Session:
+        session = Session(sid=secrets.token_urlsafe(12), user_id=user_id, email=email,
+                          client_id=client_id, created_at=self._clock())
+        with self._lock:
+            self._sessions[session.sid] = session
+        return session
+
+    def get(self, sid: str) -> Session | None:
+        with self._lock:
+            return self._sessions.get(sid)
+
+    def alive(self, sid: str | None) -> bool:
+        session = self.get(sid) if sid else None
+        return session is not None and session.alive
+
+    def end(self, sid: str, reason: str) -> bool:
+        """End a session; True when it was alive (so the caller knows it acted)."""
+        with self._lock:
+            session = self._sessions.get(sid)
+            if session is None or not session.alive:
+                return False
+            session.ended_at = self._clock()
+            session.end_reason = reason
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(session)
+        return True
+
+    def end_all_for_user(self, user_id: str, reason: str) -> list[str]:
+        with self._lock:
+            sids = [s.sid for s in self._sessions.values() if s.user_id == user_id and s.alive]
+        return [sid for sid in sids if self.end(sid, reason)]
+
+    def sessions_of(self, user_id: str) -> list[Session]:
+        with self._lock:
+            return [s for s in self._sessions.values() if s.user_id == user_id]
+
+    def on_end(self, listener: Callable[[Session], None]) -> None:
+        with self._lock:
+            self._listeners.append(listener)

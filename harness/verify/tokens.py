@@ -1,0 +1,220 @@
+"""Tokens the tenant mints and checks.
+
+* access tokens: RFC 9068 JWT profile (`typ: at+jwt`), for the MCP server resource;
+* ID tokens (OpenID Connect Core §2);
+* on-behalf-of tokens from token exchange (RFC 8693 §4.1 `act`, RFC 9396 `authorization_details`),
+  for the admin API;
+* refresh tokens: opaque, rotated on every use, reuse of a spent one ends the session
+  (RFC 9700 §4.14.2).
+
+Every token carries `sid`; `validate` refuses a token whose session has ended, whose `jti` was
+revoked (RFC 7009), or that is not exactly what the caller expects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from harness.keyset import RotatingKeySet
+from harness.verify.sessions import Session, SessionStore
+
+__all__ = ["RefreshGrant", "TokenInvalid", "TokenService"]
+
+
+class TokenInvalid(ValueError):
+    """A token failed validation; the message says why (safe to show the caller)."""
+
+
+@dataclass
+class RefreshGrant:
+    sid: str
+    user_id: str
+    client_id: str
+    scope: str
+    resource: str
+    expires_at: float
+    used: bool = False
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenService:
+    def __init__(
+        self,
+        issuer: str,
+        keys: RotatingKeySet,
+        sessions: SessionStore,
+        *,
+        access_ttl: int = 900,
+        obo_ttl: int = 900,
+        refresh_ttl: int = 8 * 3600,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not 0 < access_ttl <= 900:
+            raise ValueError("access tokens live at most 15 minutes")
+        self.issuer = issuer
+        self.keys = keys
+        self.sessions = sessions
+        self.access_ttl = access_ttl
+        self.obo_ttl = obo_ttl
+        self.refresh_ttl = refresh_ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._revoked_jtis: dict[str, float] = {}
+        self._refresh: dict[str, RefreshGrant] = {}
+
+    # -- minting ----------------------------------------------------------------------------
+
+    def _base(self, session: Session, ttl: int) -> dict[str, Any]:
+        now = int(self._clock())
+        return {"iss": self.issuer, "sub": session.user_id, "sid": session.sid,
+                "email": session.email, "iat": now, "exp": now + ttl,
+                "jti": secrets.token_urlsafe(16)}
+
+    def access_token(self, session: Session, *, client_id: str, audience: str, scope: str,
+                     may_act: str | None) -> tuple[str, dict[str, Any]]:
+        claims = self._base(session, self.access_ttl)
+        claims.update({"aud": audience, "client_id": client_id, "scope": scope,
+                       "auth_time": int(session.created_at)})
+        if may_act:
+            claims["may_act"] = {"sub": may_act}
+        return self.keys.sign(claims, typ="at+jwt"), claims
+
+    def id_token(self, session: Session, *, client_id: str, nonce: str | None,
+                 name: str | None) -> str:
+        claims = self._base(session, self.access_ttl)
+        claims.update({"aud": client_id, "auth_time": int(session.created_at)})
+        if nonce:
+            claims["nonce"] = nonce
+        if name:
+            claims["name"] = name
+        return self.keys.sign(claims, typ="JWT")
+
+    def obo_token(self, subject: Mapping[str, Any], *, client_id: str, actor: str,
+                  audience: str, authorization_details: Sequence[Mapping[str, Any]]
+                  ) -> tuple[str, dict[str, Any]]:
+        now = int(self._clock())
+        claims = {
+            "iss": self.issuer, "sub": subject["sub"], "aud": audience, "sid": subject["sid"],
+            "email": subject.get("email"), "client_id": client_id, "iat": now,
+            "exp": now + self.obo_ttl, "jti": secrets.token_urlsafe(16),
+            "act": {"sub": actor},
+            "authorization_details": [dict(d) for d in authorization_details],
+        }
+        return self.keys.sign(claims, typ="at+jwt"), claims
+
+    def approval_token(self, session: Session, *, client_id: str, approval_id: str,
+                       authorization_details: Sequence[Mapping[str, Any]]
+                       ) -> tuple[str, dict[str, Any]]:
+        """The token a CIBA poll returns once the user approved: a short receipt, for the
+        client only (aud = client_id), unusable at any resource server."""
+        claims = self._base(session, 60)
+        claims.update({"aud": client_id, "client_id": client_id, "scope": "openid",
+                       "approval_id": approval_id,
+                       "authorization_details": [dict(d) for d in authorization_details]})
+        return self.keys.sign(claims, typ="at+jwt"), claims
+
+    def refresh_token(self, session: Session, *, client_id: str, scope: str,
+                      resource: str) -> str:
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._refresh[_hash(token)] = RefreshGrant(
+                sid=session.sid, user_id=session.user_id, client_id=client_id, scope=scope,
+                resource=resource, expires_at=self._clock() + self.refresh_ttl)
+        return token
+
+    def use_refresh_token(self, token: str, client_id: str) -> RefreshGrant:
+        """Spend a refresh token (rotation). Presenting a spent one ends its session."""
+        with self._lock:
+            grant = self._refresh.get(_hash(token))
+            if grant is None or grant.client_id != client_id:
+                raise TokenInvalid("unknown refresh token")
+            if grant.used:
+                reused = grant
+            else:
+                reused = None
+                grant.used = True
+        if reused is not None:
+            self.sessions.end(reused.sid, "refresh token reuse detected")
+            raise TokenInvalid("refresh token was already used; the session has been ended")
+        if grant.expires_at <= self._clock():
+            raise TokenInvalid("refresh token expired")
+        if not self.sessions.alive(grant.sid):
+            raise TokenInvalid("the session of this refresh token has ended")
+        return grant
+
+    def revoke_refresh_token(self, token: str, client_id: str) -> bool:
+        with self._lock:
+            grant = self._refresh.get(_hash(token))
+            if grant is None or grant.client_id != client_id:
+                return False
+            grant.used = True
+            return True
+
+    def refresh_grant(self, token: str) -> RefreshGrant | None:
+        with self._lock:
+            return self._refresh.get(_hash(token))
+
+    # -- checking ---------------------------------------------------------------------------
+
+    def revoke_jti(self, jti: str, until: float) -> None:
+        with self._lock:
+            now = self._clock()
+            self._revoked_jtis = {j: t for j, t in self._revoked_jtis.items() if t > now}
+            self._revoked_jtis[jti] = until
+
+    def revoked(self, jti: str) -> bool:
+        with self._lock:
+            return jti in self._revoked_jtis
+
+    def decode(self, token: str, *, typ: str = "at+jwt", audience: str | None = None,
+               check_session: bool = True) -> dict[str, Any]:
+        """Verify a token this tenant issued and return its claims, or raise TokenInvalid."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise TokenInvalid("the token is not a JWT") from exc
+        if header.get("alg") != "ES256":
+            raise TokenInvalid(f"algorithm {header.get('alg')!r} is not accepted")
+        if header.get("typ") != typ:
+            raise TokenInvalid(f"token type {header.get('typ')!r} is not {typ!r}")
+        key = self.keys.public_keys().get(header.get("kid", ""))
+        if key is None:
+            raise TokenInvalid("the token was not signed by a key of this tenant")
+        options: dict[str, Any] = {"require": ["iss", "sub", "exp", "iat", "jti", "sid"],
+                                   "verify_aud": audience is not None,
+                                   # times are checked against this tenant's clock, below
+                                   "verify_exp": False, "verify_iat": False, "verify_nbf": False}
+        try:
+            claims = jwt.decode(token, key, algorithms=["ES256"], issuer=self.issuer,
+                                audience=audience, options=options)
+        except jwt.InvalidAudienceError as exc:
+            raise TokenInvalid(f"the token's audience is not {audience}") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise TokenInvalid("the token was not issued by this tenant") from exc
+        except jwt.InvalidSignatureError as exc:
+            raise TokenInvalid("the token's signature does not verify") from exc
+        except jwt.PyJWTError as exc:
+            raise TokenInvalid(f"invalid token: {exc}") from exc
+        now = self._clock()
+        if not isinstance(claims["exp"], int | float) or claims["exp"] <= now:
+            raise TokenInvalid("the token has expired")
+        if not isinstance(claims["iat"], int | float) or claims["iat"] > now + 5:
+            raise TokenInvalid("the token was issued in the future")
+        if self.revoked(claims["jti"]):
+            raise TokenInvalid("the token has been revoked")
+        if check_session and not self.sessions.alive(claims["sid"]):
+            session = self.sessions.get(claims["sid"])
+            why = f" ({session.end_reason})" if session and session.end_reason else ""
+            raise TokenInvalid(f"the token's session has ended{why}")
+        return claims
