@@ -1,0 +1,243 @@
+"""The Verify tenant's admin API (`{verify}/v2.0`): SCIM 2.0 Users and Groups (RFC 7643, RFC
+7644) served by scim2-server, Verify-style JSON for applications and access policies, and
+`DELETE /Users/{id}/sessions`.
+
+Every request but `GET /ServiceProviderConfig` (RFC 7643 §5; scim2-server's rule, which leaves
+`/ResourceTypes` and `/Schemas` authenticated) must carry an on-behalf-of token from token exchange
+whose one `authorization_details` object covers exactly this request:
+
+1. `Authorization: Bearer` (RFC 6750 §2.1), a token this tenant signed, unexpired, not revoked,
+   its session alive; else 401 with `WWW-Authenticate` (RFC 6750 §3);
+2. an `act` claim (RFC 8693 §4.1): a user's own token is refused (403, no passthrough);
+3. `aud` is this API (RFC 8707, RFC 9068 §4); else 401;
+4. its `jti` was never used here: OBO tokens are single-use at the admin API; else 401;
+5. the object covers this method, path and body (`harness.verify.coverage`); else 403.
+
+The token is spent (step 4) only once steps 1-5 pass, atomically, before the request runs: a
+refused request does not burn it, and it can never perform two requests. Every error is a SCIM
+error body (RFC 7644 §3.12, `admin_errors`); every decision goes to the audit trail and to
+`requests`. The SCIM side is `scim_service.AdminScimService`; the JSON side `verify_endpoints`.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from scim2_models import SCIMException
+from scim2_server.applications.asgi import ASGIApplication, Scope
+from scim2_server.memory import AsyncInMemoryStorage
+from scim2_server.requests import ScimRequest
+from scim2_server.responses import ScimResponse
+from starlette.types import ASGIApp
+
+from harness.verify.admin_errors import InvalidToken, MissingToken, NoPassthrough, NotCovered
+from harness.verify.audit import AuditTrail, Decision
+from harness.verify.coverage import Coverage, Grant, RequestLine
+from harness.verify.directory import Directory
+from harness.verify.rar import RarRegistry
+from harness.verify.scim_service import AdminScimService
+from harness.verify.sessions import SessionStore
+from harness.verify.tokens import TokenInvalid, TokenService
+from harness.verify.verify_endpoints import VerifyEndpoints
+
+__all__ = ["AdminApi", "AdminRequestRecord", "InvalidToken", "MissingToken", "NoPassthrough",
+           "NotCovered"]
+
+_BEARER = re.compile(r"^Bearer +([A-Za-z0-9\-._~+/]+=*) *$", re.IGNORECASE)
+PUBLIC_PATHS = frozenset({"/ServiceProviderConfig"})
+_ENDS_SESSIONS = {"verify_deactivate_user": "user deactivated through the admin API",
+                  "verify_delete_user": "user deleted through the admin API"}
+
+
+# -- records ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AdminRequestRecord:
+    """One request the admin API saw, and what it decided."""
+
+    method: str
+    path: str
+    status: int
+    outcome: str  # allowed | refused
+    rar_type: str | None = None
+    reason: str = ""
+    user: str | None = None
+    jti: str | None = None
+
+
+@dataclass
+class _Admission:
+    """What the gate learnt about one request (carried as `ScimRequest.subject`)."""
+
+    public: bool = False
+    claims: dict[str, Any] | None = None
+    grant: Grant | None = None
+    reason: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def first_object(self) -> dict[str, Any]:
+        details = (self.claims or {}).get("authorization_details")
+        first = details[0] if isinstance(details, list) and details else None
+        return first if isinstance(first, dict) else {}
+
+
+class _SpentTokens:
+    """The `jti`s already used here, kept until their token has expired anyway."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._spent: dict[str, float] = {}
+
+    def used(self, jti: str) -> bool:
+        with self._lock:
+            return jti in self._spent
+
+    def spend(self, jti: str, expires_at: float) -> bool:
+        """Mark `jti` used; False when it already was (the check and the mark are atomic)."""
+        with self._lock:
+            now = time.time()
+            self._spent = {j: t for j, t in self._spent.items() if t > now}
+            if jti in self._spent:
+                return False
+            self._spent[jti] = expires_at + 60
+            return True
+
+
+# -- the ASGI application --------------------------------------------------------------------
+
+class _AdminApplication(ASGIApplication):
+    def __init__(self, api: AdminApi) -> None:
+        super().__init__(AsyncInMemoryStorage(api.directory.storage), api.directory.provider,
+                         AdminScimService(api.directory))
+        self.api = api
+
+    def get_base_url(self, scope: Scope) -> str:  # type: ignore[override]
+        """The API root as clients see it (scim2-server would append `/v2`), so that
+        `meta.location` and `Location` are URLs under the `/v2.0` mount."""
+        return self.api.base_url
+
+    async def serve(self, request: ScimRequest) -> ScimResponse:
+        admission = _Admission()
+        request.subject = admission
+        try:
+            response = await self.dispatch_request(request)
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, SCIMException) else "server error"
+            if admission.public or admission.grant is not None:
+                admission.details["error"] = message
+            else:
+                admission.reason = message
+            response = self.handle_exception(request, exc)
+        response = self.finalize_response(request, response)
+        self.api._record(request, admission, int(response.status))
+        return response
+
+    async def dispatch_request(self, request: ScimRequest) -> ScimResponse:
+        admission = cast(_Admission, request.subject)
+        if request.path.rstrip("/") in PUBLIC_PATHS:
+            admission.public = True
+            admission.reason = "discovery needs no token (RFC 7643 §5)"
+            return await self.handler.handle(request)
+        self.api._admit(request, admission)
+        segments = request.path.strip("/").split("/")
+        handler = self.api.verify.match(request.method.upper(), segments)
+        if handler is not None:
+            return handler(segments)
+        response = await self.handler.handle(request)
+        self.api._after(admission, response)
+        return response
+
+
+class AdminApi:
+    """The admin API of the simulated Verify tenant. Mount `app()` at `/v2.0`."""
+
+    def __init__(self, *, directory: Directory, tokens: TokenService, sessions: SessionStore,
+                 registry: RarRegistry, audit: AuditTrail, base_url: str) -> None:
+        self.directory = directory
+        self.tokens = tokens
+        self.sessions = sessions
+        self.registry = registry
+        self.audit = audit
+        self.base_url = base_url.rstrip("/")
+        self.requests: list[AdminRequestRecord] = []
+        self.verify = VerifyEndpoints(directory, sessions)
+        self._spent = _SpentTokens()
+        self._app = _AdminApplication(self)
+        self.coverage = Coverage(registry=registry, directory=directory,
+                                 service=self._app.service, location=self.base_url)
+
+    def app(self) -> ASGIApp:
+        return cast(ASGIApp, self._app)
+
+    # -- the gate ----------------------------------------------------------------------------
+
+    def _admit(self, request: ScimRequest, admission: _Admission) -> None:
+        """Steps 1-5 of the module docstring; raises the SCIM error of the first that fails."""
+        token = self._bearer(request)
+        try:
+            claims = self.tokens.decode(token, typ="at+jwt", audience=None)
+        except TokenInvalid as exc:
+            raise InvalidToken(detail=str(exc)) from exc
+        admission.claims = claims
+        if not isinstance(claims.get("act"), dict) or not claims["act"].get("sub"):
+            raise NoPassthrough()
+        audience = claims.get("aud")
+        if self.base_url not in (audience if isinstance(audience, list) else [audience]):
+            raise InvalidToken(detail=f"the token's audience is not {self.base_url}")
+        if self._spent.used(claims["jti"]):
+            raise InvalidToken(detail="token already used")
+        line = RequestLine(request.method.upper(), request.path, request.body,
+                           request.header("Content-Type"))
+        grant = self.coverage.grant(claims.get("authorization_details"), line)
+        if not self._spent.spend(claims["jti"], float(claims["exp"])):
+            raise InvalidToken(detail="token already used")
+        admission.grant = grant
+        admission.reason = f"{line} is covered by {grant.rar.name}"
+
+    @staticmethod
+    def _bearer(request: ScimRequest) -> str:
+        header = request.header("Authorization")
+        if header is None or not header.lower().startswith("bearer"):
+            raise MissingToken(detail="the admin API needs an on-behalf-of token: "
+                                      "Authorization: Bearer <token>")
+        match = _BEARER.match(header)
+        if match is None:
+            raise InvalidToken(detail="the Authorization header is not 'Bearer <token>'")
+        return match.group(1)
+
+    def _after(self, admission: _Admission, response: ScimResponse) -> None:
+        """Side effects of a served request: a user deactivated or deleted has no session."""
+        grant = admission.grant
+        if grant is None or int(response.status) >= 300:
+            return
+        why = _ENDS_SESSIONS.get(grant.rar.name)
+        if why is not None:
+            ended = self.sessions.end_all_for_user(str(grant.target), why)
+            admission.details["sessions_ended"] = len(ended)
+
+    # -- records -----------------------------------------------------------------------------
+
+    def _record(self, request: ScimRequest, admission: _Admission, status: int) -> None:
+        claims = admission.claims or {}
+        first = admission.first_object()
+        allowed = admission.public or admission.grant is not None
+        outcome = "allowed" if allowed else "refused"
+        rar_type = admission.grant.rar.name if admission.grant else first.get("type")
+        self.requests.append(AdminRequestRecord(
+            method=request.method.upper(), path=request.path, status=status, outcome=outcome,
+            rar_type=rar_type, reason=admission.reason, user=claims.get("email"),
+            jti=claims.get("jti")))
+        act = claims.get("act")
+        self.audit.record(Decision(
+            kind="admin_api", outcome=outcome, reason=admission.reason,
+            user=claims.get("email"), sid=claims.get("sid"), client_id=claims.get("client_id"),
+            actor=act.get("sub") if isinstance(act, dict) else None, rar_type=rar_type,
+            tier=first.get("tier") if isinstance(first.get("tier"), int) else None,
+            target=first.get("target") if isinstance(first.get("target"), str) else None,
+            jti=claims.get("jti"),
+            details={"method": request.method.upper(), "path": request.path,
+                     "status": status, **admission.details}))
