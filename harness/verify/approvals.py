@@ -1,0 +1,204 @@
+"""Push approvals: the pending CIBA requests shown on the user's "phone", and what an approval
+leaves behind for the token-exchange policy.
+
+* approving `agent_write_consent` for a session records that session's **write consent**
+  (tier 2); the policy accepts it for 30 minutes;
+* approving a tier-3 operation records a **call approval** bound to that exact
+  authorization_details object (type, target, arguments digest...); one token exchange consumes
+  it, once, within `call_approval_ttl` seconds.
+
+Each request has two identifiers: `id`, which the phone shows and answers, and `auth_req_id`,
+which only the requesting client polls with (OpenID CIBA §7.3).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Approvals", "CallApproval", "PushRequest"]
+
+
+@dataclass
+class PushRequest:
+    id: str
+    auth_req_id: str = field(repr=False)
+    client_id: str
+    user_id: str
+    email: str
+    tier: int
+    binding_message: str
+    authorization_details: list[dict[str, Any]]
+    created_at: float
+    expires_at: float
+    interval: float
+    session: str | None = None
+    status: str = "pending"  # pending | approved | denied | expired
+    answered_at: float | None = None
+    last_poll: float | None = None
+    redeemed: bool = False
+
+    def public(self, now: float) -> dict[str, Any]:
+        """What the phone, `iia-lab approvals --json` and the approval API show."""
+        return {"id": self.id, "user": self.email, "tier": self.tier,
+                "binding_message": self.binding_message,
+                "authorization_details": self.authorization_details, "status": self.status,
+                "client_id": self.client_id, "expires_in": max(0, int(self.expires_at - now))}
+
+
+@dataclass
+class CallApproval:
+    id: str
+    user_id: str
+    details: dict[str, Any]
+    approved_at: float
+    used: bool = False
+
+
+class Approvals:
+    def __init__(self, *, request_ttl: float = 120.0, interval: float = 1.0,
+                 call_approval_ttl: float = 300.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.request_ttl = request_ttl
+        self.interval = interval
+        self.call_approval_ttl = call_approval_ttl
+        self.clock = clock  # injectable: tests move it to expire consents
+        self._lock = threading.Lock()
+        self._requests: dict[str, PushRequest] = {}
+        self._by_auth_req: dict[str, str] = {}
+        self._consents: dict[tuple[str, str], float] = {}
+        self._calls: list[CallApproval] = []
+        self._listeners: list[Callable[[PushRequest], None]] = []
+
+    # -- pushes -----------------------------------------------------------------------------
+
+    def create(self, *, client_id: str, user_id: str, email: str, tier: int,
+               binding_message: str, authorization_details: list[dict[str, Any]],
+               session: str | None, expiry: float | None = None) -> PushRequest:
+        now = self.clock()
+        push = PushRequest(
+            id="apv_" + secrets.token_urlsafe(8), auth_req_id=secrets.token_urlsafe(24),
+            client_id=client_id, user_id=user_id, email=email, tier=tier,
+            binding_message=binding_message, authorization_details=authorization_details,
+            created_at=now, expires_at=now + (expiry or self.request_ttl),
+            interval=self.interval, session=session)
+        with self._lock:
+            self._requests[push.id] = push
+            self._by_auth_req[push.auth_req_id] = push.id
+        self._notify(push)
+        return push
+
+    def _expire(self, push: PushRequest, now: float) -> None:
+        if push.status == "pending" and push.expires_at <= now:
+            push.status = "expired"
+
+    def get(self, approval_id: str) -> PushRequest | None:
+        with self._lock:
+            push = self._requests.get(approval_id)
+            if push is not None:
+                self._expire(push, self.clock())
+            return push
+
+    def by_auth_req_id(self, auth_req_id: str) -> PushRequest | None:
+        with self._lock:
+            approval_id = self._by_auth_req.get(auth_req_id)
+            push = self._requests.get(approval_id) if approval_id else None
+            if push is not None:
+                self._expire(push, self.clock())
+            return push
+
+    def pending(self, email: str | None = None) -> list[PushRequest]:
+        now = self.clock()
+        with self._lock:
+            for push in self._requests.values():
+                self._expire(push, now)
+            return [p for p in self._requests.values() if p.status == "pending"
+                    and (email is None or p.email == email)]
+
+    def all(self) -> list[PushRequest]:
+        with self._lock:
+            return list(self._requests.values())
+
+    def answer(self, approval_id: str, approve: bool) -> PushRequest:
+        """The user taps Approve or Deny. Raises KeyError (unknown) or ValueError (answered)."""
+        now = self.clock()
+        with self._lock:
+            push = self._requests[approval_id]
+            self._expire(push, now)
+            if push.status != "pending":
+                raise ValueError(f"request {approval_id} is already {push.status}")
+            push.status = "approved" if approve else "denied"
+            push.answered_at = now
+            if approve:
+                self._record(push, now)
+        self._notify(push)
+        return push
+
+    def _record(self, push: PushRequest, now: float) -> None:
+        details = push.authorization_details[0]
+        if details["type"] == "agent_write_consent" and push.session:
+            self._consents[(push.user_id, push.session)] = now
+        else:
+            self._calls.append(CallApproval(id=push.id, user_id=push.user_id,
+                                            details=dict(details), approved_at=now))
+
+    def poll(self, push: PushRequest) -> float:
+        """Register a poll; returns the seconds since the previous one (inf for the first)."""
+        now = self.clock()
+        with self._lock:
+            since = float("inf") if push.last_poll is None else now - push.last_poll
+            push.last_poll = now
+            return since
+
+    def redeem(self, push: PushRequest) -> bool:
+        """Mark the auth_req_id as exchanged for tokens; False if it already was."""
+        with self._lock:
+            if push.redeemed:
+                return False
+            push.redeemed = True
+            return True
+
+    # -- what the exchange policy reads -----------------------------------------------------
+
+    def session_consent_age(self, user_id: str, sid: str) -> float | None:
+        with self._lock:
+            at = self._consents.get((user_id, sid))
+        return None if at is None else self.clock() - at
+
+    def find_call_approval(self, user_id: str, details: Mapping[str, Any]) -> CallApproval | None:
+        now = self.clock()
+        with self._lock:
+            for approval in self._calls:
+                if (not approval.used and approval.user_id == user_id
+                        and approval.details == dict(details)
+                        and now - approval.approved_at <= self.call_approval_ttl):
+                    return approval
+        return None
+
+    def consume(self, approval: CallApproval) -> bool:
+        with self._lock:
+            if approval.used:
+                return False
+            approval.used = True
+            return True
+
+    def on_change(self, listener: Callable[[PushRequest], None]) -> Callable[[], None]:
+        with self._lock:
+            self._listeners.append(listener)
+
+        def remove() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return remove
+
+    def _notify(self, push: PushRequest) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(push)

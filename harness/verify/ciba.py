@@ -1,0 +1,240 @@
+"""OpenID Connect Client-Initiated Backchannel Authentication (CIBA) 1.0, poll mode.
+
+The MCP server asks the user to approve on their phone:
+
+    POST /bc-authorize  login_hint, binding_message, scope=openid, authorization_details
+      -> {auth_req_id, expires_in, interval}                                       (§7)
+    POST /token  grant_type=urn:openid:params:grant-type:ciba, auth_req_id
+      -> authorization_pending | slow_down | access_denied | expired_token | tokens (§10, §11)
+
+What can be pushed (one authorization_details object): `agent_write_consent` for a live session of
+the user (tier 2: consent to writes in that session), or a tier-3 operation (approval of exactly
+that call). Tier 1 needs no approval and tier 4 can never be approved, so both are refused here.
+The phone is `/lab/phone` (a page and a small JSON API) and `iia-lab approvals | approve | deny`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from harness.verify.approvals import Approvals, PushRequest
+from harness.verify.audit import AuditTrail, Decision
+from harness.verify.client_auth import Client
+from harness.verify.directory import Directory
+from harness.verify.errors import (
+    AccessDenied,
+    AuthorizationPending,
+    ExpiredToken,
+    InvalidAuthorizationDetails,
+    InvalidGrant,
+    InvalidRequest,
+    InvalidScope,
+    OAuthError,
+    SlowDown,
+)
+from harness.verify.rar import RarRegistry, parse_authorization_details
+from harness.verify.sessions import SessionStore
+from harness.verify.tokens import TokenService
+
+__all__ = ["CIBA_GRANT", "Ciba", "UnknownUserId"]
+
+CIBA_GRANT = "urn:openid:params:grant-type:ciba"
+MAX_BINDING_MESSAGE = 200
+
+
+class UnknownUserId(OAuthError):
+    """CIBA §13: the hint does not identify a known, active user."""
+
+    error = "unknown_user_id"
+
+
+class Ciba:
+    def __init__(self, *, directory: Directory, sessions: SessionStore, tokens: TokenService,
+                 registry: RarRegistry, approvals: Approvals, audit: AuditTrail,
+                 admin_api_url: str, clock: Callable[[], float] = time.time) -> None:
+        self.directory = directory
+        self.sessions = sessions
+        self.tokens = tokens
+        self.registry = registry
+        self.approvals = approvals
+        self.audit = audit
+        self.admin_api_url = admin_api_url
+        self._clock = clock
+
+    # -- §7 backchannel authentication request ----------------------------------------------
+
+    def authorize(self, client: Client, form: Mapping[str, str]) -> JSONResponse:
+        if CIBA_GRANT not in client.grant_types:
+            raise InvalidRequest(f"{client.client_id} is not registered for CIBA")
+        if "openid" not in form.get("scope", "").split():
+            raise InvalidScope("a CIBA request must ask for the openid scope")
+        hints = [h for h in ("login_hint", "login_hint_token", "id_token_hint") if form.get(h)]
+        if hints != ["login_hint"]:
+            raise InvalidRequest("send exactly one hint, login_hint (the user's email)")
+        user = self.directory.user_by_username(form["login_hint"])
+        if user is None or not user.active or user.id is None:
+            raise UnknownUserId("login_hint does not name an active user of this tenant")
+        binding = form.get("binding_message", "")
+        if not binding or len(binding) > MAX_BINDING_MESSAGE:
+            raise InvalidRequest(f"binding_message is required (1 to {MAX_BINDING_MESSAGE} "
+                                 "characters): it is what the user reads on the phone")
+        details = parse_authorization_details(form.get("authorization_details"))
+        if len(details) != 1:
+            raise InvalidAuthorizationDetails("push exactly one authorization_details object")
+        spec = self.registry.validate(details[0], location=self.admin_api_url, approval=True)
+        session: str | None = None
+        if spec.name == "agent_write_consent":
+            session = details[0]["session"]
+            owner = self.sessions.get(session)
+            if owner is None or not owner.alive or owner.user_id != user.id:
+                raise InvalidAuthorizationDetails("session is not a live session of this user")
+        elif spec.tier == 4:
+            raise AccessDenied(f"{spec.name} is blocked by tenant policy; there is nothing to "
+                               "approve")
+        elif spec.tier != 3:
+            raise InvalidAuthorizationDetails(
+                f"{spec.name} is tier {spec.tier}: only tier-2 session consent "
+                "(agent_write_consent) and tier-3 operations are approved by push")
+        expiry = None
+        if form.get("requested_expiry"):
+            try:
+                expiry = max(1.0, min(float(form["requested_expiry"]), self.approvals.request_ttl))
+            except ValueError as exc:
+                raise InvalidRequest("requested_expiry must be a number of seconds") from exc
+        push = self.approvals.create(
+            client_id=client.client_id, user_id=user.id, email=user.user_name or "",
+            tier=spec.tier, binding_message=binding, authorization_details=details,
+            session=session, expiry=expiry)
+        self.audit.record(Decision(kind="ciba", outcome="pending", user=push.email,
+                                   sid=session, client_id=client.client_id, rar_type=spec.name,
+                                   tier=spec.tier, approval_id=push.id,
+                                   target=str(details[0].get("target", "")) or None,
+                                   reason=binding))
+        return JSONResponse({"auth_req_id": push.auth_req_id,
+                             "expires_in": int(push.expires_at - push.created_at),
+                             "interval": int(push.interval)},
+                            headers={"Cache-Control": "no-store"})
+
+    # -- §10/§11 the token request ----------------------------------------------------------
+
+    def grant(self, client: Client, form: Mapping[str, str]) -> JSONResponse:
+        auth_req_id = form.get("auth_req_id")
+        if not auth_req_id:
+            raise InvalidRequest("auth_req_id is required")
+        push = self.approvals.by_auth_req_id(auth_req_id)
+        if push is None or push.client_id != client.client_id:
+            raise InvalidGrant("auth_req_id is unknown or belongs to another client")
+        if push.redeemed:
+            raise InvalidGrant("auth_req_id was already exchanged for tokens")
+        since = self.approvals.poll(push)
+        if push.status == "expired":
+            raise ExpiredToken("the request expired before the user answered")
+        if push.status == "denied":
+            self.approvals.redeem(push)
+            raise AccessDenied("the user denied the request")
+        if push.status == "pending":
+            if since < push.interval:
+                raise SlowDown(f"poll at most every {push.interval:g} s")
+            raise AuthorizationPending("the user has not answered yet")
+        if not self.approvals.redeem(push):
+            raise InvalidGrant("auth_req_id was already exchanged for tokens")
+        user = self.directory.user(push.user_id)
+        if user is None or not user.active:
+            raise InvalidGrant("the user is no longer active")
+        # The approval authenticated the user on their device: as in any CIBA flow, that is a
+        # session of its own, at the requesting client. Its tokens are receipts for the client
+        # (aud = client_id), accepted by no resource server.
+        session = self.sessions.create(push.user_id, push.email, client.client_id)
+        token, claims = self.tokens.approval_token(
+            session, client_id=client.client_id, approval_id=push.id,
+            authorization_details=push.authorization_details)
+        id_token = self.tokens.id_token(session, client_id=client.client_id, nonce=None,
+                                        name=None)
+        return JSONResponse({"access_token": token, "token_type": "Bearer",
+                             "expires_in": claims["exp"] - claims["iat"], "id_token": id_token,
+                             "authorization_details": push.authorization_details},
+                            headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    # -- the phone --------------------------------------------------------------------------
+
+    def answer(self, approval_id: str, approve: bool) -> PushRequest:
+        push = self.approvals.answer(approval_id, approve)
+        details = push.authorization_details[0]
+        self.audit.record(Decision(kind="ciba", outcome=push.status, user=push.email,
+                                   sid=push.session, client_id=push.client_id,
+                                   rar_type=details["type"], tier=push.tier,
+                                   approval_id=push.id,
+                                   target=str(details.get("target", "")) or None))
+        return push
+
+    async def phone_list(self, request: Request) -> JSONResponse:
+        user = request.query_params.get("user")
+        status = request.query_params.get("status", "pending")
+        now = self._clock()
+        items = (self.approvals.pending(user) if status == "pending" else
+                 [p for p in self.approvals.all() if user is None or p.email == user])
+        return JSONResponse([p.public(now) for p in items])
+
+    async def phone_answer(self, request: Request) -> JSONResponse:
+        approval_id = request.path_params["approval_id"]
+        approve = request.path_params["answer"] == "approve"
+        try:
+            push = self.answer(approval_id, approve)
+        except KeyError:
+            return JSONResponse({"error": "not_found",
+                                 "error_description": f"no push request {approval_id}"},
+                                status_code=404)
+        except ValueError as exc:
+            return JSONResponse({"error": "conflict", "error_description": str(exc)},
+                                status_code=409)
+        return JSONResponse(push.public(self._clock()))
+
+    async def phone_page(self, request: Request) -> Response:
+        return HTMLResponse(_PHONE_PAGE)
+
+
+_PHONE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Verify push approvals (lab phone)</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+ body { font-family: system-ui, sans-serif; max-width: 28rem; margin: 1rem auto; }
+ .card { border: 1px solid #ccc; border-radius: .8rem; padding: 1rem; margin: .8rem 0; }
+ .tier3 { border-color: #c62828; } .tier2 { border-color: #1565c0; }
+ button { font-size: 1.1rem; padding: .5rem 1.2rem; margin-right: .5rem; border-radius: .5rem; }
+ .approve { background: #2e7d32; color: white; border: 0; }
+ .deny { background: #c62828; color: white; border: 0; }
+ pre { white-space: pre-wrap; font-size: .8rem; background: #f5f5f5; padding: .5rem; }
+</style></head>
+<body><h1>IBM Verify (lab phone)</h1><p id="empty">No pending requests.</p><div id="list"></div>
+<script>
+async function refresh() {
+  const items = await (await fetch("phone/requests")).json();
+  document.getElementById("empty").hidden = items.length > 0;
+  const list = document.getElementById("list");
+  list.replaceChildren(...items.map(item => {
+    const card = document.createElement("div");
+    card.className = "card tier" + item.tier;
+    const title = document.createElement("h2");
+    title.textContent = item.binding_message;
+    const who = document.createElement("p");
+    who.textContent = `${item.user} - tier ${item.tier} - expires in ${item.expires_in} s`;
+    const details = document.createElement("pre");
+    details.textContent = JSON.stringify(item.authorization_details, null, 2);
+    card.append(title, who, details);
+    for (const answer of ["approve", "deny"]) {
+      const button = document.createElement("button");
+      button.className = answer; button.textContent = answer[0].toUpperCase() + answer.slice(1);
+      button.onclick = async () => { await fetch("phone/requests/" + item.id + "/" + answer,
+                                                 {method: "POST"}); refresh(); };
+      card.append(button);
+    }
+    return card;
+  }));
+}
+refresh(); setInterval(refresh, 1000);
+</script></body></html>
+"""
