@@ -1,0 +1,7 @@
+"""Shared Signals receiving side: validating Security Event Tokens pushed by a transmitter."""
+
+from __future__ import annotations
+
+from harness.ssf.set_validation import PushError, SetValidator
+
+__all__ = ["PushError", "SetValidator"]

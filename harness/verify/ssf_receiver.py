@@ -1,0 +1,118 @@
+"""The tenant's SSF receiver: CAEP `session-revoked` pushed by a transmitter (RFC 8935) ends the
+session, so its access tokens stop validating (introspection: inactive), its token exchanges
+fail with `invalid_grant`, and its on-behalf-of tokens get 401 at the admin API.
+
+A SET whose `jti` was seen before is acknowledged again and not acted on twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from harness.ssf.set_validation import PushError, SetValidator
+from harness.verify.audit import AuditTrail, Decision
+from harness.verify.directory import Directory
+from harness.verify.sessions import SessionStore
+
+__all__ = ["SESSION_REVOKED", "SsfReceiver"]
+
+SESSION_REVOKED = "https://schemas.openid.net/secevent/caep/event-type/session-revoked"
+
+
+@dataclass
+class ReceivedSet:
+    jti: str
+    event_type: str
+    acted_on: list[str]  # sids ended
+
+
+class SsfReceiver:
+    def __init__(self, *, issuer: str, directory: Directory, sessions: SessionStore,
+                 audit: AuditTrail) -> None:
+        self.audience = issuer
+        self.issuer = issuer
+        self.directory = directory
+        self.sessions = sessions
+        self.audit = audit
+        self._lock = threading.Lock()
+        self._validator: SetValidator | None = None
+        self.received: dict[str, ReceivedSet] = {}
+
+    def trust(self, transmitter_issuer: str, jwks_uri: str) -> None:
+        """Subscribe to a transmitter: accept its SETs, signed by keys at `jwks_uri`."""
+        self._validator = SetValidator(issuer=transmitter_issuer, audience=self.audience,
+                                       jwks_uri=jwks_uri)
+
+    async def push(self, request: Request) -> Response:
+        body = (await request.body()).decode(errors="replace").strip()
+        try:
+            if self._validator is None:
+                raise PushError("invalid_issuer", "this receiver trusts no transmitter yet")
+            if not request.headers.get("content-type", "").startswith(
+                    "application/secevent+jwt"):
+                raise PushError("invalid_request",
+                                "Content-Type must be application/secevent+jwt")
+            claims = self._validator.validate(body)
+        except PushError as exc:
+            self.audit.record(Decision(kind="ssf", outcome="refused", error=exc.err,
+                                       reason=exc.description))
+            return JSONResponse(exc.body(), status_code=400)
+        self.receive(claims)
+        return Response(status_code=202)
+
+    def receive(self, claims: Mapping[str, Any]) -> ReceivedSet:
+        jti = str(claims["jti"])
+        event_type, event = next(iter(claims["events"].items()))
+        with self._lock:
+            seen = self.received.get(jti)
+            if seen is not None:
+                return seen  # acknowledged again, acted on once
+            record = ReceivedSet(jti=jti, event_type=event_type, acted_on=[])
+            self.received[jti] = record
+        if event_type == SESSION_REVOKED:
+            subject = claims.get("sub_id") or (event or {}).get("subject") or {}
+            reason = _reason(event)
+            record.acted_on = self._revoke(subject, reason)
+        self.audit.record(Decision(kind="ssf", outcome="accepted", reason=event_type,
+                                   jti=jti, details={"sessions_ended": len(record.acted_on)}))
+        return record
+
+    def _revoke(self, subject: Mapping[str, Any], reason: str) -> list[str]:
+        fmt = subject.get("format")
+        if fmt == "complex":
+            session = subject.get("session") or {}
+            if session.get("id"):
+                return self._end_session(str(session["id"]), reason, subject.get("user"))
+            return self._revoke(subject.get("user") or {}, reason)
+        if fmt == "opaque" and subject.get("id"):
+            return self._end_session(str(subject["id"]), reason, None)
+        if fmt == "email" and subject.get("email"):
+            user = self.directory.user_by_username(str(subject["email"]))
+            return self.sessions.end_all_for_user(user.id, reason) if user and user.id else []
+        if fmt == "iss_sub" and subject.get("iss") == self.issuer and subject.get("sub"):
+            return self.sessions.end_all_for_user(str(subject["sub"]), reason)
+        return []
+
+    def _end_session(self, sid: str, reason: str, user: Mapping[str, Any] | None) -> list[str]:
+        session = self.sessions.get(sid)
+        if session is None:
+            return []
+        if user and user.get("format") == "email" and user.get("email") != session.email:
+            return []  # the SET names a session of someone else: do nothing
+        return [sid] if self.sessions.end(sid, reason) else []
+
+
+def _reason(event: Any) -> str:
+    if isinstance(event, dict):
+        admin = event.get("reason_admin")
+        if isinstance(admin, dict) and admin:
+            return "CAEP session-revoked: " + str(next(iter(admin.values())))
+        if isinstance(admin, str):
+            return "CAEP session-revoked: " + admin
+    return "CAEP session-revoked"
