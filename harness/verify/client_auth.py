@@ -27,6 +27,7 @@ class Client:
     public: bool
     grant_types: frozenset[str]
     redirect_uris: tuple[str, ...] = ()
+    post_logout_redirect_uris: tuple[str, ...] = ()
     secret: RotatingClientSecret | None = field(default=None, repr=False)
 
 

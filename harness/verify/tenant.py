@@ -1,36 +1,74 @@
-"""The simulated Verify tenant: OIDC discovery, JWKS and the token endpoint.
+"""The simulated IBM Verify tenant: composition of its parts and its HTTP surface.
 
-Paths mirror a Verify tenant: the OIDC provider lives under `/oidc/endpoint/default`, the admin
-API under `/v2.0/`. This first cut authenticates confidential clients (with the rotating secret
-from Vault) and serves the `client_credentials` grant for `iia-mcp-server`; its tokens carry no
-entitlement for the admin API.
+Paths mirror a Verify tenant: the OpenID Provider under `/oidc/endpoint/default`, the admin API
+under `/v2.0/`. Lab-only helpers (the push "phone", the audit trail) live under `/lab/`.
+
+    /oidc/endpoint/default/.well-known/openid-configuration   discovery (+ RFC 8414 metadata)
+    /oidc/endpoint/default/{authorize,token,jwks,introspect,revoke,logout,bc-authorize}
+    /v2.0/...             admin API: SCIM Users/Groups, applications, access policies
+    /v1.0/ssf/events      SSF push receiver (CAEP session-revoked)
+    /lab/phone            pending push approvals (page + JSON API); /lab/decisions audit trail
 """
 
 from __future__ import annotations
 
-import secrets
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from harness.keyset import RotatingKeySet
+from harness.verify.admin_api import AdminApi
+from harness.verify.approvals import Approvals
+from harness.verify.audit import AuditTrail
+from harness.verify.ciba import CIBA_GRANT, Ciba
 from harness.verify.client_auth import Client, ClientRegistry, authenticate_client
+from harness.verify.directory import Directory
 from harness.verify.errors import (
     InvalidRequest,
     OAuthError,
     UnauthorizedClient,
     UnsupportedGrantType,
 )
+from harness.verify.oidc import OidcProvider
+from harness.verify.policy import TokenExchangePolicy
+from harness.verify.rar import RarRegistry
 from harness.verify.rotation import RotatingClientSecret
+from harness.verify.sessions import SessionStore
+from harness.verify.spiffe_bundle import SpiffeBundleSource
+from harness.verify.ssf_receiver import SsfReceiver
+from harness.verify.token_exchange import TOKEN_EXCHANGE_GRANT, TokenExchange
+from harness.verify.tokens import TokenService
 
-__all__ = ["VerifyTenant"]
+__all__ = ["OIDC_BASE", "VerifyTenant"]
 
 OIDC_BASE = "/oidc/endpoint/default"
-CLIENT_CREDENTIALS = "client_credentials"
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def load_clients(fixtures: Path, mcp_secret: RotatingClientSecret) -> ClientRegistry:
+    doc = json.loads((fixtures / "tenant" / "clients.json").read_text())
+    clients = {}
+    for raw in doc["clients"]:
+        secret = mcp_secret if raw.get("secret") == "vault" else None
+        if not raw["public"] and secret is None:
+            raise ValueError(f"confidential client {raw['client_id']} needs its secret in Vault")
+        if secret is not None and secret.client_id != raw["client_id"]:
+            raise ValueError("the Vault-held secret belongs to another client")
+        clients[raw["client_id"]] = Client(
+            client_id=raw["client_id"], public=bool(raw["public"]),
+            grant_types=frozenset(raw["grant_types"]),
+            redirect_uris=tuple(raw.get("redirect_uris", ())),
+            post_logout_redirect_uris=tuple(raw.get("post_logout_redirect_uris", ())),
+            secret=secret)
+    return ClientRegistry(clients)
 
 
 class VerifyTenant:
@@ -38,73 +76,170 @@ class VerifyTenant:
         self,
         base_url: str,
         *,
+        fixtures: Path,
         mcp_client_secret: RotatingClientSecret,
+        mcp_resource: str,
+        spiffe_keys_url: str,
+        trust_domain: str = "iia.lab",
         access_token_ttl: int = 900,
+        obo_token_ttl: int = 900,
         key_rotation_period: float = 24 * 3600.0,
+        approval_timeout: float = 120.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.issuer = f"{self.base_url}{OIDC_BASE}"
-        self.token_endpoint = f"{self.issuer}/token"
-        self.access_token_ttl = access_token_ttl
-        self.keys = RotatingKeySet(rotation_period=key_rotation_period,
-                                   retain=access_token_ttl + 60, clock=clock)
+        self.admin_api_url = f"{self.base_url}/v2.0"
+        self.mcp_resource = mcp_resource.rstrip("/")
+        self.fixtures = fixtures
         self._clock = clock
-        self.clients = ClientRegistry({
-            mcp_client_secret.client_id: Client(
-                client_id=mcp_client_secret.client_id, public=False,
-                grant_types=frozenset({CLIENT_CREDENTIALS}), secret=mcp_client_secret),
-        })
+        self.keys = RotatingKeySet(rotation_period=key_rotation_period,
+                                   retain=max(access_token_ttl, obo_token_ttl) + 60, clock=clock)
+        self.audit = AuditTrail()
+        self.directory = Directory(fixtures)
+        self.sessions = SessionStore(clock)
+        self.tokens = TokenService(self.issuer, self.keys, self.sessions,
+                                   access_ttl=access_token_ttl, obo_ttl=obo_token_ttl,
+                                   clock=clock)
+        self.clients = load_clients(fixtures, mcp_client_secret)
+        self.registry = RarRegistry(fixtures / "policy" / "rar_types.json")
+        self.policy = TokenExchangePolicy(fixtures / "policy" / "token_exchange.cedar",
+                                          self.registry)
+        self.approvals = Approvals(request_ttl=approval_timeout, clock=clock)
+        self.spiffe = SpiffeBundleSource(trust_domain, spiffe_keys_url)
+        self.oidc = OidcProvider(issuer=self.issuer, mcp_resource=self.mcp_resource,
+                                 clients=self.clients, directory=self.directory,
+                                 sessions=self.sessions, tokens=self.tokens, audit=self.audit,
+                                 clock=clock)
+        self.exchange = TokenExchange(
+            issuer=self.issuer, mcp_resource=self.mcp_resource,
+            admin_api_url=self.admin_api_url, tokens=self.tokens, directory=self.directory,
+            registry=self.registry, policy=self.policy, approvals=self.approvals,
+            audit=self.audit, spiffe=self.spiffe, trusted_domains=frozenset({trust_domain}),
+            clock=clock)
+        self.ciba = Ciba(directory=self.directory, sessions=self.sessions, tokens=self.tokens,
+                         registry=self.registry, approvals=self.approvals, audit=self.audit,
+                         admin_api_url=self.admin_api_url, clock=clock)
+        self.ssf = SsfReceiver(issuer=self.issuer, directory=self.directory,
+                               sessions=self.sessions, audit=self.audit)
+        self.admin_api = AdminApi(directory=self.directory, tokens=self.tokens,
+                                  sessions=self.sessions, registry=self.registry,
+                                  audit=self.audit, base_url=self.admin_api_url)
 
-    # -- endpoints --------------------------------------------------------------------------
+    # -- discovery --------------------------------------------------------------------------
+
+    def metadata(self) -> dict[str, Any]:
+        i = self.issuer
+        return {
+            "issuer": i,
+            "authorization_endpoint": f"{i}/authorize",
+            "token_endpoint": f"{i}/token",
+            "jwks_uri": f"{i}/jwks",
+            "introspection_endpoint": f"{i}/introspect",
+            "revocation_endpoint": f"{i}/revoke",
+            "end_session_endpoint": f"{i}/logout",
+            "backchannel_authentication_endpoint": f"{i}/bc-authorize",
+            "backchannel_token_delivery_modes_supported": ["poll"],
+            "backchannel_user_code_parameter_supported": False,
+            "grant_types_supported": ["authorization_code", "refresh_token",
+                                      TOKEN_EXCHANGE_GRANT, CIBA_GRANT],
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic",
+                                                      "client_secret_post", "none"],
+            "introspection_endpoint_auth_methods_supported": ["client_secret_basic",
+                                                              "client_secret_post"],
+            "revocation_endpoint_auth_methods_supported": ["client_secret_basic",
+                                                           "client_secret_post", "none"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+            "scopes_supported": ["openid", "email", "profile", "offline_access"],
+            "claims_supported": ["sub", "email", "name", "sid", "may_act"],
+            "authorization_details_types_supported": self.registry.supported_types(),
+            "authorization_response_iss_parameter_supported": True,
+            "resource_indicators_supported": True,
+            "admin_api": self.admin_api_url,
+            "ssf_receiver_endpoint": f"{self.base_url}/v1.0/ssf/events",
+        }
 
     async def discovery(self, request: Request) -> JSONResponse:
-        return JSONResponse({
-            "issuer": self.issuer,
-            "token_endpoint": self.token_endpoint,
-            "jwks_uri": f"{self.issuer}/jwks",
-            "grant_types_supported": [CLIENT_CREDENTIALS],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic",
-                                                      "client_secret_post"],
-            "id_token_signing_alg_values_supported": ["ES256"],
-        })
+        return JSONResponse(self.metadata())
 
     async def jwks(self, request: Request) -> JSONResponse:
-        return JSONResponse(self.keys.jwks(use="sig"))
+        return JSONResponse(self.keys.jwks(use="sig"), headers={"Cache-Control": "max-age=60"})
+
+    # -- endpoints that authenticate the client ---------------------------------------------
+
+    async def _client_call(self, request: Request, handler: Callable[..., Response]) -> Response:
+        """Authenticate the client, then run the handler in a worker thread: handlers do blocking
+        work (Vault writes on secret rotation, fetching the SPIFFE bundle from a server that may
+        share this event loop, Cedar evaluation)."""
+        form = await request.form()
+
+        def call() -> Response:
+            try:
+                client = authenticate_client(request, form, self.clients)
+                return handler(client, form)
+            except OAuthError as exc:
+                return exc.response()
+
+        return await run_in_threadpool(call)
 
     async def token(self, request: Request) -> Response:
-        try:
-            form = {k: str(v) for k, v in (await request.form()).items()}
-            client = authenticate_client(request, form, self.clients)
+        def dispatch(client: Client, form: Any) -> Response:
             grant_type = form.get("grant_type")
             if not grant_type:
                 raise InvalidRequest("grant_type is required")
-            if grant_type not in (CLIENT_CREDENTIALS,):
-                raise UnsupportedGrantType(f"grant type {grant_type!r} is not supported")
             if grant_type not in client.grant_types:
-                raise UnauthorizedClient(f"{client.client_id} may not use {grant_type}")
-            return self._client_credentials(client)
-        except OAuthError as exc:
-            return exc.response()
+                if grant_type in {"authorization_code", "refresh_token", TOKEN_EXCHANGE_GRANT,
+                                  CIBA_GRANT}:
+                    raise UnauthorizedClient(f"{client.client_id} may not use {grant_type}")
+                raise UnsupportedGrantType(f"grant type {grant_type!r} is not supported")
+            handlers = {"authorization_code": self.oidc.authorization_code,
+                        "refresh_token": self.oidc.refresh,
+                        TOKEN_EXCHANGE_GRANT: self.exchange.grant,
+                        CIBA_GRANT: self.ciba.grant}
+            return handlers[grant_type](client, form)
 
-    def _client_credentials(self, client: Client) -> JSONResponse:
-        now = int(self._clock())
-        token = self.keys.sign({
-            "iss": self.issuer, "sub": client.client_id, "aud": self.issuer,
-            "client_id": client.client_id, "iat": now, "exp": now + self.access_token_ttl,
-            "jti": secrets.token_urlsafe(16),
-        }, typ="at+jwt")
-        return JSONResponse({"access_token": token, "token_type": "Bearer",
-                             "expires_in": self.access_token_ttl},
-                            headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+        return await self._client_call(request, dispatch)
+
+    async def introspect(self, request: Request) -> Response:
+        return await self._client_call(request, self.oidc.introspect)
+
+    async def revoke(self, request: Request) -> Response:
+        return await self._client_call(request, self.oidc.revoke)
+
+    async def bc_authorize(self, request: Request) -> Response:
+        return await self._client_call(request, self.ciba.authorize)
+
+    # -- lab helpers ------------------------------------------------------------------------
+
+    async def decisions(self, request: Request) -> JSONResponse:
+        kind = request.query_params.get("kind")
+        return JSONResponse([d.to_dict() for d in self.audit.decisions(kind)])
 
     async def health(self, request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
     def app(self) -> Starlette:
+        b = OIDC_BASE
         return Starlette(routes=[
-            Route(f"{OIDC_BASE}/.well-known/openid-configuration", self.discovery),
-            Route(f"{OIDC_BASE}/jwks", self.jwks),
-            Route(f"{OIDC_BASE}/token", self.token, methods=["POST"]),
+            Route(f"{b}/.well-known/openid-configuration", self.discovery),
+            Route(f"/.well-known/oauth-authorization-server{b}", self.discovery),
+            Route(f"{b}/jwks", self.jwks),
+            Route(f"{b}/authorize", self.oidc.authorize, methods=["GET", "POST"]),
+            Route(f"{b}/token", self.token, methods=["POST"]),
+            Route(f"{b}/introspect", self.introspect, methods=["POST"]),
+            Route(f"{b}/revoke", self.revoke, methods=["POST"]),
+            Route(f"{b}/logout", self.oidc.end_session, methods=["GET", "POST"]),
+            Route(f"{b}/bc-authorize", self.bc_authorize, methods=["POST"]),
+            Route("/v1.0/ssf/events", self.ssf.push, methods=["POST"]),
+            Route("/lab/phone", self.ciba.phone_page),
+            Route("/lab/phone/requests", self.ciba.phone_list),
+            Route("/lab/phone/requests/{approval_id}/{answer:str}", self.ciba.phone_answer,
+                  methods=["POST"]),
+            Route("/lab/decisions", self.decisions),
             Route("/healthz", self.health),
+            Mount("/v2.0", app=self.admin_api.app()),
         ])
