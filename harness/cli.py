@@ -3,6 +3,9 @@
     iia-lab up [--detach]   start every service on 127.0.0.1 (foreground, or return once healthy)
     iia-lab status [--json] a table of services, endpoints and health
     iia-lab down            stop the lab and remove its processes, sockets and temp dirs
+    iia-lab token USER      log USER in (code + PKCE) and print only the access token
+    iia-lab approvals [--json]   pending push approvals (the user's "phone")
+    iia-lab approve ID | deny ID answer one
 
 `up` writes `.lab/endpoints.json` (service -> URL or unix:// socket) and `.lab/iia.env` (the IIA_*
 settings that point `iia` at this lab). Only one lab runs per lab directory: `up` holds an
@@ -259,6 +262,77 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the running lab's users and phone --------------------------------------------------------
+
+def _running_endpoints() -> dict[str, str] | None:
+    directory = lab_dir()
+    if _running_state(directory) is None:
+        print("iia-lab: no lab is running (start one with `iia-lab up --detach`).",
+              file=sys.stderr)
+        return None
+    endpoints = _read_endpoints(directory)
+    if not endpoints or "verify" not in endpoints:
+        print("iia-lab: the running lab has no Verify tenant.", file=sys.stderr)
+        return None
+    return endpoints
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    endpoints = _running_endpoints()
+    if endpoints is None:
+        return 1
+    from harness.verify.login import LoginError, login
+    from harness.verify.tenant import OIDC_BASE
+
+    try:
+        tokens = login(endpoints["verify"] + OIDC_BASE, args.user)
+    except LoginError as exc:
+        print(f"iia-lab: login of {args.user} failed: {exc}", file=sys.stderr)
+        return 1
+    print(tokens["access_token"])
+    return 0
+
+
+def cmd_approvals(args: argparse.Namespace) -> int:
+    endpoints = _running_endpoints()
+    if endpoints is None:
+        return 1
+    import httpx
+
+    params = {"user": args.user} if args.user else {}
+    items = httpx.get(endpoints["verify"] + "/lab/phone/requests", params=params,
+                      timeout=5).json()
+    if args.json:
+        keys = ("id", "user", "tier", "binding_message", "authorization_details")
+        print(json.dumps([{k: item[k] for k in keys} for item in items], indent=2))
+        return 0
+    if not items:
+        print("No pending push approvals.")
+        return 0
+    for item in items:
+        details = item["authorization_details"][0]
+        print(f"{item['id']}  tier {item['tier']}  {item['user']}  {details['type']}  "
+              f"\"{item['binding_message']}\"  (expires in {item['expires_in']} s)")
+    return 0
+
+
+def cmd_answer(args: argparse.Namespace) -> int:
+    endpoints = _running_endpoints()
+    if endpoints is None:
+        return 1
+    import httpx
+
+    answer = "approve" if args.command == "approve" else "deny"
+    response = httpx.post(f"{endpoints['verify']}/lab/phone/requests/{args.id}/{answer}",
+                          timeout=5)
+    body = response.json()
+    if response.status_code != 200:
+        print(f"iia-lab: {body.get('error_description', response.text)}", file=sys.stderr)
+        return 1
+    print(f"{args.id}: {body['status']}")
+    return 0
+
+
 # -- entry point ------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,6 +348,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     down = sub.add_parser("down", help="stop the lab")
     down.set_defaults(func=cmd_down)
+    token = sub.add_parser("token", help="print a fresh access token for USER")
+    token.add_argument("user", help="the user's email, e.g. alice@example.com")
+    token.set_defaults(func=cmd_token)
+    approvals = sub.add_parser("approvals", help="list pending push approvals")
+    approvals.add_argument("--json", action="store_true")
+    approvals.add_argument("--user", help="only this user's pushes")
+    approvals.set_defaults(func=cmd_approvals)
+    for name in ("approve", "deny"):
+        answer = sub.add_parser(name, help=f"{name} a pending push")
+        answer.add_argument("id", help="the push id (from `iia-lab approvals`)")
+        answer.set_defaults(func=cmd_answer)
     return parser
 
 

@@ -12,7 +12,7 @@ import sys
 from harness.notebook import attach_or_start
 from iia.events import EventBus, SecurityEvent
 from iia.identity import IdentitySettings, WorkloadIdentity
-from iia.oauth.token_endpoint import TokenEndpoint, discover
+from iia.oauth.client import AuthorizationServerClient
 
 _COLOR = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
@@ -36,22 +36,21 @@ def main() -> int:
     events = EventBus()
     events.subscribe(_show)
     identity = WorkloadIdentity(IdentitySettings.from_env(session.env), events=events)
-    endpoint = TokenEndpoint(discover(session.env["IIA_VERIFY_ISSUER"])["token_endpoint"])
+    idp = AuthorizationServerClient(session.env["IIA_VERIFY_ISSUER"])
     try:
         print(_c("1", "First call: SVID from the Workload API -> Vault login -> credential"))
         first = identity.credential()
         print(_c("1", "\nSecond call: the chain is warm"))
         identity.credential()
-        print(_c("1", "\nUse the credential at Verify: it rotates"))
-        identity.with_credential(
-            lambda cred: endpoint.request({"grant_type": "client_credentials"}, cred))
+        print(_c("1", "\nUse the credential at Verify (an introspection call): it rotates"))
+        identity.with_credential(lambda cred: idp.introspect("probe", cred))
         after = identity.credential()
         print(f"\n  credential version {first.version} -> {after.version}; "
               f"secret changed: {after.client_secret != first.client_secret}")
         print(_c("32", "\nNo secret at rest: only IDs and URLs were configured."))
         return 0
     finally:
-        endpoint.close()
+        idp.close()
         identity.close()
         session.close()
 

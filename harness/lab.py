@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from harness.errors import HarnessError
-from harness.net import HttpService, bind_loopback
+from harness.net import HttpService, bind_loopback, reserve_loopback
 from harness.openbao import OpenBaoServer, VaultLayout, bootstrap
 from harness.paths import fixtures_dir
 from harness.spire import JwtAuthority, WorkloadApiServer, discovery_app, load_registry
@@ -86,6 +87,8 @@ class Lab:
         self._thread: threading.Thread | None = None
         self._http: list[HttpService] = []
         self._ticker: asyncio.Task[None] | None = None
+        self._mcp_sock: socket.socket | None = None
+        self.mcp_url = ""
         # the simulated products, reachable by tests and notebooks that started this lab
         self.authority: JwtAuthority
         self.workload_api: WorkloadApiServer
@@ -153,10 +156,17 @@ class Lab:
             clock=s.clock)
         await loop.run_in_executor(None, self.client_secret.initialize)
 
+        # The MCP server's port is reserved now: its URL is the resource user tokens are for.
+        self._mcp_sock = reserve_loopback()
+        self.mcp_url = f"http://127.0.0.1:{self._mcp_sock.getsockname()[1]}/mcp"
+
         # The identity provider.
         verify_sock = bind_loopback()
-        self.verify = VerifyTenant(f"http://127.0.0.1:{verify_sock.getsockname()[1]}",
-                                   mcp_client_secret=self.client_secret, clock=s.clock)
+        self.verify = VerifyTenant(
+            f"http://127.0.0.1:{verify_sock.getsockname()[1]}", fixtures=s.fixtures,
+            mcp_client_secret=self.client_secret, mcp_resource=self.mcp_url,
+            spiffe_keys_url=f"{discovery_url}/keys", trust_domain=registry.trust_domain,
+            clock=s.clock)
         await self._serve(HttpService("verify", self.verify.app(), verify_sock))
 
     async def _serve(self, service: HttpService) -> None:
@@ -182,6 +192,8 @@ class Lab:
             loop.close()
         if hasattr(self, "openbao"):
             self.openbao.stop()
+        if getattr(self, "_mcp_sock", None) is not None:
+            self._mcp_sock.close()
         if self.runtime_dir is not None:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
             self.runtime_dir = None
@@ -221,6 +233,8 @@ class Lab:
             "IIA_VAULT_KV_MOUNT": layout.kv_mount,
             "IIA_VAULT_SECRET_PATH": layout.secret_path,
             "IIA_VERIFY_ISSUER": self.verify.issuer,
+            "IIA_ADMIN_API_URL": self.verify.admin_api_url,
+            "IIA_MCP_RESOURCE": self.mcp_url,
         }
 
     def write_state(self, directory: Path, pid: int) -> None:

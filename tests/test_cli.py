@@ -133,3 +133,50 @@ def test_lab_settings_come_from_the_environment() -> None:
         LabSettings.from_env({"IIA_LAB_SVID_TTL": "five minutes"})
     with pytest.raises(HarnessError, match="positive"):
         LabSettings.from_env({"IIA_LAB_SPIFFE_KEY_ROTATION": "0"})
+
+
+def test_token_and_phone_commands_against_a_running_lab(lab_dir: Path) -> None:
+    import jwt
+
+    from iia.identity import IdentitySettings, WorkloadIdentity, read_env_file
+    from tests.helpers import as_mcp_server
+
+    assert run(lab_dir, "up", "--detach").returncode == 0
+    token = run(lab_dir, "token", "alice@example.com")
+    assert token.returncode == 0, token.stderr
+    lines = token.stdout.strip().splitlines()
+    assert len(lines) == 1  # only the access token
+    claims = jwt.decode(lines[0], options={"verify_signature": False})
+    assert claims["email"] == "alice@example.com" and jwt.get_unverified_header(
+        lines[0])["typ"] == "at+jwt"
+    unknown = run(lab_dir, "token", "nobody@example.com")
+    assert unknown.returncode == 1 and "login_required" in unknown.stderr
+
+    env = read_env_file(lab_dir / "iia.env")
+    identity = WorkloadIdentity(IdentitySettings.from_env(env))
+    issuer = env["IIA_VERIFY_ISSUER"]
+    admin = env["IIA_ADMIN_API_URL"]
+    pushed = []
+    for target in ("u-1", "u-2"):
+        details = {"type": "verify_deactivate_user", "actions": ["update"], "locations": [admin],
+                   "tier": 3, "summary": f"Deactivate {target}", "digest": "sha256:" + "a" * 64,
+                   "target": target}
+        response = as_mcp_server(identity, f"{issuer}/bc-authorize", {
+            "scope": "openid", "login_hint": "alice@example.com",
+            "binding_message": f"Deactivate {target}?",
+            "authorization_details": json.dumps([details])})
+        assert response.status_code == 200, response.text
+        pushed.append(response.json()["auth_req_id"])
+    identity.close()
+
+    listed = run(lab_dir, "approvals", "--json")
+    items = json.loads(listed.stdout)
+    assert [i["binding_message"] for i in items] == ["Deactivate u-1?", "Deactivate u-2?"]
+    assert set(items[0]) == {"id", "user", "tier", "binding_message", "authorization_details"}
+    table = run(lab_dir, "approvals")
+    assert items[0]["id"] in table.stdout and "verify_deactivate_user" in table.stdout
+    assert run(lab_dir, "approve", items[0]["id"]).stdout.strip().endswith("approved")
+    assert run(lab_dir, "deny", items[1]["id"]).stdout.strip().endswith("denied")
+    twice = run(lab_dir, "approve", items[0]["id"])
+    assert twice.returncode == 1 and "already approved" in twice.stderr
+    assert json.loads(run(lab_dir, "approvals", "--json").stdout) == []

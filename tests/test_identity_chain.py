@@ -22,7 +22,7 @@ from iia.identity import (
     WorkloadNotAttestedError,
 )
 from iia.oauth import InvalidClientError
-from iia.oauth.token_endpoint import TokenEndpoint, discover
+from iia.oauth.client import AuthorizationServerClient
 from tests.conftest import FakeClock
 
 
@@ -103,70 +103,70 @@ def test_per_audience_svids(identity: WorkloadIdentity, lab: Lab) -> None:
 # -- rotation at the IdP, and the retry on a stale secret -------------------------------------
 
 @pytest.fixture
-def token_endpoint(lab: Lab):
-    metadata = discover(lab.verify.issuer)
-    endpoint = TokenEndpoint(metadata["token_endpoint"])
-    yield endpoint
-    endpoint.close()
+def idp(lab: Lab):
+    client = AuthorizationServerClient(lab.verify.issuer)
+    yield client
+    client.close()
 
 
-def client_credentials(endpoint: TokenEndpoint):
-    return lambda cred: endpoint.request({"grant_type": "client_credentials"}, cred)
+def use_once(idp: AuthorizationServerClient, cred):
+    """One use of the credential at Verify: an introspection call authenticates the client."""
+    return idp.introspect("probe", cred)
 
 
 def test_each_use_rotates_the_secret_and_the_old_one_has_a_grace_window(
-        lab: Lab, identity: WorkloadIdentity, token_endpoint: TokenEndpoint, grace: None) -> None:
+        lab: Lab, identity: WorkloadIdentity, idp: AuthorizationServerClient, grace: None) -> None:
     lab.client_secret.grace_seconds = 30
     first = identity.credential()
-    token_endpoint.request({"grant_type": "client_credentials"}, first)
+    use_once(idp, first)
     second = identity.credential()
     assert second.version == first.version + 1
     assert second.client_secret != first.client_secret
     # a concurrent caller that read the old secret before the rotation still gets through
-    token_endpoint.request({"grant_type": "client_credentials"}, first)
+    use_once(idp, first)
     assert identity.credential().version == second.version  # ...without another rotation
 
 
 def test_a_secret_past_its_grace_window_is_invalid_client(
-        lab: Lab, identity: WorkloadIdentity, token_endpoint: TokenEndpoint, grace: None) -> None:
+        lab: Lab, identity: WorkloadIdentity, idp: AuthorizationServerClient, grace: None) -> None:
     lab.client_secret.grace_seconds = 0
     first = identity.credential()
-    token_endpoint.request({"grant_type": "client_credentials"}, first)
+    use_once(idp, first)
     version = lab.client_secret.version
     with pytest.raises(InvalidClientError) as err:
-        token_endpoint.request({"grant_type": "client_credentials"}, first)
+        use_once(idp, first)
     assert err.value.code == "invalid_client" and "stale" in err.value.description
     assert lab.client_secret.version == version  # a refused secret rotates nothing
 
 
 def test_stale_secret_is_reread_and_retried_once(
         lab: Lab, identity: WorkloadIdentity, events: EventBus,
-        token_endpoint: TokenEndpoint, grace: None) -> None:
+        idp: AuthorizationServerClient, grace: None) -> None:
     lab.client_secret.grace_seconds = 0
     used_versions: list[int] = []
 
     def use(cred):
         if not used_versions:  # another replica uses the same secret first
-            token_endpoint.request({"grant_type": "client_credentials"}, cred)
+            use_once(idp, cred)
         used_versions.append(cred.version)
-        return token_endpoint.request({"grant_type": "client_credentials"}, cred)
+        return use_once(idp, cred)
 
     result = identity.with_credential(use)
-    assert result["token_type"] == "Bearer"
+    assert result == {"active": False}
     assert used_versions == [used_versions[0], used_versions[0] + 1]
     retries = events.recent(type="vault:rotation_retry")
     assert len(retries) == 1 and retries[0].to_dict()["staleVersion"] == used_versions[0]
 
 
 def test_a_second_invalid_client_is_not_retried_again(
-        identity: WorkloadIdentity, events: EventBus, token_endpoint: TokenEndpoint) -> None:
+        identity: WorkloadIdentity, events: EventBus, idp: AuthorizationServerClient) -> None:
     calls = []
 
     def use(cred):
         calls.append(cred.version)
         wrong = type(cred)(client_id=cred.client_id, client_secret="not-the-secret",
                            version=cred.version)
-        return token_endpoint.request({"grant_type": "client_credentials"}, wrong)
+        return use_once(idp, wrong)
 
     with pytest.raises(InvalidClientError):
         identity.with_credential(use)

@@ -1,0 +1,120 @@
+"""The MCP server's client of the authorization server: discovery, the token endpoint
+(RFC 6749 §3.2), introspection (RFC 7662) and the CIBA backchannel authentication endpoint.
+
+Requests authenticate with `client_secret_basic` (RFC 6749 §2.3.1) using a credential read from
+Vault; error bodies become typed `OAuthError`s (§5.2); an unreachable or failing server is
+`IdpUnavailableError`, naming the identity provider.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from iia.errors import DependencyError
+from iia.identity.vault import ClientCredential
+from iia.oauth.errors import error_from_response
+
+__all__ = ["AuthorizationServerClient", "IdpUnavailableError", "discover"]
+
+
+class IdpUnavailableError(DependencyError):
+    code = "idp_unavailable"
+
+    def __init__(self, description: str, *, upstream_code: str | None = None) -> None:
+        super().__init__(description, dependency="idp", upstream_code=upstream_code)
+
+
+def discover(issuer: str, *, http: httpx.Client | None = None,
+             timeout: float = 5.0) -> dict[str, Any]:
+    """Fetch the OpenID Provider metadata of `issuer` (OpenID Connect Discovery 1.0 §4)."""
+    url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+    client = http or httpx.Client(timeout=timeout)
+    try:
+        response = client.get(url)
+    except httpx.HTTPError as exc:
+        raise IdpUnavailableError(f"the identity provider at {issuer} is unreachable "
+                                  f"({exc.__class__.__name__})") from exc
+    finally:
+        if http is None:
+            client.close()
+    if response.status_code != 200:
+        raise IdpUnavailableError(f"OIDC discovery at {url} answered HTTP {response.status_code}",
+                                  upstream_code=str(response.status_code))
+    metadata: dict[str, Any] = response.json()
+    if metadata.get("issuer") != issuer.rstrip("/"):
+        raise IdpUnavailableError(f"OIDC discovery at {url} names issuer "
+                                  f"{metadata.get('issuer')!r}, not {issuer!r}")
+    return metadata
+
+
+def basic_auth(credential: ClientCredential) -> str:
+    pair = f"{quote(credential.client_id, safe='')}:{quote(credential.client_secret, safe='')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode()
+
+
+class AuthorizationServerClient:
+    """Endpoints come from discovery, fetched once and kept."""
+
+    def __init__(self, issuer: str, *, http: httpx.Client | None = None,
+                 timeout: float = 5.0) -> None:
+        self.issuer = issuer.rstrip("/")
+        self._http = http or httpx.Client(timeout=timeout)
+        self._metadata: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        if self._metadata is None:
+            with self._lock:
+                if self._metadata is None:
+                    self._metadata = discover(self.issuer, http=self._http)
+        return self._metadata
+
+    def endpoint(self, name: str) -> str:
+        url = self.metadata.get(name)
+        if not isinstance(url, str):
+            raise IdpUnavailableError(f"the identity provider does not advertise {name}")
+        return url
+
+    def _post(self, endpoint: str, form: Mapping[str, str],
+              credential: ClientCredential) -> dict[str, Any]:
+        url = self.endpoint(endpoint)
+        try:
+            response = self._http.post(url, data=dict(form),
+                                       headers={"Authorization": basic_auth(credential),
+                                                "Accept": "application/json"})
+        except httpx.HTTPError as exc:
+            raise IdpUnavailableError(f"{endpoint} {url} is unreachable "
+                                      f"({exc.__class__.__name__})") from exc
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code == 200 and isinstance(body, dict):
+            return body
+        if response.status_code >= 500:
+            raise IdpUnavailableError(f"{endpoint} answered HTTP {response.status_code}",
+                                      upstream_code=str(response.status_code))
+        raise error_from_response(response.status_code, body)
+
+    def token(self, form: Mapping[str, str], credential: ClientCredential) -> dict[str, Any]:
+        """A token request (any grant); the token response or the typed OAuth error."""
+        return self._post("token_endpoint", form, credential)
+
+    def introspect(self, token: str, credential: ClientCredential) -> dict[str, Any]:
+        """RFC 7662: is `token` active, and what does it say."""
+        return self._post("introspection_endpoint", {"token": token}, credential)
+
+    def backchannel_authorize(self, form: Mapping[str, str],
+                              credential: ClientCredential) -> dict[str, Any]:
+        """OpenID CIBA §7: start a push approval; returns auth_req_id, expires_in, interval."""
+        return self._post("backchannel_authentication_endpoint", form, credential)
+
+    def close(self) -> None:
+        self._http.close()
