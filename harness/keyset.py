@@ -20,6 +20,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
+from harness.listeners import Listeners
+
 __all__ = ["RotatingKeySet", "SigningKey"]
 
 
@@ -51,7 +53,7 @@ class RotatingKeySet:
         self._clock = clock
         self._lock = threading.Lock()
         self._keys: list[SigningKey] = [SigningKey.generate(clock())]
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: Listeners[[]] = Listeners()
 
     @property
     def current(self) -> SigningKey:
@@ -107,18 +109,8 @@ class RotatingKeySet:
         return jwt.encode(dict(claims), key.private_key, algorithm="ES256", headers=hdr)
 
     def on_change(self, listener: Callable[[], None]) -> Callable[[], None]:
-        with self._lock:
-            self._listeners.append(listener)
-
-        def remove() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
-
-        return remove
+        """Call `listener` whenever the published key set changes; returns the unsubscribe."""
+        return self._listeners.add(listener)
 
     def _notify(self) -> None:
-        with self._lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
-            listener()
+        self._listeners.notify()

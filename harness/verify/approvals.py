@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.listeners import Listeners
+
 __all__ = ["Approvals", "CallApproval", "PushRequest"]
 
 
@@ -72,7 +74,7 @@ class Approvals:
         self._by_auth_req: dict[str, str] = {}
         self._consents: dict[tuple[str, str], float] = {}
         self._calls: list[CallApproval] = []
-        self._listeners: list[Callable[[PushRequest], None]] = []
+        self._listeners: Listeners[[PushRequest]] = Listeners()
 
     # -- pushes -----------------------------------------------------------------------------
 
@@ -187,18 +189,8 @@ class Approvals:
             return True
 
     def on_change(self, listener: Callable[[PushRequest], None]) -> Callable[[], None]:
-        with self._lock:
-            self._listeners.append(listener)
-
-        def remove() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
-
-        return remove
+        """Call `listener` on every new or answered push; returns the unsubscribe."""
+        return self._listeners.add(listener)
 
     def _notify(self, push: PushRequest) -> None:
-        with self._lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
-            listener(push)
+        self._listeners.notify(push)
