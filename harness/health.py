@@ -43,7 +43,8 @@ def probe_service(service: str, endpoint: str, timeout: float = 2.0) -> ServiceH
     if endpoint.startswith("unix://"):
         ok, detail = _probe_workload_api(endpoint, timeout)
         return ServiceHealth(service, endpoint, ok, detail)
-    url = endpoint.rstrip("/") + _HTTP_PROBES.get(service, "/healthz")
+    origin = "/".join(endpoint.split("/", 3)[:3])  # scheme://host:port
+    url = origin + _HTTP_PROBES.get(service, "/healthz")
     try:
         response = httpx.get(url, timeout=timeout)
     except httpx.HTTPError as exc:

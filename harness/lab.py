@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from harness.claude import MessagesApi, ScriptedModel
 from harness.errors import HarnessError
 from harness.net import HttpService, bind_loopback, reserve_loopback
 from harness.openbao import OpenBaoServer, VaultLayout, bootstrap
@@ -33,6 +34,12 @@ from harness.paths import fixtures_dir
 from harness.spire import JwtAuthority, WorkloadApiServer, discovery_app, load_registry
 from harness.verify import VerifyTenant
 from harness.verify.rotation import RotatingClientSecret
+from iia.agent import model_client
+from iia.chat import ChatApp
+from iia.events import EventBus
+from iia.identity import IdentitySettings, WorkloadIdentity
+from iia.mcp_server import McpServer
+from iia.settings import AgentSettings, ChatSettings, McpSettings
 
 __all__ = ["Lab", "LabSettings"]
 
@@ -87,6 +94,7 @@ class Lab:
         self._thread: threading.Thread | None = None
         self._http: list[HttpService] = []
         self._ticker: asyncio.Task[None] | None = None
+        self.events = EventBus()
         self._mcp_sock: socket.socket | None = None
         self.mcp_url = ""
         # the simulated products, reachable by tests and notebooks that started this lab
@@ -169,10 +177,28 @@ class Lab:
             clock=s.clock)
         await self._serve(HttpService("verify", self.verify.app(), verify_sock))
 
-    async def _serve(self, service: HttpService) -> None:
+        # The scripted stand-in for Claude.
+        self.claude = MessagesApi(ScriptedModel(s.fixtures / "scripts" / "claude.json"))
+        await self._serve(HttpService("model", self.claude.app()))
+
+        # The product (iia): the MCP server, pointed at this lab by the same IIA_* settings a
+        # real deployment would use.
+        env = self.iia_env()
+        self.mcp_identity = WorkloadIdentity(IdentitySettings.from_env(env), events=self.events)
+        self.mcp = McpServer(McpSettings.from_env(env), self.mcp_identity, self.events)
+        sock, self._mcp_sock = self._mcp_sock, None
+        assert sock is not None
+        await self._serve(HttpService("mcp", self.mcp.app(), sock, lifespan=True),
+                          url=self.mcp_url)
+        agent_settings = AgentSettings.from_env(env)
+        self.chat = ChatApp(ChatSettings.from_env(env), agent_settings, self.events,
+                            model=model_client(agent_settings))
+        await self._serve(HttpService("chat", self.chat.app()))
+
+    async def _serve(self, service: HttpService, url: str | None = None) -> None:
         await service.start()
         self._http.append(service)
-        self.endpoints[service.name] = service.url
+        self.endpoints[service.name] = url or service.url
 
     async def _tick(self) -> None:
         while True:
@@ -203,6 +229,12 @@ class Lab:
     async def _stop(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
+        # clients first (the product's identity holds a channel to the Workload API)
+        if hasattr(self, "mcp"):
+            self.mcp.close()
+            self.mcp_identity.close()
+        if hasattr(self, "chat"):
+            await self.chat.aclose()
         for service in reversed(self._http):
             await service.stop()
         self._http.clear()
@@ -210,6 +242,13 @@ class Lab:
             await self.workload_api.stop()
         if hasattr(self, "openbao"):
             self.openbao.stop()  # from the loop thread that started it
+        # whatever libraries left running on this loop (e.g. sse-starlette's shutdown
+        # watcher) ends here, not as a "task destroyed but pending" at interpreter exit
+        current = asyncio.current_task()
+        leftovers = [t for t in asyncio.all_tasks() if t is not current]
+        for task in leftovers:
+            task.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
 
     def __enter__(self) -> Lab:
         self.start()
@@ -234,7 +273,10 @@ class Lab:
             "IIA_VAULT_SECRET_PATH": layout.secret_path,
             "IIA_VERIFY_ISSUER": self.verify.issuer,
             "IIA_ADMIN_API_URL": self.verify.admin_api_url,
+            "IIA_ADMIN_GROUP_ID": self.verify.directory.admin_group_id,
             "IIA_MCP_RESOURCE": self.mcp_url,
+            "IIA_ANTHROPIC_BASE_URL": self.endpoints["model"],
+            "IIA_MODEL": self.claude.model_name,
         }
 
     def write_state(self, directory: Path, pid: int) -> None:

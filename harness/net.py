@@ -59,12 +59,14 @@ def free_port_pair() -> int:
 class HttpService:
     """An ASGI app served by uvicorn on an already-bound loopback socket, inside a running loop."""
 
-    def __init__(self, name: str, app: ASGIApp, sock: socket.socket | None = None) -> None:
+    def __init__(self, name: str, app: ASGIApp, sock: socket.socket | None = None, *,
+                 lifespan: bool = False) -> None:
         self.name = name
         self.sock = sock or bind_loopback()
         self.port: int = self.sock.getsockname()[1]
         self.url = f"http://{HOST}:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+        config = uvicorn.Config(app, log_level="warning", access_log=False,
+                                lifespan="on" if lifespan else "off",
                                 timeout_graceful_shutdown=2)
         self._server = uvicorn.Server(config)
         self._task: asyncio.Task[None] | None = None

@@ -29,6 +29,7 @@ __all__ = [
     "SecretInEventError",
     "SecurityEvent",
     "bound_fields",
+    "current_fields",
     "looks_like_secret",
 ]
 
@@ -62,6 +63,7 @@ _WIRE_NAMES = {
     "actor_token_type": "actorTokenType",
     "spiffe_id": "spiffeId",
     "obo_token_expires_in": "oboTokenExpiresIn",
+    "call_id": "callId",
     "event_id": "eventId",
     "timestamp": "timestamp",
 }
@@ -89,6 +91,7 @@ class SecurityEvent:
     actor_token_type: str | None = None
     spiffe_id: str | None = None
     obo_token_expires_in: int | None = None
+    call_id: str | None = None  # joins every event of one tool call
     details: Mapping[str, Any] = field(default_factory=dict)
     correlation: Mapping[str, str] = field(default_factory=dict)
     event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -124,6 +127,11 @@ Subscriber = Callable[[SecurityEvent], None]
 _NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
 _AMBIENT: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
     "iia_event_fields", default=_NO_FIELDS)
+
+
+def current_fields() -> Mapping[str, Any]:
+    """The fields bound in this context (empty outside any `bound_fields`)."""
+    return _AMBIENT.get()
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import threading
+import weakref
 from collections import Counter
 from typing import Any
 
@@ -55,6 +56,7 @@ class WorkloadApiServer:
         self.calls: Counter[str] = Counter()
         self.svids_issued_to: Counter[str] = Counter()
         self.last_peer: PeerCredentials | None = None
+        self._transports: weakref.WeakSet[Any] = weakref.WeakSet()
 
     # -- grpclib plumbing -------------------------------------------------------------------
 
@@ -87,6 +89,10 @@ class WorkloadApiServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+            # grpclib leaves accepted connections open; a client that outlives us must not
+            # leave a transport dangling on a closed loop.
+            for transport in list(self._transports):
+                transport.close()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=2)
             self._server = None
@@ -101,7 +107,10 @@ class WorkloadApiServer:
             raise GRPCError(Status.INVALID_ARGUMENT, "security header missing from request")
         peer = stream.peer
         # grpclib's Peer exposes the transport; the transport exposes the accepted socket.
-        sock = peer._transport.get_extra_info("socket") if peer is not None else None
+        transport = peer._transport if peer is not None else None
+        if transport is not None:
+            self._transports.add(transport)
+        sock = transport.get_extra_info("socket") if transport is not None else None
         if sock is None:
             raise GRPCError(Status.INTERNAL, "cannot read the caller's credentials")
         try:

@@ -22,7 +22,7 @@ import hvac
 import hvac.exceptions
 import requests
 
-from iia.events import EventBus
+from iia.events import EventBus, current_fields
 from iia.identity.errors import (
     VaultError,
     VaultLoginRefusedError,
@@ -112,6 +112,7 @@ class VaultCredentialSource:
                                    verify=settings.vault_ca_cert or True)
         self.logins = 0
         self.reads = 0
+        self._cached_for: str | None = None
 
     # -- login ------------------------------------------------------------------------------
 
@@ -162,7 +163,9 @@ class VaultCredentialSource:
     def read(self) -> ClientCredential:
         """Read the current client credential (logging in first when needed)."""
         token, warm = self._ensure_token()
-        if warm and self._events is not None:
+        call = current_fields().get("call_id")
+        if warm and self._events is not None and (call is None or call != self._cached_for):
+            self._cached_for = call  # once per tool call, not once per read
             now = self._clock()
             self._events.emit(
                 "spiffe:svid_cached", spiffe_id=token.svid.spiffe_id, duration_ms=0,

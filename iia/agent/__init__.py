@@ -1,0 +1,9 @@
+"""The agent loop (Claude + MCP tools) that runs inside our trust zone."""
+
+from __future__ import annotations
+
+from iia.agent.loop import AgentLoop, AgentResult, ModelUnavailableError, model_client
+from iia.agent.mcp_client import McpToolClient, McpUnavailableError, SessionEndedError, ToolResult
+
+__all__ = ["AgentLoop", "AgentResult", "McpToolClient", "McpUnavailableError",
+           "ModelUnavailableError", "SessionEndedError", "ToolResult", "model_client"]

@@ -1,0 +1,227 @@
+"""The tool catalog (DESIGN.md §3), declared once.
+
+Each tool says its tier, its RFC 9396 authorization_details type and actions, its JSON input
+schema, how to fill the type's fields (`target`, `group`) and a one-line summary from its
+arguments, which admin-API request it makes, and how to compact the answer for the model. The MCP
+tool list, the RAR builder, the enforcement chain, the docs and the notebooks all read this.
+
+    tier 1 read       no approval            token exchange allowed
+    tier 2 write      once per session, 30 m token exchange allowed with the session's consent
+    tier 3 sensitive  every call             token exchange allowed with this call's approval
+    tier 4 blocked    none                   token exchange always refused by policy
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+__all__ = ["CATALOG", "AdminRequest", "CatalogContext", "Tool", "tool"]
+
+Args = Mapping[str, Any]
+
+USER_FIELDS = ("id", "userName", "displayName", "title", "active", "nickName")
+
+
+@dataclass(frozen=True)
+class CatalogContext:
+    """Tenant facts some tools need (from settings, never from the model)."""
+
+    admin_group_id: str = ""
+
+
+@dataclass(frozen=True)
+class AdminRequest:
+    method: str
+    path: str  # relative to the admin API root, e.g. "/Users/<id>"
+    params: Mapping[str, str] = field(default_factory=dict)
+    json: Any = None
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    tier: int
+    rar_type: str
+    actions: tuple[str, ...]
+    description: str
+    input_schema: Mapping[str, Any]
+    summary: Callable[[Args], str]
+    request: Callable[[Args, CatalogContext], AdminRequest]
+    rar_fields: Callable[[Args], dict[str, str]] = lambda args: {}
+    compact: Callable[[Any], Any] = lambda body: body
+
+    @property
+    def hitl(self) -> str:
+        """none | session (once per session, 30 min) | call (every call)."""
+        return {2: "session", 3: "call"}.get(self.tier, "none")
+
+
+def _p(value: str) -> str:
+    return quote(str(value), safe="")
+
+
+def _schema(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(required),
+            "additionalProperties": False}
+
+
+ID = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": r"^[A-Za-z0-9._:@-]+$"}
+FILTER = {"type": "string", "maxLength": 256,
+          "description": 'a SCIM filter (RFC 7644 §3.4.2.2), e.g. userName eq "bob@example.com"'}
+COUNT = {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}
+EMAIL = {"type": "string", "format": "email", "maxLength": 254,
+         "pattern": r"^[^@\s]+@[^@\s]+\.[^@\s]+$"}
+NAME = {"type": "string", "minLength": 1, "maxLength": 64}
+
+
+def _user(resource: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: resource[k] for k in USER_FIELDS if resource.get(k) is not None}
+
+
+def _users(body: Any) -> Any:
+    if not isinstance(body, dict):
+        return body
+    return {"totalResults": body.get("totalResults"),
+            "users": [_user(r) for r in body.get("Resources", [])]}
+
+
+def _groups(body: Any) -> Any:
+    if not isinstance(body, dict):
+        return body
+    return {"totalResults": body.get("totalResults"), "groups": [
+        {"id": g.get("id"), "displayName": g.get("displayName"),
+         "members": len(g.get("members") or [])} for g in body.get("Resources", [])]}
+
+
+def _list_params(args: Args) -> dict[str, str]:
+    params = {"count": str(args.get("count", 50))}
+    if args.get("filter"):
+        params["filter"] = args["filter"]
+    if args.get("start_index"):
+        params["startIndex"] = str(args["start_index"])
+    return params
+
+
+def _members_patch(op: str, user_id: str) -> dict[str, Any]:
+    operation: dict[str, Any]
+    if op == "add":
+        operation = {"op": "add", "path": "members", "value": [{"value": user_id}]}
+    else:
+        operation = {"op": "remove", "path": f'members[value eq "{user_id}"]'}
+    return {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [operation]}
+
+
+def _done(action: str) -> Callable[[Any], Any]:
+    return lambda body: {"status": "done", "action": action,
+                         **({"user": _user(body)} if isinstance(body, dict) and "userName" in body
+                            else {})}
+
+
+CATALOG: tuple[Tool, ...] = (
+    # -- tier 1: reads ------------------------------------------------------------------------
+    Tool("list_users", 1, "verify_read_users", ("read",),
+         "List or search the tenant's users (SCIM). Optional SCIM filter.",
+         _schema({"filter": FILTER, "count": COUNT,
+                  "start_index": {"type": "integer", "minimum": 1}}),
+         summary=lambda a: "Read SCIM users, limit=" + str(a.get("count", 50))
+         + (f", filter={a['filter']}" if a.get("filter") else ""),
+         request=lambda a, c: AdminRequest("GET", "/Users", _list_params(a)),
+         compact=_users),
+    Tool("get_user", 1, "verify_read_user", ("read",), "Read one user by id.",
+         _schema({"user_id": ID}, ("user_id",)),
+         summary=lambda a: f"Read SCIM user {a['user_id']}",
+         request=lambda a, c: AdminRequest("GET", f"/Users/{_p(a['user_id'])}"),
+         rar_fields=lambda a: {"target": a["user_id"]},
+         compact=lambda body: _user(body) if isinstance(body, dict) else body),
+    Tool("list_groups", 1, "verify_read_groups", ("read",), "List the tenant's groups.",
+         _schema({"filter": FILTER, "count": COUNT}),
+         summary=lambda a: "Read SCIM groups, limit=" + str(a.get("count", 50)),
+         request=lambda a, c: AdminRequest("GET", "/Groups", _list_params(a)),
+         compact=_groups),
+    Tool("list_applications", 1, "verify_read_applications", ("read",),
+         "List the applications connected to the tenant.", _schema({}),
+         summary=lambda a: "Read applications",
+         request=lambda a, c: AdminRequest("GET", "/applications")),
+    Tool("get_application", 1, "verify_read_application", ("read",),
+         "Read one application's configuration.",
+         _schema({"application_id": ID}, ("application_id",)),
+         summary=lambda a: f"Read application {a['application_id']}",
+         request=lambda a, c: AdminRequest("GET", f"/applications/{_p(a['application_id'])}"),
+         rar_fields=lambda a: {"target": a["application_id"]}),
+    Tool("list_access_policies", 1, "verify_read_access_policies", ("read",),
+         "List the tenant's access policies.", _schema({}),
+         summary=lambda a: "Read access policies",
+         request=lambda a, c: AdminRequest("GET", "/accesspolicies")),
+    # -- tier 2: writes (the user approves once per session) ------------------------------
+    Tool("create_user", 2, "verify_create_user", ("create",), "Create a user.",
+         _schema({"user_name": EMAIL, "given_name": NAME, "family_name": NAME,
+                  "title": {"type": "string", "maxLength": 128}},
+                 ("user_name", "given_name", "family_name")),
+         summary=lambda a: f"Create user {a['user_name']}",
+         request=lambda a, c: AdminRequest("POST", "/Users", json={
+             "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+             "userName": a["user_name"], "active": True,
+             "name": {"givenName": a["given_name"], "familyName": a["family_name"]},
+             "displayName": f"{a['given_name']} {a['family_name']}",
+             "emails": [{"value": a["user_name"], "type": "work", "primary": True}],
+             **({"title": a["title"]} if a.get("title") else {})}),
+         rar_fields=lambda a: {"target": a["user_name"]},
+         compact=_done("created")),
+    Tool("add_user_to_group", 2, "verify_add_group_member", ("update",),
+         "Add a user to a group.", _schema({"user_id": ID, "group_id": ID},
+                                           ("user_id", "group_id")),
+         summary=lambda a: f"Add user {a['user_id']} to group {a['group_id']}",
+         request=lambda a, c: AdminRequest("PATCH", f"/Groups/{_p(a['group_id'])}",
+                                           json=_members_patch("add", a["user_id"])),
+         rar_fields=lambda a: {"target": a["user_id"], "group": a["group_id"]},
+         compact=_done("added to group")),
+    Tool("remove_user_from_group", 2, "verify_remove_group_member", ("update",),
+         "Remove a user from a group.", _schema({"user_id": ID, "group_id": ID},
+                                                ("user_id", "group_id")),
+         summary=lambda a: f"Remove user {a['user_id']} from group {a['group_id']}",
+         request=lambda a, c: AdminRequest("PATCH", f"/Groups/{_p(a['group_id'])}",
+                                           json=_members_patch("remove", a["user_id"])),
+         rar_fields=lambda a: {"target": a["user_id"], "group": a["group_id"]},
+         compact=_done("removed from group")),
+    # -- tier 3: sensitive (the user approves every call) ---------------------------------
+    Tool("deactivate_user", 3, "verify_deactivate_user", ("update",),
+         "Deactivate a user: they can no longer sign in and their sessions end.",
+         _schema({"user_id": ID}, ("user_id",)),
+         summary=lambda a: f"Deactivate user {a['user_id']}",
+         request=lambda a, c: AdminRequest("PATCH", f"/Users/{_p(a['user_id'])}", json={
+             "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+             "Operations": [{"op": "replace", "path": "active", "value": False}]}),
+         rar_fields=lambda a: {"target": a["user_id"]},
+         compact=_done("deactivated")),
+    Tool("revoke_user_sessions", 3, "verify_revoke_user_sessions", ("delete",),
+         "End every session of a user.", _schema({"user_id": ID}, ("user_id",)),
+         summary=lambda a: f"Revoke all sessions of user {a['user_id']}",
+         request=lambda a, c: AdminRequest("DELETE", f"/Users/{_p(a['user_id'])}/sessions"),
+         rar_fields=lambda a: {"target": a["user_id"]},
+         compact=_done("sessions revoked")),
+    # -- tier 4: blocked (the identity provider refuses to mint a token) ------------------
+    Tool("delete_user", 4, "verify_delete_user", ("delete",), "Delete a user.",
+         _schema({"user_id": ID}, ("user_id",)),
+         summary=lambda a: f"Delete user {a['user_id']}",
+         request=lambda a, c: AdminRequest("DELETE", f"/Users/{_p(a['user_id'])}"),
+         rar_fields=lambda a: {"target": a["user_id"]},
+         compact=_done("deleted")),
+    Tool("grant_admin_role", 4, "verify_grant_admin_role", ("update",),
+         "Make a user a tenant administrator.", _schema({"user_id": ID}, ("user_id",)),
+         summary=lambda a: f"Grant tenant admin to user {a['user_id']}",
+         request=lambda a, c: AdminRequest("PATCH", f"/Groups/{_p(c.admin_group_id)}",
+                                           json=_members_patch("add", a["user_id"])),
+         rar_fields=lambda a: {"target": a["user_id"]},
+         compact=_done("granted admin")),
+)
+
+_BY_NAME = {t.name: t for t in CATALOG}
+
+
+def tool(name: str) -> Tool:
+    """The tool named `name` (KeyError if the catalog has none)."""
+    return _BY_NAME[name]

@@ -1,0 +1,302 @@
+"""The chat route: the user's browser talks only to this app; this app signs the user in at the
+IdP (authorization code + PKCE), keeps their tokens server-side, runs the agent loop (Claude +
+our MCP server) and streams the answer, and streams security events.
+
+    GET  /                 the chat page
+    GET  /auth/login       -> IdP authorize (code + PKCE S256, resource = the MCP server)
+    GET  /auth/callback    code -> tokens (kept here); sets an HttpOnly, SameSite=Lax cookie
+                           (Secure when served over https)
+    POST /auth/logout      ends the IdP session, forgets the tokens, clears the cookie
+    GET  /me               who is signed in
+    POST /chat             {"message": ...} -> SSE: text deltas, tool calls, done
+    GET  /events?scope=    SSE of security events, `mine` (this session) or `all`
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import anthropic
+import httpx
+import jwt
+from sse_starlette import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from iia.agent import AgentLoop, McpToolClient
+from iia.agent.mcp_client import McpUnavailableError, SessionEndedError
+from iia.chat.sessions import ChatSession, ChatSessionStore
+from iia.events import EventBus, SecurityEvent
+from iia.oauth.client import discover
+from iia.settings import AgentSettings, ChatSettings
+
+__all__ = ["COOKIE", "ChatApp"]
+
+COOKIE = "iia_session"
+PENDING_TTL = 600.0
+
+
+def _pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(
+        b"=").decode()
+    return verifier, challenge
+
+
+class ChatApp:
+    def __init__(self, settings: ChatSettings, agent: AgentSettings, events: EventBus, *,
+                 model: anthropic.AsyncAnthropic) -> None:
+        self.settings = settings
+        self.agent_settings = agent
+        self.events = events
+        self.loop = AgentLoop(agent, model)
+        self._metadata: dict[str, Any] | None = None
+        self._http = httpx.Client(timeout=10)
+        self.sessions = ChatSessionStore(token_endpoint=lambda: self.metadata["token_endpoint"],
+                                         client_id=settings.client_id, ttl=settings.session_ttl,
+                                         http=self._http)
+        self._pending: dict[str, tuple[str, str, float]] = {}  # state -> verifier, nonce, when
+        self._jwks: jwt.PyJWKClient | None = None
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        if self._metadata is None:
+            self._metadata = discover(self.settings.issuer, http=self._http)
+        return self._metadata
+
+    def _session(self, request: Request) -> ChatSession | None:
+        return self.sessions.get(request.cookies.get(COOKIE))
+
+    # -- sign in / out ----------------------------------------------------------------------
+
+    async def login(self, request: Request) -> Response:
+        meta = await run_in_threadpool(lambda: self.metadata)
+        verifier, challenge = _pkce()
+        state, nonce = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+        now = time.time()
+        self._pending = {k: v for k, v in self._pending.items() if now - v[2] < PENDING_TTL}
+        self._pending[state] = (verifier, nonce, now)
+        params = {"response_type": "code", "client_id": self.settings.client_id,
+                  "redirect_uri": str(request.url_for("callback")), "scope": "openid email profile",
+                  "state": state, "nonce": nonce, "code_challenge": challenge,
+                  "code_challenge_method": "S256", "resource": self.agent_settings.mcp_url}
+        if request.query_params.get("login_hint"):
+            params["login_hint"] = request.query_params["login_hint"]
+        return RedirectResponse(f"{meta['authorization_endpoint']}?{urlencode(params)}", 302)
+
+    async def callback(self, request: Request) -> Response:
+        q = request.query_params
+        pending = self._pending.pop(q.get("state", ""), None)
+        if pending is None:
+            return HTMLResponse("<h1>Sign-in failed</h1><p>Unknown or expired state.</p>", 400)
+        if q.get("error"):
+            return HTMLResponse(f"<h1>Sign-in failed</h1><p>{q['error']}</p>", 400)
+        if q.get("iss") and q["iss"] != self.settings.issuer:
+            return HTMLResponse("<h1>Sign-in failed</h1><p>Wrong issuer (RFC 9207).</p>", 400)
+        verifier, nonce, _ = pending
+        form = {"grant_type": "authorization_code", "code": q.get("code", ""),
+                "redirect_uri": str(request.url_for("callback")),
+                "client_id": self.settings.client_id, "code_verifier": verifier}
+        response = await run_in_threadpool(self._http.post, self.metadata["token_endpoint"],
+                                           data=form)
+        if response.status_code != 200:
+            return HTMLResponse("<h1>Sign-in failed</h1><p>The identity provider refused the "
+                                "code.</p>", 400)
+        tokens = response.json()
+        problem = await run_in_threadpool(self._check_id_token, tokens.get("id_token", ""), nonce)
+        if problem:
+            return HTMLResponse(f"<h1>Sign-in failed</h1><p>{problem}</p>", 400)
+        session = self.sessions.create(tokens)
+        out = RedirectResponse("/", 302)
+        out.set_cookie(COOKIE, session.id, httponly=True, samesite="lax",
+                       secure=request.url.scheme == "https", path="/",
+                       max_age=int(self.settings.session_ttl))
+        return out
+
+    def _check_id_token(self, id_token: str, nonce: str) -> str | None:
+        """OpenID Connect Core §3.1.3.7: signature, issuer, audience, expiry, nonce."""
+        try:
+            if self._jwks is None:
+                self._jwks = jwt.PyJWKClient(self.metadata["jwks_uri"], cache_keys=True)
+            key = self._jwks.get_signing_key_from_jwt(id_token).key
+            claims = jwt.decode(id_token, key, algorithms=["ES256"], issuer=self.settings.issuer,
+                                audience=self.settings.client_id, leeway=5)
+        except jwt.PyJWTError as exc:
+            return f"the ID token is not valid ({exc.__class__.__name__})"
+        if claims.get("nonce") != nonce:
+            return "the ID token does not carry this sign-in's nonce"
+        return None
+
+    async def logout(self, request: Request) -> Response:
+        session = self._session(request)
+        if session is not None:
+            self.sessions.remove(session.id)
+            await run_in_threadpool(self._end_at_idp, session)
+        out = RedirectResponse("/", 303)
+        out.delete_cookie(COOKIE, path="/")
+        return out
+
+    def _end_at_idp(self, session: ChatSession) -> None:
+        meta = self.metadata
+        if session.refresh_token:
+            self._http.post(meta["revocation_endpoint"], data={
+                "token": session.refresh_token, "client_id": self.settings.client_id})
+        if session.id_token:
+            self._http.get(meta["end_session_endpoint"],
+                           params={"id_token_hint": session.id_token})
+
+    async def me(self, request: Request) -> JSONResponse:
+        session = self._session(request)
+        if session is None:
+            return JSONResponse({"signed_in": False})
+        return JSONResponse({"signed_in": True, "email": session.email,
+                             "ended": session.ended})
+
+    # -- chat -------------------------------------------------------------------------------
+
+    async def chat(self, request: Request) -> Response:
+        session = self._session(request)
+        if session is None:
+            return JSONResponse({"error": "not_signed_in", "error_description": "sign in first"},
+                                status_code=401)
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            return JSONResponse({"error": "invalid_request",
+                                 "error_description": "send JSON"}, status_code=415)
+        origin = request.headers.get("origin")
+        if origin and origin.rstrip("/") != str(request.base_url).rstrip("/"):
+            return JSONResponse({"error": "forbidden", "error_description": "cross-origin"},
+                                status_code=403)
+        body = await request.json()
+        message = str(body.get("message", "")).strip() if isinstance(body, dict) else ""
+        if not message or len(message) > 4000:
+            return JSONResponse({"error": "invalid_request",
+                                 "error_description": "message must be 1-4000 characters"},
+                                status_code=400)
+        if session.ended:
+            return JSONResponse({"error": "session_ended", "error_description": session.ended},
+                                status_code=401)
+        return EventSourceResponse(self._answer(session, message), ping=15)
+
+    async def _answer(self, session: ChatSession, message: str) -> AsyncIterator[dict[str, str]]:
+        queue: asyncio.Queue[dict[str, str] | None] = asyncio.Queue()
+
+        async def on_text(text: str) -> None:
+            await queue.put({"event": "text", "data": json.dumps({"delta": text})})
+
+        async def on_tool(phase: str, call: dict[str, Any]) -> None:
+            shown = {k: call[k] for k in ("name", "input", "is_error") if k in call}
+            if phase == "end":
+                shown["result"] = str(call.get("result", ""))[:500]
+            await queue.put({"event": "tool", "data": json.dumps({"phase": phase, **shown})})
+
+        async def run() -> None:
+            history = [*session.messages, {"role": "user", "content": message}]
+            try:
+                async with McpToolClient(self.agent_settings.mcp_url,
+                                         lambda: self.sessions.token(session)) as mcp:
+                    result = await self.loop.run(history, mcp, on_text=on_text,
+                                                 on_tool=on_tool)
+                if result.stop == "session_ended":
+                    session.ended = result.reason
+                # keep a conversation the next turn can continue: the full exchange when the
+                # model finished, else the question and what the user was told
+                session.messages = result.messages if result.stop in ("end_turn", "max_tokens") \
+                    else [*history, {"role": "assistant", "content": result.text}]
+                await queue.put({"event": "done", "data": json.dumps(
+                    {"stop": result.stop, "text": result.text, "reason": result.reason})})
+            except SessionEndedError as exc:
+                session.ended = exc.description
+                await queue.put({"event": "done", "data": json.dumps(
+                    {"stop": "session_ended", "reason": exc.description,
+                     "text": f"Your session was ended: {exc.description}. Sign in again."})})
+            except McpUnavailableError as exc:
+                await queue.put({"event": "error", "data": json.dumps(exc.to_dict())})
+            finally:
+                await queue.put(None)
+
+        task = asyncio.create_task(run())
+        try:
+            while (item := await queue.get()) is not None:
+                yield item
+        finally:
+            if not task.done():
+                task.cancel()
+
+    # -- security events --------------------------------------------------------------------
+
+    async def event_stream(self, request: Request) -> Response:
+        session = self._session(request)
+        if session is None:
+            return JSONResponse({"error": "not_signed_in"}, status_code=401)
+        scope = request.query_params.get("scope", "mine")
+        if scope not in ("mine", "all"):
+            return JSONResponse({"error": "invalid_request",
+                                 "error_description": "scope is mine or all"}, status_code=400)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[SecurityEvent] = asyncio.Queue(maxsize=1000)
+
+        def wanted(event: SecurityEvent) -> bool:
+            return scope == "all" or event.session_id == session.sid or (
+                event.session_id is None and event.user_email == session.email)
+
+        def deliver(event: SecurityEvent) -> None:
+            if wanted(event):
+                loop.call_soon_threadsafe(_put_nowait, queue, event)
+
+        backlog = [e for e in self.events.recent(200) if wanted(e)]
+        unsubscribe = self.events.subscribe(deliver)
+
+        async def stream() -> AsyncIterator[dict[str, str]]:
+            try:
+                for event in backlog:
+                    yield {"event": "security", "data": json.dumps(event.to_dict())}
+                while True:
+                    event = await queue.get()
+                    yield {"event": "security", "data": json.dumps(event.to_dict())}
+            finally:
+                unsubscribe()
+
+        return EventSourceResponse(stream(), ping=15)
+
+    # -- page -------------------------------------------------------------------------------
+
+    async def page(self, request: Request) -> HTMLResponse:
+        return HTMLResponse((Path(__file__).parent / "page.html").read_text())
+
+    async def health(self, request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[
+            Route("/", self.page),
+            Route("/auth/login", self.login),
+            Route("/auth/callback", self.callback, name="callback"),
+            Route("/auth/logout", self.logout, methods=["POST"]),
+            Route("/me", self.me),
+            Route("/chat", self.chat, methods=["POST"]),
+            Route("/events", self.event_stream),
+            Route("/healthz", self.health),
+        ])
+
+    async def aclose(self) -> None:
+        """Close the model client (its connections belong to the serving event loop) and the
+        HTTP client."""
+        await self.loop.model.close()
+        self._http.close()
+
+
+def _put_nowait(queue: asyncio.Queue[SecurityEvent], event: SecurityEvent) -> None:
+    if not queue.full():
+        queue.put_nowait(event)

@@ -1,0 +1,84 @@
+"""Server-side chat sessions: the browser holds only a random cookie; the user's tokens and the
+conversation stay here. Tokens are refreshed (RFC 6749 §6) shortly before they expire."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import jwt
+
+__all__ = ["ChatSession", "ChatSessionStore"]
+
+
+@dataclass
+class ChatSession:
+    id: str = field(repr=False)
+    email: str
+    sub: str
+    sid: str
+    access_token: str = field(repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
+    id_token: str | None = field(default=None, repr=False)
+    expires_at: float = 0.0
+    created_at: float = field(default_factory=time.time)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    ended: str | None = None  # why the session ended, when it did
+
+    def update_tokens(self, body: dict[str, Any], now: float) -> None:
+        self.access_token = body["access_token"]
+        self.refresh_token = body.get("refresh_token", self.refresh_token)
+        self.id_token = body.get("id_token", self.id_token)
+        self.expires_at = now + float(body.get("expires_in", 300))
+
+
+class ChatSessionStore:
+    def __init__(self, *, token_endpoint: Callable[[], str], client_id: str, ttl: float,
+                 http: httpx.Client | None = None, clock: Callable[[], float] = time.time):
+        self._token_endpoint = token_endpoint
+        self.client_id = client_id
+        self.ttl = ttl
+        self._http = http or httpx.Client(timeout=10)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._sessions: dict[str, ChatSession] = {}
+
+    def create(self, tokens: dict[str, Any]) -> ChatSession:
+        claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+        session = ChatSession(id=secrets.token_urlsafe(32), email=str(claims.get("email", "")),
+                              sub=str(claims["sub"]), sid=str(claims["sid"]),
+                              access_token=tokens["access_token"])
+        session.update_tokens(tokens, self._clock())
+        with self._lock:
+            self._sessions[session.id] = session
+        return session
+
+    def get(self, session_id: str | None) -> ChatSession | None:
+        if not session_id:
+            return None
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is not None and self._clock() - session.created_at > self.ttl:
+                del self._sessions[session_id]
+                return None
+            return session
+
+    def remove(self, session_id: str) -> ChatSession | None:
+        with self._lock:
+            return self._sessions.pop(session_id, None)
+
+    def token(self, session: ChatSession) -> str:
+        """The access token, refreshed first when it expires within a minute."""
+        if session.expires_at - self._clock() > 60 or not session.refresh_token:
+            return session.access_token
+        response = self._http.post(self._token_endpoint(), data={
+            "grant_type": "refresh_token", "refresh_token": session.refresh_token,
+            "client_id": self.client_id})
+        if response.status_code == 200:
+            session.update_tokens(response.json(), self._clock())
+        return session.access_token

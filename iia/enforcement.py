@@ -1,0 +1,244 @@
+"""The enforcement chain: what happens to one tool call, in order (DESIGN.md §2).
+
+    1. the caller was authenticated by the resource server (a `Caller`)
+    2. the arguments are validated against the tool's schema           -> nothing runs if not
+    3. workload identity: JWT-SVID (actor) and the Vault-held credential
+    4. human in the loop: tier 2 once per session (30 min), tier 3 every call, by CIBA push
+    5. RFC 8693 token exchange with one RFC 9396 object for exactly this call
+    6. the admin API, with the on-behalf-of token
+    7. an event for every decision
+
+Every failure fails closed and says which dependency or decision stopped the call; the model
+receives that sentence as an error result, never a token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
+from iia.admin_api import AdminApiClient, AdminApiError
+from iia.catalog import CATALOG, CatalogContext, Tool
+from iia.errors import IIAError
+from iia.events import EventBus, bound_fields
+from iia.hitl import ApprovalChannel, ApprovalDeniedError, ApprovalTimeoutError, ConsentCache
+from iia.identity import WorkloadIdentity
+from iia.oauth.client import AuthorizationServerClient
+from iia.oauth.errors import OAuthError
+from iia.oauth.token_exchange import JWT, OboToken, exchange
+from iia.rar import authorization_details, session_consent_details
+from iia.resource_server import Caller
+from iia.sessions import SessionRevocations
+
+__all__ = ["EnforcementChain", "StepTimings", "ToolOutcome"]
+
+CONSENT_SECONDS = 1800
+
+
+@dataclass
+class StepTimings:
+    """Milliseconds per step of the last call (for the sequence view and the benchmark)."""
+
+    steps: dict[str, float] = field(default_factory=dict)
+
+    def add(self, step: str, started: float) -> None:
+        self.steps[step] = round((time.perf_counter() - started) * 1000, 2)
+
+
+@dataclass
+class ToolOutcome:
+    tool: str
+    ok: bool
+    result: Any = None  # compact result for the model
+    error: str | None = None  # the sentence the model reads
+    code: str | None = None  # wire code of what stopped the call
+    timings: StepTimings = field(default_factory=StepTimings)
+    obo_claims: Mapping[str, Any] | None = None  # decoded, for the token inspector
+
+    def text(self) -> str:
+        if self.ok:
+            return json.dumps(self.result, ensure_ascii=False, default=str)
+        return f"[{self.code}] {self.error}"
+
+
+def _correlation(handle: str) -> str:
+    return hashlib.sha256(handle.encode()).hexdigest()[:16]
+
+
+class EnforcementChain:
+    def __init__(self, *, identity: WorkloadIdentity, server: AuthorizationServerClient,
+                 admin: AdminApiClient, approvals: ApprovalChannel, consents: ConsentCache,
+                 events: EventBus, revocations: SessionRevocations, admin_api_url: str,
+                 context: CatalogContext | None = None,
+                 tools: tuple[Tool, ...] = CATALOG) -> None:
+        self.identity = identity
+        self.server = server
+        self.admin = admin
+        self.approvals = approvals
+        self.consents = consents
+        self.events = events
+        self.revocations = revocations
+        self.admin_api_url = admin_api_url
+        self.context = context or CatalogContext()
+        self.tools = {t.name: t for t in tools}
+        self._validators = {t.name: Draft202012Validator(dict(t.input_schema)) for t in tools}
+        self.last: ToolOutcome | None = None
+
+    # -- the call ---------------------------------------------------------------------------
+
+    def call(self, name: str, arguments: Mapping[str, Any] | None, caller: Caller) -> ToolOutcome:
+        tool = self.tools.get(name)
+        if tool is None:
+            outcome = ToolOutcome(name, False, error=f"there is no tool named {name!r}",
+                                  code="unknown_tool")
+            self.events.emit("agent:tool_error", outcome="error", reason=outcome.error,
+                             tool_name=name, user_email=caller.email, session_id=caller.sid,
+                             duration_ms=0)
+            return outcome
+        args = dict(arguments or {})
+        with bound_fields(session_id=caller.sid, user_email=caller.email, tool_name=tool.name,
+                          tier=tool.tier, rar_type=tool.rar_type, call_id=uuid.uuid4().hex[:12]):
+            outcome = self._call(tool, args, caller)
+        self.last = outcome
+        return outcome
+
+    def _call(self, tool: Tool, args: dict[str, Any], caller: Caller) -> ToolOutcome:
+        timings = StepTimings()
+        began = time.perf_counter()
+        error = best_match(self._validators[tool.name].iter_errors(args))
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "arguments"
+            return self._fail(tool, timings, began, "invalid_arguments",
+                              f"invalid arguments for {tool.name}: {where}: {error.message}")
+        details = authorization_details(tool, args, self.admin_api_url)
+        with bound_fields(rar_summary=details["summary"]):
+            try:
+                return self._enforce(tool, args, details, caller, timings, began)
+            except IIAError as exc:
+                return self._fail(tool, timings, began, exc.code, exc.description,
+                                  dependency=exc.dependency)
+
+    def _enforce(self, tool: Tool, args: dict[str, Any], details: dict[str, Any],
+                 caller: Caller, timings: StepTimings, began: float) -> ToolOutcome:
+        # 3. workload identity (fails before anyone is asked anything)
+        t = time.perf_counter()
+        actor = self.identity.svid(self.server.issuer)
+        timings.add("svid", t)
+
+        # 4. human in the loop
+        if tool.hitl == "session":
+            t = time.perf_counter()
+            self._session_consent(tool, details, caller)
+            timings.add("approval", t)
+        elif tool.hitl == "call":
+            t = time.perf_counter()
+            self._approve(caller, details, f"The IIA agent asks: {details['summary']}. "
+                          "Approve this one action?")
+            timings.add("approval", t)
+
+        # 5. token exchange
+        t = time.perf_counter()
+        try:
+            obo = exchange(self.server, self.identity, subject_token=caller.token,
+                           details=details, audience=self.admin_api_url)
+        except OAuthError as exc:
+            timings.add("exchange", t)
+            return self._denied(tool, exc, caller, timings, began, t)
+        timings.add("exchange", t)
+        self.events.emit(
+            "agent:token_exchange_success", outcome="success",
+            duration_ms=round((time.perf_counter() - t) * 1000),
+            actor_token_type=JWT, spiffe_id=actor.spiffe_id,
+            obo_token_expires_in=obo.expires_in, correlation={"oboJti": obo.jti})
+
+        # 6. the admin API
+        t = time.perf_counter()
+        try:
+            body = self.admin.send(tool.request(args, self.context), obo.token)
+        except AdminApiError as exc:
+            timings.add("admin_api", t)
+            return self._fail(tool, timings, began, "admin_api_refused",
+                              f"the admin API answered {exc.http_status}: {exc.description}",
+                              obo=obo)
+        timings.add("admin_api", t)
+        timings.steps["total"] = round((time.perf_counter() - began) * 1000, 2)
+        return ToolOutcome(tool.name, True, result=tool.compact(body), timings=timings,
+                           obo_claims=dict(obo.claims))
+
+    # -- human in the loop ------------------------------------------------------------------
+
+    def _session_consent(self, tool: Tool, details: Mapping[str, Any], caller: Caller) -> None:
+        age = self.consents.age(caller.sid)
+        if age is not None:
+            self.events.emit("agent:hitl_cached", outcome="success", duration_ms=0,
+                             details={"consentAgeS": round(age),
+                                      "consentRemainingS": round(self.consents.ttl - age)})
+            return
+        consent = session_consent_details(
+            caller.sid, CONSENT_SECONDS, self.admin_api_url,
+            summary=f"Let the agent make changes for you for 30 minutes (first: "
+                    f"{details['summary']})")
+        self._approve(caller, consent, f"The IIA agent wants to make changes for you "
+                      f"(starting with: {details['summary']}). Allow writes for this session "
+                      "for 30 minutes?")
+        self.consents.remember(caller.sid)
+
+    def _approve(self, caller: Caller, details: Mapping[str, Any], message: str) -> None:
+        self.events.emit("agent:hitl_required", outcome="pending", duration_ms=0,
+                         reason=message)
+        started = time.perf_counter()
+
+        def pending(handle: str, expires_in: float) -> None:
+            self.events.emit("agent:push_pending", outcome="pending", duration_ms=0,
+                             details={"expiresInS": round(expires_in)},
+                             correlation={"approvalId": _correlation(handle)})
+
+        try:
+            approval = self.approvals.request(user=caller.email, details=details,
+                                              binding_message=message, on_pending=pending)
+        except (ApprovalDeniedError, ApprovalTimeoutError) as exc:
+            self.events.emit("agent:hitl_denied", outcome="denied", reason=exc.description,
+                             duration_ms=round((time.perf_counter() - started) * 1000))
+            raise
+        self.events.emit("agent:hitl_approved", outcome="success",
+                         duration_ms=approval.waited_ms,
+                         correlation={"approvalId": _correlation(approval.approval_id)})
+
+    # -- failures ---------------------------------------------------------------------------
+
+    def _denied(self, tool: Tool, exc: OAuthError, caller: Caller, timings: StepTimings,
+                began: float, started: float) -> ToolOutcome:
+        policy = exc.extra.get("policy_id")
+        self.events.emit("agent:token_exchange_denied", outcome="denied",
+                         reason=exc.description, actor_token_type=JWT,
+                         duration_ms=round((time.perf_counter() - started) * 1000),
+                         details={"error": exc.code, **({"policyId": policy} if policy else {})})
+        if exc.code == "invalid_grant" and "session" in exc.description:
+            self.revocations.revoke(caller.sid, exc.description)
+            return self._fail(tool, timings, began, "session_revoked",
+                              f"the user's session has ended ({exc.description}); sign in "
+                              "again", emit=False)
+        sentence = f"the identity provider refused to issue a token: {exc.description}"
+        return self._fail(tool, timings, began, exc.code, sentence, emit=False)
+
+    def _fail(self, tool: Tool, timings: StepTimings, began: float, code: str, message: str, *,
+              dependency: str | None = None, obo: OboToken | None = None,
+              emit: bool = True) -> ToolOutcome:
+        timings.steps["total"] = round((time.perf_counter() - began) * 1000, 2)
+        if emit:
+            self.events.emit("agent:tool_error", outcome="error", reason=message,
+                             duration_ms=round(timings.steps["total"]),
+                             details={"error": code,
+                                      **({"dependency": dependency} if dependency else {})})
+        return ToolOutcome(tool.name, False, error=message, code=code, timings=timings,
+                           obo_claims=dict(obo.claims) if obo else None)
+
+

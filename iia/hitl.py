@@ -1,0 +1,133 @@
+"""Human in the loop: asking the user to approve, and remembering a session's consent.
+
+`ApprovalChannel` is the protocol (DESIGN.md §6: pluggable by protocol); `CibaApprovalChannel`
+implements it with OpenID CIBA poll mode at the identity provider, so the IdP itself records what
+the human approved and checks it again at token exchange. `ConsentCache` remembers tier-2 consent
+per session for 30 minutes (its clock is injectable).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from iia.errors import IIAError
+from iia.identity import WorkloadIdentity
+from iia.oauth.client import AuthorizationServerClient
+from iia.oauth.errors import OAuthError
+
+__all__ = ["Approval", "ApprovalChannel", "ApprovalDeniedError", "ApprovalTimeoutError",
+           "CibaApprovalChannel", "ConsentCache"]
+
+CIBA_GRANT = "urn:openid:params:grant-type:ciba"
+
+
+class ApprovalDeniedError(IIAError):
+    code = "approval_denied"
+    status = 403
+
+
+class ApprovalTimeoutError(IIAError):
+    code = "approval_timeout"
+    status = 403
+
+
+@dataclass(frozen=True)
+class Approval:
+    approval_id: str  # the IdP's handle for the request (auth_req_id), for correlation only
+    approved_at: float
+    waited_ms: int
+
+
+class ApprovalChannel(Protocol):
+    def request(self, *, user: str, details: Mapping[str, Any], binding_message: str,
+                on_pending: Callable[[str, float], None] | None = None) -> Approval:
+        """Ask `user` to approve `details`; return once approved, raise when denied or when
+        nobody answers in time."""
+        ...
+
+
+class CibaApprovalChannel:
+    def __init__(self, server: AuthorizationServerClient, identity: WorkloadIdentity, *,
+                 timeout: float = 120.0, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.server = server
+        self.identity = identity
+        self.timeout = timeout
+        self._sleep = sleep
+        self._clock = clock
+
+    def request(self, *, user: str, details: Mapping[str, Any], binding_message: str,
+                on_pending: Callable[[str, float], None] | None = None) -> Approval:
+        import json
+
+        started = self._clock()
+        form = {"scope": "openid", "login_hint": user, "binding_message": binding_message,
+                "authorization_details": json.dumps([dict(details)]),
+                "requested_expiry": str(int(self.timeout))}
+        started_body = self.identity.with_credential(
+            lambda credential: self.server.backchannel_authorize(form, credential))
+        auth_req_id = str(started_body["auth_req_id"])
+        interval = float(started_body.get("interval", 5))
+        deadline = started + min(self.timeout, float(started_body.get("expires_in",
+                                                                      self.timeout)))
+        if on_pending is not None:
+            on_pending(auth_req_id, deadline - started)
+        while True:
+            self._sleep(interval)
+            try:
+                self.identity.with_credential(lambda credential: self.server.token(
+                    {"grant_type": CIBA_GRANT, "auth_req_id": auth_req_id}, credential))
+            except OAuthError as exc:
+                if exc.code == "authorization_pending":
+                    if self._clock() >= deadline:
+                        raise ApprovalTimeoutError(
+                            f"{user} did not answer the push within {self.timeout:.0f} s") \
+                            from exc
+                    continue
+                if exc.code == "slow_down":
+                    interval += 5  # CIBA §11
+                    continue
+                if exc.code == "access_denied":
+                    raise ApprovalDeniedError(f"{user} denied the request on their phone") \
+                        from exc
+                if exc.code == "expired_token":
+                    raise ApprovalTimeoutError(f"{user} did not answer the push in time") \
+                        from exc
+                raise
+            now = self._clock()
+            return Approval(approval_id=auth_req_id, approved_at=time.time(),
+                            waited_ms=round((now - started) * 1000))
+
+
+class ConsentCache:
+    """Tier-2 consent per session: given at `approved_at`, valid for `ttl` seconds."""
+
+    def __init__(self, ttl: float = 1800.0, clock: Callable[[], float] = time.time) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._consents: dict[str, float] = {}
+
+    def remember(self, session_id: str) -> None:
+        with self._lock:
+            self._consents[session_id] = self.clock()
+
+    def age(self, session_id: str) -> float | None:
+        """Seconds since consent in this session, or None when there is none valid."""
+        with self._lock:
+            at = self._consents.get(session_id)
+            if at is None:
+                return None
+            age = self.clock() - at
+            if age > self.ttl:
+                del self._consents[session_id]
+                return None
+            return age
+
+    def forget(self, session_id: str) -> None:
+        with self._lock:
+            self._consents.pop(session_id, None)

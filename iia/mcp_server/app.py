@@ -1,0 +1,134 @@
+"""The MCP server application: tools from the catalog, served over MCP streamable HTTP
+(stateless: every tool call is its own authenticated POST), Protected Resource Metadata
+(RFC 9728) naming the IdP, and the enforcement chain behind each call.
+
+Tool handlers run the chain in worker threads (it waits on people and on the network); the
+number of calls in flight is bounded by `max_concurrent_calls`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import mcp.types as types
+from mcp.server import Server, ServerRequestContext
+from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import AnyHttpUrl
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from iia.admin_api import AdminApiClient
+from iia.catalog import CATALOG, CatalogContext, Tool
+from iia.enforcement import EnforcementChain
+from iia.events import EventBus
+from iia.hitl import ApprovalChannel, CibaApprovalChannel, ConsentCache
+from iia.identity import WorkloadIdentity
+from iia.mcp_server.auth import BearerAuth
+from iia.oauth.client import AuthorizationServerClient
+from iia.resource_server import Caller, UserTokenVerifier
+from iia.sessions import SessionRevocations
+from iia.settings import McpSettings
+
+__all__ = ["McpServer"]
+
+
+def _mcp_tool(tool: Tool) -> types.Tool:
+    hitl = {"none": "no approval", "session": "the user approves once per session (30 min)",
+            "call": "the user approves every call"}[tool.hitl]
+    return types.Tool(name=tool.name, description=f"{tool.description} [tier {tool.tier}: "
+                      f"{hitl}]", input_schema=dict(tool.input_schema))
+
+
+class McpServer:
+    def __init__(self, settings: McpSettings, identity: WorkloadIdentity, events: EventBus, *,
+                 revocations: SessionRevocations | None = None,
+                 consents: ConsentCache | None = None,
+                 approvals: ApprovalChannel | None = None,
+                 max_concurrent_calls: int = 64) -> None:
+        self.settings = settings
+        self.identity = identity
+        self.events = events
+        self.revocations = revocations or SessionRevocations()
+        self.consents = consents or ConsentCache(ttl=settings.consent_ttl)
+        self.idp = AuthorizationServerClient(settings.issuer)
+        self.approvals = approvals or CibaApprovalChannel(self.idp, identity,
+                                                          timeout=settings.approval_timeout)
+        self.admin = AdminApiClient(settings.admin_api_url)
+        self.chain = EnforcementChain(
+            identity=identity, server=self.idp, admin=self.admin, approvals=self.approvals,
+            consents=self.consents, events=events, revocations=self.revocations,
+            admin_api_url=settings.admin_api_url,
+            context=CatalogContext(admin_group_id=settings.admin_group_id))
+        self.verifier = UserTokenVerifier(
+            issuer=settings.issuer, audience=settings.resource,
+            jwks_uri=lambda: self.idp.endpoint("jwks_uri"), revocations=self.revocations)
+        self._limiter = anyio.CapacityLimiter(max_concurrent_calls)
+        self._tools = [_mcp_tool(t) for t in CATALOG]
+
+    # -- MCP handlers -----------------------------------------------------------------------
+
+    async def _list_tools(self, ctx: ServerRequestContext[Any],
+                          params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=self._tools)
+
+    async def _call_tool(self, ctx: ServerRequestContext[Any],
+                         params: types.CallToolRequestParams) -> types.CallToolResult:
+        request = ctx.request
+        caller = request.scope.get("iia.caller") if isinstance(request, Request) else None
+        if not isinstance(caller, Caller):  # unreachable behind BearerAuth; fail closed anyway
+            return _result("[unauthenticated] no authenticated user for this call", error=True)
+        outcome = await anyio.to_thread.run_sync(self.chain.call, params.name,
+                                                 params.arguments or {}, caller,
+                                                 limiter=self._limiter)
+        return _result(outcome.text(), error=not outcome.ok)
+
+    # -- the ASGI app -----------------------------------------------------------------------
+
+    def app(self) -> Starlette:
+        resource = self.settings.resource
+        server: Server[Any] = Server("iia-mcp", version="1",
+                                     on_list_tools=self._list_tools,
+                                     on_call_tool=self._call_tool)
+        host = resource.split("://", 1)[1].split("/", 1)[0]
+        manager = StreamableHTTPSessionManager(
+            app=server, stateless=True, json_response=True,
+            security_settings=TransportSecuritySettings(
+                enable_dns_rebinding_protection=True,
+                allowed_hosts=[host, "127.0.0.1:*", "localhost:*"],
+                allowed_origins=["http://127.0.0.1:*", "http://localhost:*"]))
+        metadata_url = str(build_resource_metadata_url(AnyHttpUrl(resource)))
+        endpoint = BearerAuth(StreamableHTTPASGIApp(manager), self.verifier, metadata_url)
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            async with manager.run():
+                yield
+
+        async def health(request: Request) -> JSONResponse:
+            return JSONResponse({"status": "ok"})
+
+        path = "/" + resource.split("://", 1)[1].split("/", 1)[1] if resource.count("/") > 2 \
+            else "/"
+        return Starlette(lifespan=lifespan, routes=[
+            Route(path, endpoint=endpoint, methods=["GET", "POST", "DELETE"]),
+            *create_protected_resource_routes(resource, [self.settings.issuer],
+                                              resource_name="IIA MCP server"),
+            Route("/healthz", health),
+        ])
+
+    def close(self) -> None:
+        self.idp.close()
+        self.admin.close()
+        self.verifier.close()
+
+
+def _result(text: str, *, error: bool) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(type="text", text=text)],
+                                is_error=error)

@@ -1,0 +1,153 @@
+"""The chat route as a browser uses it: sign in (code + PKCE at the IdP), chat over SSE, watch
+security events over SSE, sign out. The browser never talks to the MCP server or to Claude."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from harness.lab import Lab
+from iia.chat import COOKIE
+from tests.agent_helpers import phone
+
+
+def sign_in(lab: Lab, email: str = "alice@example.com") -> tuple[httpx.Client, httpx.Response]:
+    browser = httpx.Client(base_url=lab.endpoints["chat"], timeout=30)
+    response = browser.get("/auth/login", params={"login_hint": email})
+    hops = 0
+    while response.status_code in (302, 303) and hops < 5:  # follow as a browser would
+        response = browser.get(response.headers["location"])
+        hops += 1
+    return browser, response
+
+
+def sse(response: httpx.Response, *, limit: int = 100) -> Iterator[tuple[str, dict]]:
+    event = None
+    for line in response.iter_lines():
+        if line.startswith("event:"):
+            event = line.split(":", 1)[1].strip()
+        elif line.startswith("data:") and event:
+            yield event, json.loads(line.split(":", 1)[1].strip())
+            limit -= 1
+            if limit == 0:
+                return
+
+
+def backlog(browser: httpx.Client, scope: str) -> list[dict]:
+    """The events the stream sends at once; it never ends, so stop at the first second of
+    silence (its keep-alive comments come every 15 s)."""
+    out: list[dict] = []
+    timeout = httpx.Timeout(10, read=1.0)
+    with browser.stream("GET", "/events", params={"scope": scope}, timeout=timeout) as response:
+        assert response.status_code == 200
+        try:
+            for kind, data in sse(response, limit=10_000):
+                assert kind == "security"
+                out.append(data)
+        except httpx.ReadTimeout:
+            pass
+    return out
+
+
+@pytest.fixture
+def browser(lab: Lab) -> Iterator[httpx.Client]:
+    client, response = sign_in(lab)
+    assert response.status_code == 200 and "IIA agent" in response.text
+    yield client
+    client.close()
+
+
+def test_sign_in_sets_a_hardened_cookie_and_keeps_tokens_server_side(lab: Lab) -> None:
+    client = httpx.Client(base_url=lab.endpoints["chat"], timeout=30)
+    first = client.get("/auth/login", params={"login_hint": "alice@example.com"})
+    assert first.status_code == 302 and first.headers["location"].startswith(
+        lab.verify.issuer + "/authorize?")
+    assert "code_challenge_method=S256" in first.headers["location"]
+    at_idp = client.get(first.headers["location"])
+    callback = client.get(at_idp.headers["location"])
+    assert callback.status_code == 302
+    cookie = callback.headers["set-cookie"]
+    assert cookie.startswith(f"{COOKIE}=") and "HttpOnly" in cookie
+    assert "SameSite=lax" in cookie or "SameSite=Lax" in cookie
+    assert "Secure" not in cookie  # served over plain http on loopback
+    value = cookie.split(";", 1)[0].split("=", 1)[1]
+    assert "." not in value and len(value) > 30  # an opaque id, not a token
+    me = client.get("/me").json()
+    assert me == {"signed_in": True, "email": "alice@example.com", "ended": None}
+    client.close()
+
+
+def test_a_forged_state_is_refused(lab: Lab) -> None:
+    response = httpx.get(lab.endpoints["chat"] + "/auth/callback",
+                         params={"code": "x", "state": "forged"})
+    assert response.status_code == 400
+
+
+def test_chat_streams_text_tool_calls_and_done(lab: Lab, browser: httpx.Client) -> None:
+    with browser.stream("POST", "/chat", json={"message": "list applications"}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = list(sse(response))
+    kinds = [k for k, _ in events]
+    assert kinds[0] == "tool" and "text" in kinds and kinds[-1] == "done"
+    tools = [d for k, d in events if k == "tool" and d["phase"] == "end"]
+    assert tools[0]["name"] == "list_applications" and not tools[0]["is_error"]
+    text = "".join(d["delta"] for k, d in events if k == "text")
+    assert "Salesforce" in text and events[-1][1]["stop"] == "end_turn"
+    # the conversation continues in the same session
+    with browser.stream("POST", "/chat", json={"message": "list groups"}) as response:
+        assert [k for k, _ in sse(response)][-1] == "done"
+
+
+def test_chat_needs_a_session_json_and_same_origin(lab: Lab, browser: httpx.Client) -> None:
+    anonymous = httpx.post(lab.endpoints["chat"] + "/chat", json={"message": "list users"})
+    assert anonymous.status_code == 401
+    form = browser.post("/chat", data={"message": "list users"})
+    assert form.status_code == 415
+    foreign = browser.post("/chat", json={"message": "list users"},
+                           headers={"Origin": "https://evil.example"})
+    assert foreign.status_code == 403
+
+
+def test_security_events_stream_mine_and_all(lab: Lab, browser: httpx.Client) -> None:
+    other, _ = sign_in(lab, "bob@example.com")
+    with other.stream("POST", "/chat", json={"message": "list users"}) as response:
+        list(sse(response))
+    with browser.stream("POST", "/chat", json={"message": "list groups"}) as response:
+        list(sse(response))
+    got: dict[str, list[dict]] = {}
+    for scope in ("mine", "all"):
+        got[scope] = [d for d in backlog(browser, scope)
+                      if d["type"] == "agent:token_exchange_success"]
+    assert {e["userEmail"] for e in got["mine"]} == {"alice@example.com"}
+    assert {"alice@example.com", "bob@example.com"} <= {e["userEmail"] for e in got["all"]}
+    other.close()
+
+
+def test_sign_out_ends_the_idp_session(lab: Lab, browser: httpx.Client) -> None:
+    session = lab.chat.sessions.get(browser.cookies[COOKIE])
+    sid = session.sid
+    response = browser.post("/auth/logout")
+    assert response.status_code == 303
+    assert not lab.verify.sessions.alive(sid)
+    assert browser.get("/me").json() == {"signed_in": False}
+
+
+def test_a_killed_session_is_told_why(lab: Lab, browser: httpx.Client) -> None:
+    session = lab.chat.sessions.get(browser.cookies[COOKIE])
+    lab.mcp.revocations.revoke(session.sid, "CAEP session-revoked: repeated tier-4 attempts")
+    with browser.stream("POST", "/chat", json={"message": "list users"}) as response:
+        done = next(d for k, d in sse(response) if k == "done")
+    assert done["stop"] == "session_ended" and "repeated tier-4" in done["reason"]
+    again = browser.post("/chat", json={"message": "list users"})
+    assert again.status_code == 401 and again.json()["error"] == "session_ended"
+
+
+def test_chat_with_an_approval(lab: Lab, browser: httpx.Client) -> None:
+    with phone(lab) as p, browser.stream(
+            "POST", "/chat", json={"message": "revoke sessions of walter@example.com"}) as r:
+        events = list(sse(r))
+    assert events[-1][1]["stop"] == "end_turn" and len(p.answered) == 1
