@@ -1,57 +1,225 @@
-"""`make demo`: a headless walkthrough through the real chain, printed for a terminal.
+"""`make demo`: a headless walkthrough of the four tiers through the real chain.
 
-It starts its own lab (or attaches to the one `iia-lab up` runs) and walks the secretless
-workload-identity chain: SVID, Vault login, the credential, the warm path, and rotation.
+It signs alice in at the chat route exactly as a browser would (code + PKCE at the IdP), sends
+the conversation below, and prints what the agent says and the security events the chain emits.
+Push approvals are answered by a scripted phone through the lab's phone API, unless
+`--interactive`, where you answer them at the terminal. Uses the running lab (`iia-lab up`) when
+there is one, else starts its own.
+
+    tier 1  list users                                       no approval
+    tier 2  create a user and add them to a group            one approval, then cached
+    tier 3  deactivate a user and revoke their sessions      one approval per action
+    tier 4  delete a user                                    refused at the token endpoint
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import secrets
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import httpx
 
 from harness.notebook import attach_or_start
-from iia.events import EventBus, SecurityEvent
-from iia.identity import IdentitySettings, WorkloadIdentity
-from iia.oauth.client import AuthorizationServerClient
+
+__all__ = ["main"]
 
 _COLOR = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+_OUT = threading.Lock()
 
 
-def _c(code: str, text: str) -> str:
+def c(code: str, text: str) -> str:
     return f"\033[{code}m{text}\033[0m" if _COLOR else text
 
 
-def _show(event: SecurityEvent) -> None:
-    wire = event.to_dict()
-    color = {"success": "32", "denied": "31", "error": "31", "retry": "33"}.get(event.outcome, "0")
-    extras = {k: v for k, v in wire.items() if k not in
-              ("type", "outcome", "eventId", "timestamp", "durationMs", "spiffeId")}
-    print(f"  {_c(color, f'{event.type:<22}')} {wire.get('durationMs', 0):>4} ms  {extras}")
+def say(text: str = "", end: str = "\n") -> None:
+    with _OUT:
+        print(text, end=end, flush=True)
 
 
-def main() -> int:
+def sse(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:
+    event = None
+    for line in response.iter_lines():
+        if line.startswith("event:"):
+            event = line.split(":", 1)[1].strip()
+        elif line.startswith("data:") and event:
+            yield event, json.loads(line.split(":", 1)[1])
+
+
+class Trail:
+    """Prints security events as they arrive, and a progress line while a push waits."""
+
+    COLORS: ClassVar[dict[str, str]] = {"success": "32", "denied": "31", "error": "31",
+                                        "pending": "33", "retry": "33"}
+    QUIET: ClassVar[set[str]] = {"spiffe:svid_cached", "vault:secret_read"}
+
+    def __init__(self, browser: httpx.Client, verbose: bool) -> None:
+        self.browser = browser
+        self.verbose = verbose
+        self.events: list[dict[str, Any]] = []
+        self.waiting_since: float | None = None
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._read, daemon=True).start()
+        if sys.stdout.isatty():  # a progress line needs a terminal to redraw on
+            threading.Thread(target=self._progress, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            self._follow()
+        except httpx.HTTPError:
+            if not self._stop.is_set():
+                say(c("31", "    (the security event stream was interrupted)"))
+
+    def _follow(self) -> None:
+        timeout = httpx.Timeout(10, read=None)
+        with self.browser.stream("GET", "/events", params={"scope": "mine"},
+                                 timeout=timeout) as response:
+            for _, event in sse(response):
+                self.events.append(event)
+                if event["type"] == "agent:push_pending":
+                    self.waiting_since = time.monotonic()
+                if event["type"] in ("agent:hitl_approved", "agent:hitl_denied"):
+                    self.waiting_since = None
+                    if sys.stdout.isatty():
+                        say("\r" + " " * 70 + "\r", end="")
+                if self.verbose or event["type"] not in self.QUIET:
+                    self.show(event)
+                if self._stop.is_set():
+                    return
+
+    def show(self, e: dict[str, Any]) -> None:
+        color = self.COLORS.get(e.get("outcome", ""), "0")
+        where = f" {e['toolName']}" if e.get("toolName") else ""
+        tier = f" tier {e['tier']}" if e.get("tier") else ""
+        reason = f"  {c('2', e['reason'])}" if e.get("reason") and e["outcome"] in (
+            "denied", "error") else ""
+        say(f"    {c(color, e['type'].ljust(30))}{where}{tier}  {e.get('durationMs', 0)} ms"
+            f"{reason}")
+
+    def _progress(self) -> None:
+        while not self._stop.is_set():
+            if self.waiting_since is not None:
+                waited = time.monotonic() - self.waiting_since
+                say(f"\r    {c('33', '...')} waiting for alice to answer the push on her phone "
+                    f"({waited:.0f} s)", end="")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class Phone:
+    """Answers pushes through the lab's phone API: automatically, or by asking at the terminal."""
+
+    def __init__(self, verify_url: str, interactive: bool) -> None:
+        self.url = verify_url + "/lab/phone/requests"
+        self.interactive = interactive
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        seen: set[str] = set()
+        with httpx.Client(timeout=5) as http:
+            while not self._stop.is_set():
+                for push in http.get(self.url).json():
+                    if push["id"] in seen:
+                        continue
+                    seen.add(push["id"])
+                    answer = "approve"
+                    if self.interactive:
+                        say(f"\n    {c('1', 'PHONE')} ({push['user']}): "
+                            f"{push['binding_message']}")
+                        answer = "approve" if input("    approve? [Y/n] ").strip().lower() \
+                            in ("", "y", "yes") else "deny"
+                    else:
+                        time.sleep(0.4)  # a person takes a moment
+                    http.post(f"{self.url}/{push['id']}/{answer}")
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def converse(browser: httpx.Client, prompt: str) -> dict[str, Any]:
+    say(f"\n{c('1;36', 'alice')}  {prompt}")
+    done: dict[str, Any] = {}
+    with browser.stream("POST", "/chat", json={"message": prompt},
+                        timeout=httpx.Timeout(10, read=180)) as response:
+        for kind, data in sse(response):
+            if kind == "tool" and data["phase"] == "start":
+                say(f"  {c('2', 'tool')} {data['name']}({json.dumps(data['input'])})")
+            elif kind == "done":
+                done = data
+    color = "31" if done.get("stop") != "end_turn" else "1;35"
+    say(f"{c(color, 'agent')}  {done.get('text', '')}")
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--interactive", action="store_true",
+                        help="answer push approvals yourself at the terminal")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show the passive identity events (svid_cached, secret_read)")
+    args = parser.parse_args(argv)
+
     session = attach_or_start()
-    print(_c("1", "IIA Lab demo: the secretless workload identity chain"))
-    print(f"  {session.describe()}\n")
-    events = EventBus()
-    events.subscribe(_show)
-    identity = WorkloadIdentity(IdentitySettings.from_env(session.env), events=events)
-    idp = AuthorizationServerClient(session.env["IIA_VERIFY_ISSUER"])
+    say(c("1", "IIA Lab demo: four tiers, one identity fabric"))
+    say(f"  {session.describe()}")
+    browser = httpx.Client(base_url=session.endpoints["chat"], timeout=30)
+    phone = Phone(session.endpoints["verify"], args.interactive)
+    trail = Trail(browser, args.verbose)
     try:
-        print(_c("1", "First call: SVID from the Workload API -> Vault login -> credential"))
-        first = identity.credential()
-        print(_c("1", "\nSecond call: the chain is warm"))
-        identity.credential()
-        print(_c("1", "\nUse the credential at Verify (an introspection call): it rotates"))
-        identity.with_credential(lambda cred: idp.introspect("probe", cred))
-        after = identity.credential()
-        print(f"\n  credential version {first.version} -> {after.version}; "
-              f"secret changed: {after.client_secret != first.client_secret}")
-        print(_c("32", "\nNo secret at rest: only IDs and URLs were configured."))
-        return 0
+        response = browser.get("/auth/login", params={"login_hint": "alice@example.com"})
+        while response.status_code in (302, 303):
+            response = browser.get(response.headers["location"])
+        say(f"  signed in as {browser.get('/me').json()['email']} (code + PKCE at the IdP)")
+        phone.start()
+        trail.start()
+        newcomer = f"zoe.{secrets.token_hex(2)}@example.com"
+        steps = [
+            ("Tier 1 - read: no approval", "list users"),
+            ("Tier 2 - write: approve once, then the session's consent is cached",
+             f"create user {newcomer} Zoe Zimmer and add her to Engineering"),
+            ("Tier 3 - sensitive: approve every single call",
+             "deactivate ivan@example.com and revoke his sessions"),
+            ("Tier 4 - blocked: refused at the token endpoint, nothing to approve",
+             "delete ivan@example.com"),
+        ]
+        results = []
+        for title, prompt in steps:
+            say("\n" + c("1;4", title))
+            results.append(converse(browser, prompt))
+            time.sleep(0.3)  # let the last events arrive
+        ok = [r.get("stop") for r in results] == ["end_turn"] * 4
+        refused = "tier4-blocked" in results[-1].get("text", "")
+        say("\n" + c("1", "Event trail summary"))
+        counts: dict[str, int] = {}
+        for event in trail.events:
+            counts[event["type"]] = counts.get(event["type"], 0) + 1
+        for kind in sorted(counts):
+            say(f"    {kind:<32} x{counts[kind]}")
+        if ok and refused:
+            say(c("32", "\nEvery tier behaved as designed: reads flowed, the write was approved "
+                        "once, each sensitive action was approved, the delete never got a "
+                        "token."))
+            return 0
+        say(c("31", "\nSomething did not behave as designed; see above."))
+        return 1
     finally:
-        idp.close()
-        identity.close()
+        trail.stop()
+        phone.stop()
+        browser.close()
         session.close()
 
 

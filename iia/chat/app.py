@@ -69,6 +69,7 @@ class ChatApp:
                                          http=self._http)
         self._pending: dict[str, tuple[str, str, float]] = {}  # state -> verifier, nonce, when
         self._jwks: jwt.PyJWKClient | None = None
+        self._closing: asyncio.Event | None = None  # set on close: open event streams end
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -258,13 +259,25 @@ class ChatApp:
         backlog = [e for e in self.events.recent(200) if wanted(e)]
         unsubscribe = self.events.subscribe(deliver)
 
+        if self._closing is None:
+            self._closing = asyncio.Event()
+        closing = self._closing
+
         async def stream() -> AsyncIterator[dict[str, str]]:
             try:
                 for event in backlog:
                     yield {"event": "security", "data": json.dumps(event.to_dict())}
-                while True:
-                    event = await queue.get()
-                    yield {"event": "security", "data": json.dumps(event.to_dict())}
+                while not closing.is_set():
+                    getter = asyncio.ensure_future(queue.get())
+                    closer = asyncio.ensure_future(closing.wait())
+                    done, _ = await asyncio.wait({getter, closer},
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    for pending in (getter, closer):
+                        if pending not in done:
+                            pending.cancel()
+                    if getter in done:
+                        event = getter.result()
+                        yield {"event": "security", "data": json.dumps(event.to_dict())}
             finally:
                 unsubscribe()
 
@@ -293,6 +306,9 @@ class ChatApp:
     async def aclose(self) -> None:
         """Close the model client (its connections belong to the serving event loop) and the
         HTTP client."""
+        if self._closing is not None:
+            self._closing.set()
+            await asyncio.sleep(0.05)  # let open event streams finish their response
         await self.loop.model.close()
         self._http.close()
 
