@@ -13,7 +13,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from scim2_models import Group, Meta, ResourceType, ScimProvider, SearchRequest, User
+from scim2_models import (
+    Group,
+    Meta,
+    ResourceType,
+    SCIMException,
+    ScimProvider,
+    SearchRequest,
+    User,
+)
 from scim2_server.memory import InMemoryStorage
 from scim2_server.utils import (
     load_default_resource_types,
@@ -74,16 +82,20 @@ class Directory:
         return sorted(self._search(self.user_type, None), key=lambda u: u.user_name or "")
 
     def user(self, user_id: str) -> User[Any] | None:
-        found = self._search(self.user_type, f'id eq "{_quote(user_id)}"')
-        return found[0] if found else None
+        try:
+            return self.storage.get(self.user_type, user_id)
+        except SCIMException:
+            return None
 
     def user_by_username(self, username: str) -> User[Any] | None:
         found = self._search(self.user_type, f'userName eq "{_quote(username)}"')
         return found[0] if found else None
 
     def group(self, group_id: str) -> Group[Any] | None:
-        found = self._search(self.group_type, f'id eq "{_quote(group_id)}"')
-        return found[0] if found else None
+        try:
+            return self.storage.get(self.group_type, group_id)
+        except SCIMException:
+            return None
 
     def group_by_name(self, display_name: str) -> Group[Any] | None:
         found = self._search(self.group_type, f'displayName eq "{_quote(display_name)}"')
