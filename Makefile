@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # JupyterLab refuses to run as root unless told; containers and CI sandboxes often are root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: install lab demo test lint up down status clean
+.PHONY: install lab demo test lint bench up down status clean
 
 install: $(STAMP)
 
@@ -22,13 +22,18 @@ lab: install
 	trap '$(BIN)/iia-lab down' EXIT INT TERM; \
 	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --ServerApp.root_dir=notebooks $(ROOT_FLAG)
 
-## demo: a headless walkthrough through the real chain, in the terminal
+## demo: a headless walkthrough of the four tiers through the real chain (ARGS=--interactive)
 demo: install
-	$(BIN)/python -m harness.demo
+	$(BIN)/python -m harness.demo $(ARGS)
 
 ## test: lint, the test suite, and every notebook executed (nbval)
 test: install lint
 	$(BIN)/pytest tests notebooks --nbval-lax
+
+## bench: what enforcement costs, against an unenforced baseline (bench/results.json, .png)
+bench: install
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(BIN)/python -m bench.run
 
 lint: install
 	$(BIN)/ruff check .

@@ -18,6 +18,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,7 @@ class ToolOutcome:
     code: str | None = None  # wire code of what stopped the call
     timings: StepTimings = field(default_factory=StepTimings)
     obo_claims: Mapping[str, Any] | None = None  # decoded, for the token inspector
+    call_id: str = ""
 
     def text(self) -> str:
         if self.ok:
@@ -91,6 +93,8 @@ class EnforcementChain:
         self.tools = {t.name: t for t in tools}
         self._validators = {t.name: Draft202012Validator(dict(t.input_schema)) for t in tools}
         self.last: ToolOutcome | None = None
+        # (call id, milliseconds per step) of recent calls: the sequence view and the benchmark
+        self.timings: deque[tuple[str, dict[str, float]]] = deque(maxlen=10_000)
 
     # -- the call ---------------------------------------------------------------------------
 
@@ -104,10 +108,13 @@ class EnforcementChain:
                              duration_ms=0)
             return outcome
         args = dict(arguments or {})
+        call_id = uuid.uuid4().hex[:12]
         with bound_fields(session_id=caller.sid, user_email=caller.email, tool_name=tool.name,
-                          tier=tool.tier, rar_type=tool.rar_type, call_id=uuid.uuid4().hex[:12]):
+                          tier=tool.tier, rar_type=tool.rar_type, call_id=call_id):
             outcome = self._call(tool, args, caller)
+        outcome.call_id = call_id
         self.last = outcome
+        self.timings.append((call_id, dict(outcome.timings.steps)))
         return outcome
 
     def _call(self, tool: Tool, args: dict[str, Any], caller: Caller) -> ToolOutcome:

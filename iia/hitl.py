@@ -128,6 +128,10 @@ class ConsentCache:
                 return None
             return age
 
+    def clear(self) -> None:
+        with self._lock:
+            self._consents.clear()
+
     def forget(self, session_id: str) -> None:
         with self._lock:
             self._consents.pop(session_id, None)

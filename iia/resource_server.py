@@ -97,6 +97,19 @@ class UserTokenVerifier:
         self._keys = keys
         self._fetched_at = now
 
+    def can_verify_offline(self, token: str) -> bool:
+        """True when the token's key is cached, so `verify` will do no I/O."""
+        try:
+            return str(jwt.get_unverified_header(token).get("kid", "")) in self._keys
+        except jwt.PyJWTError:
+            return True  # malformed: refused without I/O
+
+    def forget_keys(self) -> None:
+        """Drop the cached JWKS: the next token triggers a fetch."""
+        with self._lock:
+            self._keys = {}
+            self._fetched_at = None
+
     def close(self) -> None:
         self._http.close()
 

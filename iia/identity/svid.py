@@ -146,6 +146,11 @@ class JwtSvidSource:
                 details={"audience": audience, "svidExpiresInS": round(svid.remaining(now))})
         return svid
 
+    def forget(self) -> None:
+        """Drop every cached SVID: the next request fetches a fresh one."""
+        with self._lock:
+            self._cache.clear()
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()

@@ -223,6 +223,11 @@ class VaultCredentialSource:
             fresh = self.read()
             return use(fresh)
 
+    def forget_token(self) -> None:
+        """Drop the cached Vault token: the next read logs in again."""
+        with self._lock:
+            self._token = None
+
     def token_remaining(self) -> float | None:
         token = self._token
         return None if token is None else token.expires_at - self._clock()

@@ -72,6 +72,14 @@ class McpServer:
         self._limiter = anyio.CapacityLimiter(max_concurrent_calls)
         self._tools = [_mcp_tool(t) for t in CATALOG]
 
+    def cold_start(self) -> None:
+        """Forget every cache a restarted process would not have: JWT-SVIDs, the Vault token,
+        the IdP's signing keys, the sessions' write consents."""
+        self.identity.svids.forget()
+        self.identity.vault.forget_token()
+        self.verifier.forget_keys()
+        self.consents.clear()
+
     # -- MCP handlers -----------------------------------------------------------------------
 
     async def _list_tools(self, ctx: ServerRequestContext[Any],

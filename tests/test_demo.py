@@ -1,0 +1,26 @@
+"""`make demo` walks the four tiers through the real chain and says whether each behaved."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from harness.paths import project_root
+
+
+def test_the_demo_shows_all_four_tiers(tmp_path) -> None:
+    env = {**os.environ, "IIA_LAB_DIR": str(tmp_path / "no-lab"), "NO_COLOR": "1"}
+    result = subprocess.run([sys.executable, "-m", "harness.demo"], cwd=project_root(),
+                            env=env, capture_output=True, text=True, timeout=180)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    for title in ("Tier 1", "Tier 2", "Tier 3", "Tier 4"):
+        assert title in out
+    assert "agent:hitl_cached" in out  # the second write rode on the session's consent
+    # one write consent + two sensitive calls, per the trail summary
+    assert re.search(r"agent:hitl_approved\s+x3\b", out)
+    assert re.search(r"agent:token_exchange_denied\s+x1\b", out)
+    assert "tier4-blocked" in out and "agent:token_exchange_denied" in out
+    assert "Every tier behaved as designed" in out
