@@ -192,7 +192,7 @@ class Lab:
                           url=self.mcp_url)
         agent_settings = AgentSettings.from_env(env)
         self.chat = ChatApp(ChatSettings.from_env(env), agent_settings, self.events,
-                            model=model_client(agent_settings))
+                            model=lambda: model_client(agent_settings))
         await self._serve(HttpService("chat", self.chat.app()))
 
     async def _serve(self, service: HttpService, url: str | None = None) -> None:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import anthropic
+from typing import TYPE_CHECKING, Any
 
 from iia.agent.mcp_client import McpToolClient, SessionEndedError
 from iia.errors import ConfigurationError, DependencyError
 from iia.settings import AgentSettings
+
+if TYPE_CHECKING:  # the SDK takes a second to import: load it when a model is first needed
+    import anthropic
 
 __all__ = ["SYSTEM_PROMPT", "AgentLoop", "AgentResult", "ModelUnavailableError",
            "model_client"]
@@ -55,6 +56,8 @@ class AgentResult:
 def model_client(settings: AgentSettings, *, max_retries: int = 2) -> anthropic.AsyncAnthropic:
     """The real Claude when no base URL is set (needs ANTHROPIC_API_KEY), else the URL given
     (the lab's scripted stand-in), through the same SDK."""
+    import anthropic
+
     key = os.environ.get("ANTHROPIC_API_KEY", "")
     if settings.uses_real_claude:
         if not key:
@@ -89,6 +92,8 @@ class AgentLoop:
     async def run(self, messages: list[dict[str, Any]], mcp: McpToolClient, *,
                   on_text: OnText | None = None, on_tool: OnTool | None = None) -> AgentResult:
         """Continue `messages` (ending with the user's message) until Claude answers."""
+        import anthropic
+
         history = list(messages)
         calls: list[dict[str, Any]] = []
         try:

@@ -20,12 +20,11 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-import anthropic
 import httpx
 import jwt
 from sse_starlette import EventSourceResponse
@@ -42,6 +41,9 @@ from iia.events import EventBus, SecurityEvent
 from iia.oauth.client import discover
 from iia.settings import AgentSettings, ChatSettings
 
+if TYPE_CHECKING:
+    import anthropic
+
 __all__ = ["COOKIE", "ChatApp"]
 
 COOKIE = "iia_session"
@@ -57,11 +59,13 @@ def _pkce() -> tuple[str, str]:
 
 class ChatApp:
     def __init__(self, settings: ChatSettings, agent: AgentSettings, events: EventBus, *,
-                 model: anthropic.AsyncAnthropic) -> None:
+                 model: Callable[[], anthropic.AsyncAnthropic]) -> None:
+        """`model` makes the model client when the first chat needs it (the SDK is heavy)."""
         self.settings = settings
         self.agent_settings = agent
         self.events = events
-        self.loop = AgentLoop(agent, model)
+        self._model_factory = model
+        self._loop: AgentLoop | None = None
         self._metadata: dict[str, Any] | None = None
         self._http = httpx.Client(timeout=10)
         self.sessions = ChatSessionStore(token_endpoint=lambda: self.metadata["token_endpoint"],
@@ -70,6 +74,12 @@ class ChatApp:
         self._pending: dict[str, tuple[str, str, float]] = {}  # state -> verifier, nonce, when
         self._jwks: jwt.PyJWKClient | None = None
         self._closing: asyncio.Event | None = None  # set on close: open event streams end
+
+    @property
+    def loop(self) -> AgentLoop:
+        if self._loop is None:
+            self._loop = AgentLoop(self.agent_settings, self._model_factory())
+        return self._loop
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -309,7 +319,8 @@ class ChatApp:
         if self._closing is not None:
             self._closing.set()
             await asyncio.sleep(0.05)  # let open event streams finish their response
-        await self.loop.model.close()
+        if self._loop is not None:
+            await self._loop.model.close()
         self._http.close()
 
 
