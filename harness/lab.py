@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -26,6 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import httpx
+
+from harness.caep_receiver import CaepReceiver
 from harness.claude import MessagesApi, ScriptedModel
 from harness.errors import HarnessError
 from harness.net import HttpService, bind_loopback, reserve_loopback
@@ -35,6 +39,7 @@ from harness.spire import JwtAuthority, WorkloadApiServer, discovery_app, load_r
 from harness.verify import VerifyTenant
 from harness.verify.rotation import RotatingClientSecret
 from iia.agent import model_client
+from iia.antenna import CAEP, PUSH, SUPPORTED, AnomalyRules, Antenna, antenna_app
 from iia.chat import ChatApp
 from iia.events import EventBus
 from iia.identity import IdentitySettings, WorkloadIdentity
@@ -190,10 +195,51 @@ class Lab:
         assert sock is not None
         await self._serve(HttpService("mcp", self.mcp.app(), sock, lifespan=True),
                           url=self.mcp_url)
+        # Antenna (iia's SSF transmitter) and a CAEP receiver; then every receiver subscribes
+        # through Antenna's management API, as any SSF receiver would.
+        antenna_sock = bind_loopback()
+        self.antenna = Antenna(f"http://127.0.0.1:{antenna_sock.getsockname()[1]}",
+                               self.runtime_dir / "antenna.sqlite", events=self.events,
+                               rules=AnomalyRules.load(s.fixtures / "antenna" / "anomaly.json"))
+        self.antenna.start()
+        await self._serve(HttpService("antenna", antenna_app(self.antenna), antenna_sock))
+        caep_sock = bind_loopback()
+        self.caep = CaepReceiver(f"http://127.0.0.1:{caep_sock.getsockname()[1]}/events")
+        await self._serve(HttpService("caep_receiver", self.caep.app(), caep_sock))
+        await loop.run_in_executor(None, self._subscribe_receivers)
+
         agent_settings = AgentSettings.from_env(env)
         self.chat = ChatApp(ChatSettings.from_env(env), agent_settings, self.events,
                             model=lambda: model_client(agent_settings))
         await self._serve(HttpService("chat", self.chat.app()))
+
+    def _subscribe_receivers(self) -> None:
+        """Create one push stream per receiver at Antenna: the IdP and the MCP server want
+        session-revoked; the CAEP receiver wants every event type."""
+        issuer = self.antenna.issuer
+        origin = self.mcp_url.rsplit("/mcp", 1)[0]
+        receivers = [
+            ("verify", f"{self.verify.base_url}/v1.0/ssf/events", self.verify.issuer,
+             [CAEP["session-revoked"]], self.verify.ssf.trust),
+            ("mcp", f"{origin}/ssf/events", self.mcp_url, [CAEP["session-revoked"]],
+             self.mcp.ssf.subscribe),
+            ("caep_receiver", self.caep.audience, self.caep.audience, list(SUPPORTED),
+             self.caep.subscribe),
+        ]
+        self.streams: dict[str, str] = {}
+        with httpx.Client(timeout=10) as http:
+            for name, endpoint, audience, events, subscribe in receivers:
+                header = "Bearer " + secrets.token_urlsafe(24)  # what the receiver will demand
+                subscribe(issuer, f"{issuer}/jwks", header)
+                token = self.antenna.register_client(name)
+                response = http.post(f"{issuer}/ssf/streams", headers={
+                    "Authorization": f"Bearer {token}"}, json={
+                    "delivery": {"method": PUSH, "endpoint_url": endpoint,
+                                 "authorization_header": header},
+                    "events_requested": events, "aud": audience,
+                    "description": f"lab subscription of {name}"})
+                response.raise_for_status()
+                self.streams[name] = response.json()["stream_id"]
 
     async def _serve(self, service: HttpService, url: str | None = None) -> None:
         await service.start()
@@ -229,6 +275,8 @@ class Lab:
     async def _stop(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
+        if hasattr(self, "antenna"):
+            self.antenna.stop()
         # clients first (the product's identity holds a channel to the Workload API)
         if hasattr(self, "mcp"):
             self.mcp.close()

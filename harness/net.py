@@ -9,7 +9,7 @@ import socket
 import uvicorn
 from starlette.types import ASGIApp
 
-__all__ = ["HttpService", "bind_loopback", "free_port_pair", "reserve_loopback"]
+__all__ = ["HttpService", "ServiceLoop", "bind_loopback", "free_port_pair", "reserve_loopback"]
 
 HOST = "127.0.0.1"
 
@@ -89,3 +89,42 @@ class HttpService:
                 await asyncio.wait_for(self._task, timeout=5)
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+class ServiceLoop:
+    """An asyncio loop in a background thread that serves HttpServices (for tests and tools
+    that need a few servers of their own, outside a Lab)."""
+
+    def __init__(self, name: str = "services") -> None:
+        import threading
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+        self._services: list[HttpService] = []
+
+    def run(self, coro: object, timeout: float = 10.0) -> object:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)  # type: ignore[arg-type]
+
+    def serve(self, service: HttpService) -> HttpService:
+        self.run(service.start())
+        self._services.append(service)
+        return service
+
+    def stop_service(self, service: HttpService) -> None:
+        self.run(service.stop())
+        self._services.remove(service)
+
+    def close(self) -> None:
+        for service in list(self._services):
+            with contextlib.suppress(Exception):
+                self.stop_service(service)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    def __enter__(self) -> ServiceLoop:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -144,6 +144,7 @@ class UserTokenVerifier:
             raise InvalidTokenError("a delegated token cannot call the MCP server")
         reason = self.revocations.reason(str(claims["sid"]))
         if reason is not None:
+            self.revocations.refused(str(claims["sid"]))
             raise InvalidTokenError(f"the session was ended: {reason}")
         return Caller(token=token, sub=str(claims["sub"]), email=str(claims.get("email", "")),
                       sid=str(claims["sid"]), claims=claims)

@@ -15,6 +15,7 @@ class SessionRevocations:
         self._clock = clock
         self._lock = threading.Lock()
         self._revoked: dict[str, tuple[float, str]] = {}
+        self._first_refusal: dict[str, float] = {}
         self._listeners: list[Callable[[str, str], None]] = []
 
     def revoke(self, sid: str, reason: str) -> bool:
@@ -37,6 +38,15 @@ class SessionRevocations:
         with self._lock:
             entry = self._revoked.get(sid)
         return entry[0] if entry else None
+
+    def refused(self, sid: str) -> None:
+        """Note a request refused because its session was dropped (the first one counts)."""
+        with self._lock:
+            self._first_refusal.setdefault(sid, self._clock())
+
+    def first_refusal(self, sid: str) -> float | None:
+        with self._lock:
+            return self._first_refusal.get(sid)
 
     def on_revoke(self, listener: Callable[[str, str], None]) -> None:
         with self._lock:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -42,14 +43,22 @@ class SsfReceiver:
         self.audit = audit
         self._lock = threading.Lock()
         self._validator: SetValidator | None = None
+        self._authorization: str | None = None
         self.received: dict[str, ReceivedSet] = {}
 
-    def trust(self, transmitter_issuer: str, jwks_uri: str) -> None:
-        """Subscribe to a transmitter: accept its SETs, signed by keys at `jwks_uri`."""
+    def trust(self, transmitter_issuer: str, jwks_uri: str,
+              authorization: str | None = None) -> None:
+        """Subscribe to a transmitter: accept its SETs, signed by keys at `jwks_uri`; with
+        `authorization`, pushes must carry exactly that Authorization header."""
         self._validator = SetValidator(issuer=transmitter_issuer, audience=self.audience,
                                        jwks_uri=jwks_uri)
+        self._authorization = authorization
 
     async def push(self, request: Request) -> Response:
+        if self._authorization and request.headers.get("authorization") != self._authorization:
+            return JSONResponse({"err": "authentication_failed",
+                                 "description": "missing or wrong Authorization"},
+                                status_code=401)
         body = (await request.body()).decode(errors="replace").strip()
         try:
             if self._validator is None:
@@ -58,7 +67,7 @@ class SsfReceiver:
                     "application/secevent+jwt"):
                 raise PushError("invalid_request",
                                 "Content-Type must be application/secevent+jwt")
-            claims = self._validator.validate(body)
+            claims = await run_in_threadpool(self._validator.validate, body)
         except PushError as exc:
             self.audit.record(Decision(kind="ssf", outcome="refused", error=exc.err,
                                        reason=exc.description))

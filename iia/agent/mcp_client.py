@@ -59,6 +59,11 @@ class _Bearer(httpx2.Auth):
         self.last_challenge = response.headers.get("www-authenticate")
 
 
+def _contains(group: BaseExceptionGroup, target: BaseException) -> bool:
+    return any(e is target or (isinstance(e, BaseExceptionGroup) and _contains(e, target))
+               for e in group.exceptions)
+
+
 class McpToolClient:
     def __init__(self, url: str, token: Callable[[], str], *, timeout: float = 300.0) -> None:
         self.url = url
@@ -79,13 +84,19 @@ class McpToolClient:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+                        tb: TracebackType | None) -> bool:
         try:
             if self._context is not None:
                 await self._context.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # The SDK's task group wraps what the body raised; callers get our typed error.
+            if exc is not None and _contains(group, exc):
+                return False
+            raise self._translate(group) from group
         finally:
             if self._http is not None:
                 await self._http.aclose()
+        return False
 
     def _translate(self, exc: BaseException) -> BaseException:
         errors = list(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else [exc]

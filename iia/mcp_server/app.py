@@ -31,6 +31,7 @@ from iia.events import EventBus
 from iia.hitl import ApprovalChannel, CibaApprovalChannel, ConsentCache
 from iia.identity import WorkloadIdentity
 from iia.mcp_server.auth import BearerAuth
+from iia.mcp_server.ssf_receiver import SsfPushReceiver
 from iia.oauth.client import AuthorizationServerClient
 from iia.resource_server import Caller, UserTokenVerifier
 from iia.sessions import SessionRevocations
@@ -70,6 +71,7 @@ class McpServer:
             issuer=settings.issuer, audience=settings.resource,
             jwks_uri=lambda: self.idp.endpoint("jwks_uri"), revocations=self.revocations)
         self._limiter = anyio.CapacityLimiter(max_concurrent_calls)
+        self.ssf = SsfPushReceiver(audience=settings.resource, revocations=self.revocations)
         self._tools = [_mcp_tool(t) for t in CATALOG]
 
     def cold_start(self) -> None:
@@ -128,6 +130,7 @@ class McpServer:
             Route(path, endpoint=endpoint, methods=["GET", "POST", "DELETE"]),
             *create_protected_resource_routes(resource, [self.settings.issuer],
                                               resource_name="IIA MCP server"),
+            Route("/ssf/events", self.ssf.push, methods=["POST"]),
             Route("/healthz", health),
         ])
 
@@ -135,6 +138,7 @@ class McpServer:
         self.idp.close()
         self.admin.close()
         self.verifier.close()
+        self.ssf.close()
 
 
 def _result(text: str, *, error: bool) -> types.CallToolResult:

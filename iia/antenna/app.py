@@ -1,0 +1,122 @@
+"""Antenna's HTTP surface (SSF 1.0 §7, §8; RFC 8936 for poll).
+
+    GET  /.well-known/ssf-configuration   transmitter metadata
+    GET  /jwks                            the SET signing key
+    GET|POST|PATCH|PUT|DELETE /ssf/streams   stream configuration (bearer token)
+    GET|POST /ssf/status                  stream status: enabled | paused | disabled
+    POST /ssf/verify                      send a verification event
+    POST /ssf/poll/{stream_id}            poll delivery (RFC 8936)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from iia.antenna.transmitter import POLL, PUSH, Antenna, StreamError
+
+__all__ = ["antenna_app"]
+
+
+def _error(status: int, description: str) -> JSONResponse:
+    code = {401: "invalid_token", 403: "forbidden", 404: "not_found"}.get(status,
+                                                                           "invalid_request")
+    headers = {"WWW-Authenticate": 'Bearer realm="antenna"'} if status == 401 else None
+    return JSONResponse({"error": code, "error_description": description}, status_code=status,
+                        headers=headers)
+
+
+def antenna_app(antenna: Antenna) -> Starlette:
+    def owner(request: Request) -> str | None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return antenna.client(token.strip()) if scheme.lower() == "bearer" else None
+
+    async def body(request: Request) -> dict[str, Any]:
+        try:
+            data = await request.json()
+        except ValueError as exc:
+            raise StreamError("the body is not JSON") from exc
+        if not isinstance(data, dict):
+            raise StreamError("the body must be a JSON object")
+        return data
+
+    def guarded(handler: Any) -> Any:
+        async def endpoint(request: Request) -> Response:
+            client = owner(request)
+            if client is None:
+                return _error(401, "a management bearer token is required")
+            try:
+                return await handler(request, client)
+            except StreamError as exc:
+                return _error(exc.http_status, exc.description)
+
+        return endpoint
+
+    async def configuration(request: Request) -> JSONResponse:
+        i = antenna.issuer
+        return JSONResponse({
+            "spec_version": "1_0", "issuer": i, "jwks_uri": f"{i}/jwks",
+            "delivery_methods_supported": [PUSH, POLL],
+            "configuration_endpoint": f"{i}/ssf/streams", "status_endpoint": f"{i}/ssf/status",
+            "verification_endpoint": f"{i}/ssf/verify",
+            "authorization_schemes": [{"spec_urn": "urn:ietf:rfc:6750"}],
+            "default_subjects": "ALL"})
+
+    async def jwks(request: Request) -> JSONResponse:
+        return JSONResponse(antenna.signer.jwks())
+
+    async def streams(request: Request, client: str) -> Response:
+        method = request.method
+        if method == "GET":
+            return JSONResponse(antenna.get_streams(client,
+                                                    request.query_params.get("stream_id")))
+        if method == "POST":
+            return JSONResponse(antenna.create_stream(client, await body(request)),
+                                status_code=201)
+        if method in ("PATCH", "PUT"):
+            return JSONResponse(antenna.update_stream(client, await body(request),
+                                                      replace=method == "PUT"))
+        antenna.delete_stream(client, request.query_params.get("stream_id", ""))
+        return Response(status_code=204)
+
+    async def status(request: Request, client: str) -> Response:
+        if request.method == "GET":
+            return JSONResponse(antenna.status(client, request.query_params.get("stream_id",
+                                                                                "")))
+        data = await body(request)
+        return JSONResponse(antenna.set_status(client, str(data.get("stream_id", "")),
+                                               str(data.get("status", "")), data.get("reason")))
+
+    async def verify(request: Request, client: str) -> Response:
+        data = await body(request)
+        antenna.verify(client, str(data.get("stream_id", "")), data.get("state"))
+        return Response(status_code=204)
+
+    async def poll(request: Request, client: str) -> Response:
+        data = await body(request)
+        ack = data.get("ack") or []
+        if not isinstance(ack, list):
+            raise StreamError("ack must be a list of jti")
+        result = await run_in_threadpool(
+            antenna.poll, client, request.path_params["stream_id"],
+            max_events=max(0, min(int(data.get("maxEvents", 10)), 100)), ack=[str(a) for a in ack],
+            return_immediately=bool(data.get("returnImmediately", True)))
+        return JSONResponse(result)
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(routes=[
+        Route("/.well-known/ssf-configuration", configuration),
+        Route("/jwks", jwks),
+        Route("/ssf/streams", guarded(streams), methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
+        Route("/ssf/status", guarded(status), methods=["GET", "POST"]),
+        Route("/ssf/verify", guarded(verify), methods=["POST"]),
+        Route("/ssf/poll/{stream_id}", guarded(poll), methods=["POST"]),
+        Route("/healthz", health),
+    ])

@@ -1,0 +1,109 @@
+"""Push delivery (RFC 8935), one worker thread per stream.
+
+Each worker sends its stream's due SETs in order. 202 (or 200) means delivered. A 400 is the
+receiver refusing that SET (RFC 8935 §2.3 `err`): it is marked failed and not retried. Anything
+else (connection refused, timeout, 401/403, 5xx) is transient: the SET is retried with
+exponential backoff (0.5 s doubling to 30 s, with jitter), and the worker stops the batch so order
+is kept. A receiver that fails only delays its own stream: workers share nothing but the store.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from iia.antenna.store import OutboxRow, Store
+
+__all__ = ["PushWorker", "backoff"]
+
+
+def backoff(attempts: int) -> float:
+    return min(30.0, 0.5 * 2 ** attempts) * random.uniform(0.8, 1.0)  # noqa: S311 - jitter
+
+
+class PushWorker:
+    def __init__(self, stream_id: str, store: Store, *, sign: Callable[[dict[str, Any]], str],
+                 config: Callable[[], tuple[dict[str, Any], str] | None],
+                 on_delivered: Callable[[OutboxRow], None] | None = None,
+                 timeout: float = 5.0) -> None:
+        self.stream_id = stream_id
+        self.store = store
+        self._sign = sign
+        self._config = config
+        self._on_delivered = on_delivered
+        self._wake = threading.Condition()
+        self._stopped = False
+        self._http = httpx.Client(timeout=timeout)
+        self._thread = threading.Thread(target=self._run, name=f"antenna-push-{stream_id}",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        with self._wake:
+            self._wake.notify()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+        self._thread.join(timeout=10)
+        self._http.close()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                if self._stopped:
+                    return
+            current = self._config()
+            if current is None:
+                return  # the stream was deleted
+            config, status = current
+            if status == "enabled":
+                self._drain(config)
+            with self._wake:
+                if self._stopped:
+                    return
+                next_at = self.store.next_due_at(self.stream_id)
+
+
+                wait = 5.0 if next_at is None or status != "enabled" else max(
+                    0.0, min(5.0, next_at - time.time()))
+                if wait > 0:
+                    self._wake.wait(wait)
+
+    def _drain(self, config: dict[str, Any]) -> None:
+        delivery = config["delivery"]
+        headers = {"Content-Type": "application/secevent+jwt", "Accept": "application/json"}
+        if delivery.get("authorization_header"):
+            headers["Authorization"] = delivery["authorization_header"]
+        for row in self.store.due(self.stream_id):
+            if self._stopped:
+                return
+            try:
+                response = self._http.post(delivery["endpoint_url"],
+                                           content=self._sign(row.claims), headers=headers)
+            except httpx.HTTPError as exc:
+                self.store.retry_later(row.id, backoff(row.attempts), exc.__class__.__name__)
+                return
+            if response.status_code in (200, 202):
+                self.store.delivered(row.id)
+                if self._on_delivered is not None:
+                    self._on_delivered(row)
+            elif response.status_code == 400:
+                try:
+                    body = response.json()
+                except ValueError:
+                    body = {}
+                self.store.failed(row.id, f"{body.get('err', 'invalid_request')}: "
+                                          f"{body.get('description', '')}")
+            else:
+                self.store.retry_later(row.id, backoff(row.attempts),
+                                       f"HTTP {response.status_code}")
+                return

@@ -1,0 +1,166 @@
+"""Antenna's durable state in SQLite: streams (SSF 1.0 §8.1.1 configurations, their status and
+their owner) and the outbox of SETs to deliver.
+
+The outbox keeps the SET's *claims*, not the signed token: a SET is signed when it is sent (with
+the same `jti` on every attempt), so nothing token-shaped rests on disk. Rows move
+pending -> delivered (or failed: refused by the receiver; dropped: the stream was disabled).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["OutboxRow", "Store"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    stream_id TEXT PRIMARY KEY, owner TEXT NOT NULL, config TEXT NOT NULL,
+    status TEXT NOT NULL, reason TEXT, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, stream_id TEXT NOT NULL, jti TEXT NOT NULL,
+    event_type TEXT NOT NULL, claims TEXT NOT NULL, state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, created_at REAL NOT NULL,
+    delivered_at REAL, last_error TEXT);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (stream_id, state, next_at, id);
+"""
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    stream_id: str
+    jti: str
+    event_type: str
+    claims: dict[str, Any]
+    attempts: int
+    created_at: float
+
+
+class Store:
+    def __init__(self, path: Path | str, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- streams ----------------------------------------------------------------------------
+
+    def put_stream(self, stream_id: str, owner: str, config: dict[str, Any],
+                   status: str = "enabled") -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO streams VALUES (?, ?, ?, ?, NULL, ?) ON CONFLICT(stream_id) "
+                       "DO UPDATE SET config = excluded.config",
+                       (stream_id, owner, json.dumps(config), status, self._clock()))
+
+    def stream(self, stream_id: str) -> tuple[str, dict[str, Any], str, str | None] | None:
+        with self._lock:
+            row = self._db.execute("SELECT owner, config, status, reason FROM streams WHERE "
+                                   "stream_id = ?", (stream_id,)).fetchone()
+        return None if row is None else (row[0], json.loads(row[1]), row[2], row[3])
+
+    def streams(self, owner: str | None = None) -> list[tuple[str, dict[str, Any], str]]:
+        with self._lock:
+            rows = self._db.execute("SELECT stream_id, config, status, owner FROM streams "
+                                    "ORDER BY created_at").fetchall()
+        return [(r[0], json.loads(r[1]), r[2]) for r in rows if owner is None or r[3] == owner]
+
+    def set_status(self, stream_id: str, status: str, reason: str | None) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE streams SET status = ?, reason = ? WHERE stream_id = ?",
+                       (status, reason, stream_id))
+            if status == "disabled":  # SSF §8.1.2: a disabled stream holds nothing
+                db.execute("UPDATE outbox SET state = 'dropped' WHERE stream_id = ? AND "
+                           "state = 'pending'", (stream_id,))
+
+    def delete_stream(self, stream_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM streams WHERE stream_id = ?", (stream_id,))
+            db.execute("UPDATE outbox SET state = 'dropped' WHERE stream_id = ? AND "
+                       "state = 'pending'", (stream_id,))
+
+    # -- the outbox -------------------------------------------------------------------------
+
+    def enqueue(self, stream_id: str, jti: str, event_type: str,
+                claims: dict[str, Any]) -> None:
+        now = self._clock()
+        with self._tx() as db:
+            db.execute("INSERT INTO outbox (stream_id, jti, event_type, claims, state, next_at, "
+                       "created_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+                       (stream_id, jti, event_type, json.dumps(claims), now, now))
+
+    def due(self, stream_id: str, limit: int = 50) -> list[OutboxRow]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, stream_id, jti, event_type, claims, attempts, created_at FROM outbox "
+                "WHERE stream_id = ? AND state = 'pending' AND next_at <= ? ORDER BY id "
+                "LIMIT ?", (stream_id, self._clock(), limit)).fetchall()
+        return [OutboxRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6]) for r in rows]
+
+    def pending(self, stream_id: str, limit: int) -> list[OutboxRow]:
+        """Pending rows regardless of their retry time (poll delivery hands them out)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, stream_id, jti, event_type, claims, attempts, created_at FROM outbox "
+                "WHERE stream_id = ? AND state = 'pending' ORDER BY id LIMIT ?",
+                (stream_id, limit)).fetchall()
+        return [OutboxRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6]) for r in rows]
+
+    def next_due_at(self, stream_id: str) -> float | None:
+        with self._lock:
+            row = self._db.execute("SELECT MIN(next_at) FROM outbox WHERE stream_id = ? AND "
+                                   "state = 'pending'", (stream_id,)).fetchone()
+        return row[0] if row and row[0] is not None else None
+
+    def delivered(self, row_id: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE outbox SET state = 'delivered', delivered_at = ?, "
+                       "attempts = attempts + 1 WHERE id = ?", (self._clock(), row_id))
+
+    def acknowledge(self, stream_id: str, jtis: list[str]) -> int:
+        with self._tx() as db:
+            cur = db.execute(
+                f"UPDATE outbox SET state = 'delivered', delivered_at = ? WHERE stream_id = ? "  # noqa: S608
+                f"AND state = 'pending' AND jti IN ({','.join('?' * len(jtis))})",
+                (self._clock(), stream_id, *jtis))
+            return cur.rowcount
+
+    def retry_later(self, row_id: int, delay: float, error: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ? "
+                       "WHERE id = ?", (self._clock() + delay, error, row_id))
+
+    def failed(self, row_id: int, error: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE outbox SET state = 'failed', attempts = attempts + 1, "
+                       "last_error = ? WHERE id = ?", (error, row_id))
+
+    def counts(self, stream_id: str) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM outbox WHERE stream_id = ? "
+                                    "GROUP BY state", (stream_id,)).fetchall()
+        return {state: n for state, n in rows}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

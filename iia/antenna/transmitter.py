@@ -1,0 +1,310 @@
+"""Antenna, the SSF 1.0 transmitter: streams, SETs for every decision, durable delivery.
+
+Every decision on the event bus becomes one SET (`event_types.FOR_BUS_EVENT`), enqueued in the
+SQLite outbox of each stream that asked for its type and is not disabled, then pushed (RFC 8935)
+by the stream's worker or handed out on poll (RFC 8936). Management clients authenticate with a
+bearer token issued to them at registration (`register_client`); only digests of those tokens
+are kept. The anomaly detector watches the same bus and revokes sessions through CAEP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from iia.antenna.anomaly import AnomalyDetector, AnomalyRules
+from iia.antenna.delivery import PushWorker
+from iia.antenna.event_types import CAEP, FOR_BUS_EVENT, SUPPORTED, VERIFICATION
+from iia.antenna.sets import SetSigner
+from iia.antenna.store import OutboxRow, Store
+from iia.errors import IIAError
+from iia.events import EventBus, SecurityEvent
+
+__all__ = ["POLL", "PUSH", "Antenna", "StreamError"]
+
+PUSH = "urn:ietf:rfc:8935"
+POLL = "urn:ietf:rfc:8936"
+STATUSES = ("enabled", "paused", "disabled")
+
+
+class StreamError(IIAError):
+    """A management request Antenna refuses; `status` is the HTTP status (SSF §8.1)."""
+
+    code = "invalid_request"
+
+    def __init__(self, description: str, status: int = 400) -> None:
+        super().__init__(description)
+        self.http_status = status
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Antenna:
+    def __init__(self, issuer: str, store: Path | str, *, events: EventBus | None = None,
+                 rules: AnomalyRules | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.issuer = issuer.rstrip("/")
+        self.signer = SetSigner(self.issuer)
+        self.store = Store(store, clock)
+        self.events = events
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._clients: dict[str, str] = {}  # token digest -> client name
+        self._workers: dict[str, PushWorker] = {}
+        self._poll_waiters = threading.Condition()
+        self.revocations: dict[str, dict[str, float]] = {}  # sid -> {emitted_at, delivered...}
+        self.detector = AnomalyDetector(rules or AnomalyRules(), self.revoke_session, clock)
+        self._unsubscribe: Callable[[], None] | None = None
+
+    # -- life -------------------------------------------------------------------------------
+
+    def start(self) -> Antenna:
+        if self.events is not None and self._unsubscribe is None:
+            self._unsubscribe = self.events.subscribe(self.on_bus_event)
+        for stream_id, config, _ in self.store.streams():
+            if config["delivery"]["method"] == PUSH:
+                self._start_worker(stream_id)
+        return self
+
+    def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        with self._lock:
+            workers, self._workers = list(self._workers.values()), {}
+        for worker in workers:
+            worker.stop()
+        self.store.close()
+
+    # -- management clients -----------------------------------------------------------------
+
+    def register_client(self, name: str) -> str:
+        """Issue a management bearer token for `name` (returned once, kept as a digest)."""
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._clients[_digest(token)] = name
+        return token
+
+    def client(self, token: str | None) -> str | None:
+        if not token:
+            return None
+        with self._lock:
+            return self._clients.get(_digest(token))
+
+    # -- streams (SSF 1.0 §8.1.1) -----------------------------------------------------------
+
+    def _config(self, stream_id: str, owner: str | None) -> tuple[dict[str, Any], str]:
+        found = self.store.stream(stream_id)
+        if found is None or (owner is not None and found[0] != owner):
+            raise StreamError(f"no stream {stream_id!r}", 404)
+        return found[1], found[2]
+
+    def _validated(self, body: Mapping[str, Any], stream_id: str) -> dict[str, Any]:
+        delivery = body.get("delivery") or {"method": POLL}
+        method = delivery.get("method")
+        if method not in (PUSH, POLL):
+            raise StreamError(f"delivery method must be {PUSH} or {POLL}")
+        if method == PUSH and not str(delivery.get("endpoint_url", "")).startswith(
+                ("http://", "https://")):
+            raise StreamError("push delivery needs an http(s) endpoint_url")
+        if method == POLL:
+            delivery = {"method": POLL, "endpoint_url": f"{self.issuer}/ssf/poll/{stream_id}"}
+        requested = body.get("events_requested") or []
+        if not isinstance(requested, list) or not all(isinstance(e, str) for e in requested):
+            raise StreamError("events_requested must be a list of event-type URIs")
+        aud = body.get("aud")
+        if aud is not None and not isinstance(aud, str | list):
+            raise StreamError("aud must be a string or a list of strings")
+        return {
+            "stream_id": stream_id, "iss": self.issuer, "aud": aud or stream_id,
+            "delivery": dict(delivery), "events_supported": SUPPORTED,
+            "events_requested": requested,
+            "events_delivered": [e for e in requested if e in SUPPORTED],
+            "description": str(body.get("description", "")),
+            "min_verification_interval": 0,
+        }
+
+    def create_stream(self, owner: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        stream_id = secrets.token_urlsafe(12)
+        config = self._validated(body, stream_id)
+        self.store.put_stream(stream_id, owner, config)
+        if config["delivery"]["method"] == PUSH:
+            self._start_worker(stream_id)
+        return self._public(config)
+
+    def update_stream(self, owner: str, body: Mapping[str, Any],
+                      replace: bool = False) -> dict[str, Any]:
+        stream_id = str(body.get("stream_id", ""))
+        current, _ = self._config(stream_id, owner)
+        merged = dict(body) if replace else {**current, **body}
+        config = self._validated(merged, stream_id)
+        self.store.put_stream(stream_id, owner, config)
+        self._wake(stream_id)
+        return self._public(config)
+
+    def get_streams(self, owner: str, stream_id: str | None) -> Any:
+        if stream_id:
+            return self._public(self._config(stream_id, owner)[0])
+        return [self._public(c) for _, c, _ in self.store.streams(owner)]
+
+    def delete_stream(self, owner: str, stream_id: str) -> None:
+        self._config(stream_id, owner)
+        self.store.delete_stream(stream_id)
+        with self._lock:
+            worker = self._workers.pop(stream_id, None)
+        if worker is not None:
+            worker.stop()
+
+    def status(self, owner: str, stream_id: str) -> dict[str, Any]:
+        self._config(stream_id, owner)
+        found = self.store.stream(stream_id)
+        assert found is not None
+        out = {"stream_id": stream_id, "status": found[2]}
+        if found[3]:
+            out["reason"] = found[3]
+        return out
+
+    def set_status(self, owner: str, stream_id: str, status: str,
+                   reason: str | None = None) -> dict[str, Any]:
+        if status not in STATUSES:
+            raise StreamError(f"status must be one of {', '.join(STATUSES)}")
+        self._config(stream_id, owner)
+        self.store.set_status(stream_id, status, reason)
+        self._wake(stream_id)
+        return self.status(owner, stream_id)
+
+    def verify(self, owner: str, stream_id: str, state: str | None) -> None:
+        """SSF §8.1.4: send a verification event on the stream."""
+        config, status = self._config(stream_id, owner)
+        if status == "disabled":
+            raise StreamError("the stream is disabled")
+        event = {"state": state} if state else {}
+        self._enqueue(stream_id, config, VERIFICATION, event,
+                      {"format": "opaque", "id": stream_id}, txn=None)
+
+    @staticmethod
+    def _public(config: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(config)
+        delivery = dict(out["delivery"])
+        if "authorization_header" in delivery:
+            delivery["authorization_header"] = "(set)"  # never echoed back
+        out["delivery"] = delivery
+        return out
+
+    # -- events -----------------------------------------------------------------------------
+
+    def publish(self, event_type: str, event: Mapping[str, Any], subject: Mapping[str, Any], *,
+                txn: str | None = None) -> list[str]:
+        """Enqueue one SET per stream that asked for `event_type`; returns their jtis."""
+        jtis = []
+        for stream_id, config, status in self.store.streams():
+            if status == "disabled" or event_type not in config["events_delivered"]:
+                continue
+            jtis.append(self._enqueue(stream_id, config, event_type, event, subject, txn))
+        return jtis
+
+    def _enqueue(self, stream_id: str, config: Mapping[str, Any], event_type: str,
+                 event: Mapping[str, Any], subject: Mapping[str, Any], txn: str | None) -> str:
+        claims = self.signer.claims(audience=config["aud"], event_type=event_type, event=event,
+                                    subject=subject, txn=txn)
+        self.store.enqueue(stream_id, claims["jti"], event_type, claims)
+        self._wake(stream_id)
+        return str(claims["jti"])
+
+    def on_bus_event(self, event: SecurityEvent) -> None:
+        try:
+            self._transmit(event)
+        finally:  # the decision's own SET goes out first, then any revocation it triggers
+            self.detector.observe(event)
+
+    def _transmit(self, event: SecurityEvent) -> None:
+        set_type = FOR_BUS_EVENT.get(event.type)
+        if set_type is None:
+            return
+        wire = event.to_dict()
+        payload = {"event_timestamp": int(self._clock()), "bus_event_id": event.event_id}
+        for key in ("toolName", "tier", "rarType", "rarSummary", "outcome", "reason",
+                    "durationMs", "spiffeId", "oboTokenExpiresIn", "correlation", "policyId",
+                    "userEmail"):
+            if key in wire:
+                payload[key] = wire[key]
+        if event.type == "caep:session_revoked":
+            payload = {"event_timestamp": int(self._clock()), "initiating_entity": "policy",
+                       "reason_admin": {"en": event.reason or "session revoked"},
+                       "reason_user": {"en": "Your session was ended by a security policy."}}
+        subject: dict[str, Any] = {"format": "complex"}
+        if event.session_id:
+            subject["session"] = {"format": "opaque", "id": event.session_id}
+        if event.user_email:
+            subject["user"] = {"format": "email", "email": event.user_email}
+        if len(subject) == 1:
+            subject = {"format": "uri", "uri": event.spiffe_id or self.issuer}
+        self.publish(set_type, payload, subject, txn=event.call_id)
+
+    def revoke_session(self, sid: str, email: str | None, reason: str) -> None:
+        """Revoke a user session everywhere: a CAEP session-revoked SET to every subscriber."""
+        self.revocations[sid] = {"emitted_at": time.time()}
+        if self.events is not None:
+            self.events.emit("caep:session_revoked", outcome="denied", reason=reason,
+                             session_id=sid, user_email=email, duration_ms=0)
+            self.events.emit("agent:session_killed", outcome="denied", reason=reason,
+                             session_id=sid, user_email=email, duration_ms=0)
+        else:
+            self.publish(CAEP["session-revoked"], {
+                "event_timestamp": int(self._clock()), "initiating_entity": "policy",
+                "reason_admin": {"en": reason}},
+                {"format": "complex", "session": {"format": "opaque", "id": sid},
+                 **({"user": {"format": "email", "email": email}} if email else {})})
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    def _start_worker(self, stream_id: str) -> None:
+        def current() -> tuple[dict[str, Any], str] | None:
+            found = self.store.stream(stream_id)
+            return None if found is None else (found[1], found[2])
+
+        worker = PushWorker(stream_id, self.store, sign=self.signer.sign, config=current,
+                            on_delivered=self._delivered)
+        with self._lock:
+            self._workers[stream_id] = worker
+        worker.start()
+
+    def _delivered(self, row: OutboxRow) -> None:
+        if row.event_type == CAEP["session-revoked"]:
+            sid = row.claims.get("sub_id", {}).get("session", {}).get("id")
+            if sid in self.revocations:
+                self.revocations[sid].setdefault("first_delivered_at", time.time())
+
+    def _wake(self, stream_id: str) -> None:
+        with self._lock:
+            worker = self._workers.get(stream_id)
+        if worker is not None:
+            worker.wake()
+        with self._poll_waiters:
+            self._poll_waiters.notify_all()
+
+    def poll(self, owner: str, stream_id: str, *, max_events: int, ack: list[str],
+             return_immediately: bool, wait: float = 5.0) -> dict[str, Any]:
+        """RFC 8936 §2.4: acknowledge `ack`, then hand out up to `max_events` pending SETs."""
+        config, status = self._config(stream_id, owner)
+        if config["delivery"]["method"] != POLL:
+            raise StreamError("this stream is delivered by push, not poll")
+        if ack:
+            self.store.acknowledge(stream_id, ack)
+        deadline = time.monotonic() + (0 if return_immediately else wait)
+        while True:
+            rows = self.store.pending(stream_id, max_events + 1) if status == "enabled" else []
+            if rows or time.monotonic() >= deadline:
+                break
+            with self._poll_waiters:
+                self._poll_waiters.wait(max(0.0, deadline - time.monotonic()))
+            status = self._config(stream_id, owner)[1]
+        sets = {r.jti: self.signer.sign(r.claims) for r in rows[:max_events]}
+        return {"sets": sets, "moreAvailable": len(rows) > max_events}

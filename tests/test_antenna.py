@@ -1,0 +1,252 @@
+"""Antenna, the SSF 1.0 transmitter: the SET profile (checked with an independent JOSE library),
+stream management, durable push delivery (RFC 8935), poll delivery (RFC 8936), and the CAEP
+receiver on the other end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from joserfc import jwt as jose_jwt
+from joserfc.jwk import KeySet
+
+from harness.caep_receiver import CaepReceiver
+from harness.net import HttpService, ServiceLoop, bind_loopback
+from iia.antenna import AGENT, CAEP, POLL, PUSH, SUPPORTED, VERIFICATION, Antenna, antenna_app
+from iia.events import EventBus
+
+TIMEOUT = 10.0
+
+
+def eventually(check, timeout: float = TIMEOUT, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@dataclass
+class World:
+    antenna: Antenna
+    bus: EventBus
+    receiver: CaepReceiver
+    services: ServiceLoop
+    receiver_service: HttpService
+    token: str  # the receiver's management token
+
+    def api(self, method: str, path: str, **kw) -> httpx.Response:
+        return httpx.request(method, self.antenna.issuer + path, timeout=TIMEOUT,
+                             headers={"Authorization": f"Bearer {self.token}"}, **kw)
+
+    def stream(self, events: list[str], method: str = PUSH) -> str:
+        delivery = {"method": method}
+        if method == PUSH:
+            delivery["endpoint_url"] = self.receiver.audience
+        response = self.api("POST", "/ssf/streams", json={
+            "delivery": delivery, "events_requested": events, "aud": self.receiver.audience})
+        assert response.status_code == 201, response.text
+        return response.json()["stream_id"]
+
+    def decision(self, n: int = 1, sid: str = "s-1") -> None:
+        for i in range(n):
+            self.bus.emit("agent:token_exchange_success", session_id=sid,
+                          user_email="alice@example.com", tool_name="list_users", tier=1,
+                          rar_type="verify_read_users", rar_summary=f"call {i}", duration_ms=3,
+                          call_id=f"c{i}")
+
+    def receiver_down(self) -> None:
+        self.services.stop_service(self.receiver_service)
+
+    def receiver_up(self) -> None:
+        port = int(self.receiver.audience.split(":")[2].split("/")[0])
+        self.receiver_service = self.services.serve(
+            HttpService("caep", self.receiver.app(), bind_loopback(port)))
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    bus = EventBus()
+    with ServiceLoop("antenna-test") as services:
+        sock = bind_loopback()
+        antenna = Antenna(f"http://127.0.0.1:{sock.getsockname()[1]}", tmp_path / "a.sqlite",
+                          events=bus).start()
+        services.serve(HttpService("antenna", antenna_app(antenna), sock))
+        rsock = bind_loopback()
+        receiver = CaepReceiver(f"http://127.0.0.1:{rsock.getsockname()[1]}/events")
+        receiver.subscribe(antenna.issuer, f"{antenna.issuer}/jwks")
+        rservice = services.serve(HttpService("caep", receiver.app(), rsock))
+        try:
+            yield World(antenna, bus, receiver, services, rservice,
+                        antenna.register_client("caep"))
+        finally:
+            antenna.stop()
+
+
+def test_sets_follow_the_ssf_profile_checked_with_an_independent_library(world: World) -> None:
+    world.stream([AGENT["token-exchange-issued"]])
+    world.decision()
+    eventually(lambda: world.receiver.events(), what="a SET")
+    received = world.receiver.events()[0]
+    keys = KeySet.import_key_set(httpx.get(f"{world.antenna.issuer}/jwks").json())
+    token = world.antenna.signer.sign(received.claims)
+    decoded = jose_jwt.decode(token, keys, algorithms=["ES256"])
+    assert decoded.header["typ"] == "secevent+jwt" and decoded.header["kid"]
+    claims = decoded.claims
+    assert claims["iss"] == world.antenna.issuer and claims["aud"] == world.receiver.audience
+    assert claims["jti"] and claims["iat"] and claims["txn"] == "c0"
+    assert "exp" not in claims and "sub" not in claims
+    assert claims["sub_id"] == {"format": "complex",
+                                "session": {"format": "opaque", "id": "s-1"},
+                                "user": {"format": "email", "email": "alice@example.com"}}
+    [(event_type, payload)] = claims["events"].items()
+    assert event_type == AGENT["token-exchange-issued"]
+    assert payload["toolName"] == "list_users" and payload["tier"] == 1
+
+
+def test_transmitter_metadata(world: World) -> None:
+    meta = httpx.get(f"{world.antenna.issuer}/.well-known/ssf-configuration").json()
+    assert meta["issuer"] == world.antenna.issuer and meta["jwks_uri"].endswith("/jwks")
+    assert set(meta["delivery_methods_supported"]) == {PUSH, POLL}
+    assert meta["configuration_endpoint"].endswith("/ssf/streams")
+    assert CAEP["session-revoked"] in SUPPORTED and AGENT["approval-denied"] in SUPPORTED
+
+
+def test_stream_management_needs_the_owners_token(world: World) -> None:
+    stream_id = world.stream([CAEP["session-revoked"]])
+    anonymous = httpx.get(f"{world.antenna.issuer}/ssf/streams", params={"stream_id": stream_id})
+    assert anonymous.status_code == 401
+    other = world.antenna.register_client("someone-else")
+    foreign = httpx.get(f"{world.antenna.issuer}/ssf/streams", params={"stream_id": stream_id},
+                        headers={"Authorization": f"Bearer {other}"})
+    assert foreign.status_code == 404
+    got = world.api("GET", "/ssf/streams", params={"stream_id": stream_id}).json()
+    assert got["events_delivered"] == [CAEP["session-revoked"]]
+    updated = world.api("PATCH", "/ssf/streams", json={
+        "stream_id": stream_id, "events_requested": [CAEP["session-revoked"], "urn:unknown"]})
+    assert updated.json()["events_delivered"] == [CAEP["session-revoked"]]
+    assert world.api("DELETE", "/ssf/streams", params={"stream_id": stream_id}).status_code \
+        == 204
+    assert world.api("GET", "/ssf/streams", params={"stream_id": stream_id}).status_code == 404
+    bad = world.api("POST", "/ssf/streams", json={"delivery": {"method": "carrier-pigeon"}})
+    assert bad.status_code == 400
+
+
+def test_verification_event(world: World) -> None:
+    stream_id = world.stream([VERIFICATION])
+    assert world.api("POST", "/ssf/verify", json={"stream_id": stream_id,
+                                                  "state": "abc"}).status_code == 204
+    eventually(lambda: world.receiver.events(VERIFICATION), what="the verification event")
+    assert world.receiver.events(VERIFICATION)[0].claims["events"][VERIFICATION] == \
+        {"state": "abc"}
+
+
+def test_receiver_down_then_up_loses_nothing_and_acts_once(world: World) -> None:
+    stream_id = world.stream([AGENT["token-exchange-issued"]])
+    world.receiver_down()
+    world.decision(20)
+    time.sleep(0.3)
+    assert world.antenna.store.counts(stream_id).get("pending") == 20
+    world.receiver_up()
+    eventually(lambda: len(world.receiver.events()) == 20, timeout=40, what="all 20 SETs")
+    assert world.antenna.store.counts(stream_id) == {"delivered": 20}
+    assert len({e.jti for e in world.receiver.events()}) == 20  # none twice in effect
+
+
+def test_a_failing_receiver_does_not_block_other_streams(world: World, tmp_path: Path) -> None:
+    dead = world.api("POST", "/ssf/streams", json={
+        "delivery": {"method": PUSH, "endpoint_url": "http://127.0.0.1:9/nowhere"},
+        "events_requested": [AGENT["token-exchange-issued"]], "aud": "x"}).json()["stream_id"]
+    live = world.stream([AGENT["token-exchange-issued"]])
+    world.decision(5)
+    eventually(lambda: world.antenna.store.counts(live) == {"delivered": 5}, what="live stream")
+    assert world.antenna.store.counts(dead).get("pending") == 5
+
+
+def test_duplicate_jti_is_acknowledged_and_stored_once(world: World) -> None:
+    world.stream([AGENT["token-exchange-issued"]])
+    world.decision()
+    eventually(lambda: world.receiver.events(), what="a SET")
+    claims = world.receiver.events()[0].claims
+    token = world.antenna.signer.sign(claims)
+    for _ in range(2):
+        again = httpx.post(world.receiver.audience, content=token,
+                           headers={"Content-Type": "application/secevent+jwt"})
+        assert again.status_code == 202
+    assert len(world.receiver.events()) == 1 and world.receiver.deliveries == 3
+
+
+def test_paused_holds_and_disabled_drops(world: World) -> None:
+    stream_id = world.stream([AGENT["token-exchange-issued"]])
+    world.api("POST", "/ssf/status", json={"stream_id": stream_id, "status": "paused"})
+    world.decision(3)
+    time.sleep(0.3)
+    assert world.receiver.events() == []
+    assert world.api("GET", "/ssf/status", params={"stream_id": stream_id}).json()["status"] \
+        == "paused"
+    world.api("POST", "/ssf/status", json={"stream_id": stream_id, "status": "enabled"})
+    eventually(lambda: len(world.receiver.events()) == 3, what="the held SETs")
+    world.api("POST", "/ssf/status", json={"stream_id": stream_id, "status": "disabled",
+                                           "reason": "maintenance"})
+    world.decision(4)
+    world.api("POST", "/ssf/status", json={"stream_id": stream_id, "status": "enabled"})
+    world.decision(1)
+    eventually(lambda: len(world.receiver.events()) == 4, what="the one after re-enabling")
+    time.sleep(0.3)
+    assert len(world.receiver.events()) == 4  # the 4 sent while disabled were dropped
+
+
+def test_poll_delivery_rfc8936(world: World) -> None:
+    stream_id = world.stream([AGENT["token-exchange-issued"]], method=POLL)
+    config = world.api("GET", "/ssf/streams", params={"stream_id": stream_id}).json()
+    poll_url = config["delivery"]["endpoint_url"]
+    world.decision(3)
+    headers = {"Authorization": f"Bearer {world.token}"}
+    first = httpx.post(poll_url, json={"maxEvents": 2, "returnImmediately": True},
+                       headers=headers).json()
+    assert len(first["sets"]) == 2 and first["moreAvailable"] is True
+    keys = KeySet.import_key_set(httpx.get(f"{world.antenna.issuer}/jwks").json())
+    for jti, token in first["sets"].items():
+        assert jose_jwt.decode(token, keys, algorithms=["ES256"]).claims["jti"] == jti
+    second = httpx.post(poll_url, json={"maxEvents": 10, "ack": list(first["sets"])},
+                        headers=headers).json()
+    assert len(second["sets"]) == 1 and second["moreAvailable"] is False
+    third = httpx.post(poll_url, json={"ack": list(second["sets"]), "returnImmediately": True},
+                       headers=headers).json()
+    assert third == {"sets": {}, "moreAvailable": False}
+
+
+@pytest.mark.parametrize("case,err", [("bad signature", "invalid_key"),
+                                      ("wrong issuer", "invalid_issuer"),
+                                      ("wrong audience", "invalid_audience"),
+                                      ("wrong typ", "invalid_request")])
+def test_the_caep_receiver_refuses_bad_sets(world: World, case: str, err: str) -> None:
+    from tests.transmitter import TestTransmitter
+
+    impostor = TestTransmitter(issuer=world.antenna.issuer)  # same name, other key
+    subject = {"format": "opaque", "id": "s"}
+    try:
+        token = {
+            "bad signature": lambda: impostor.set(world.receiver.audience, subject,
+                                                  kid=world.antenna.signer.kid),
+            "wrong issuer": lambda: world.antenna.signer.sign({
+                **world.antenna.signer.claims(audience=world.receiver.audience,
+                                              event_type=VERIFICATION, event={},
+                                              subject=subject), "iss": "https://evil"}),
+            "wrong audience": lambda: world.antenna.signer.sign(world.antenna.signer.claims(
+                audience="https://someone-else", event_type=VERIFICATION, event={},
+                subject=subject)),
+            "wrong typ": lambda: world.antenna.signer.sign(world.antenna.signer.claims(
+                audience=world.receiver.audience, event_type=VERIFICATION, event={},
+                subject=subject), typ="JWT"),
+        }[case]()
+    finally:
+        impostor.close()
+    response = httpx.post(world.receiver.audience, content=token,
+                          headers={"Content-Type": "application/secevent+jwt"})
+    assert response.status_code == 400 and response.json()["err"] == err
+    assert world.receiver.events() == []
