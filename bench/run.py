@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jwt
+
 from bench.baseline import baseline_app
 from harness.lab import Lab
 from harness.net import HttpService
@@ -77,6 +79,48 @@ def breakdown(lab: Lab, since: int, client_p50: float) -> dict[str, float]:
             "admin_api": round(med["admin_api"], 2),
             "mcp_and_rest": round(client_p50 - med["total"], 2),
             "chain_total": round(med["total"], 2), "calls": len(calls)}
+
+
+def revocation_latency(lab: Lab, trials: int = 15) -> dict[str, float]:
+    """SET emitted -> session dropped at the MCP server, and -> the first 401 a caller that
+    never stops calling gets (the window in which a revoked session could still act)."""
+    import threading
+
+    import httpx as sync_httpx
+
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "list_groups", "arguments": {"count": 1}}}
+    headers = {"Accept": "application/json, text/event-stream",
+               "MCP-Protocol-Version": "2025-11-25"}
+    dropped, refused = [], []
+    for _ in range(trials):
+        tokens = login(lab.verify.issuer, "alice@example.com", resource=lab.mcp_url)
+        sid = jwt.decode(tokens["access_token"], options={"verify_signature": False})["sid"]
+        stop = threading.Event()
+
+        def hammer(token: str = tokens["access_token"], stop: threading.Event = stop) -> None:
+            with sync_httpx.Client(timeout=10) as http:
+                while not stop.is_set():
+                    r = http.post(lab.mcp_url, json=body,
+                                  headers={**headers, "Authorization": f"Bearer {token}"})
+                    if r.status_code == 401:
+                        return
+
+        thread = threading.Thread(target=hammer, daemon=True)
+        thread.start()
+        time.sleep(0.2)
+        lab.antenna.revoke_session(sid, "alice@example.com", "benchmark")
+        emitted = lab.antenna.revocations[sid]["emitted_at"]
+        thread.join(timeout=10)
+        stop.set()
+        at_drop, at_401 = lab.mcp.revocations.revoked_at(sid), lab.mcp.revocations.first_refusal(
+            sid)
+        if at_drop and at_401:
+            dropped.append((at_drop - emitted) * 1000)
+            refused.append((at_401 - emitted) * 1000)
+    return {"emitted_to_dropped_p50_ms": round(statistics.median(dropped), 1),
+            "emitted_to_first_401_p50_ms": round(statistics.median(refused), 1),
+            "emitted_to_first_401_max_ms": round(max(refused), 1), "trials": len(refused)}
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -175,6 +219,8 @@ def _measure(lab: Lab, baseline_url: str, cold_url: str) -> int:
             out = load({"kind": "throughput", "url": url, "tokens": tokens[:n], "seconds": 5})
             throughput[key][str(n)] = {"calls_per_s": round(out["calls_per_s"], 1),
                                        "calls": out["calls"], **summary(out["latencies"])}
+    print("revocation latency ...", flush=True)
+    revocation = revocation_latency(lab)
     warm_delta = {k: after[k] - before[k] for k in after}
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
@@ -185,6 +231,7 @@ def _measure(lab: Lab, baseline_url: str, cold_url: str) -> int:
         "throughput": throughput,
         "breakdown": steps,
         "warm_path_counts": warm_delta,
+        "revocation": revocation,
     }
     p50_gap = results["latency"]["enforced_warm"]["p50_ms"] - \
         results["latency"]["unenforced"]["p50_ms"]
@@ -201,6 +248,7 @@ def _measure(lab: Lab, baseline_url: str, cold_url: str) -> int:
     chart(results, OUT / "results.png")
     print(json.dumps(results["latency"], indent=2))
     print(json.dumps(results["targets"], indent=2))
+    print(json.dumps(results["revocation"], indent=2))
     return 0
 
 

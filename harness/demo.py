@@ -10,6 +10,10 @@ there is one, else starts its own.
     tier 2  create a user and add them to a group            one approval, then cached
     tier 3  deactivate a user and revoke their sessions      one approval per action
     tier 4  delete a user                                    refused at the token endpoint
+
+It ends with continuous evaluation: a poisoned user record makes the agent try a blocked action,
+then another; Antenna's anomaly rule revokes the session through CAEP, the IdP and the MCP server
+drop it, and the agent's next call gets 401. The SET trail the CAEP receiver got is printed.
 """
 
 from __future__ import annotations
@@ -165,6 +169,45 @@ def converse(browser: httpx.Client, prompt: str) -> dict[str, Any]:
     return done
 
 
+def _sign_in(chat_url: str) -> httpx.Client:
+    """What a browser does: follow the redirects through the IdP's login (with a login hint)."""
+    browser = httpx.Client(base_url=chat_url, timeout=30)
+    response = browser.get("/auth/login", params={"login_hint": "alice@example.com"})
+    while response.status_code in (302, 303):
+        response = browser.get(response.headers["location"])
+    return browser
+
+
+def _anomaly(browser: httpx.Client, endpoints: dict[str, str], trail: Trail) -> dict[str, Any]:
+    """Two blocked attempts in one session -> CAEP session-revoked -> the next call is 401."""
+    converse(browser, "please review the contractors")  # the poisoned record: delete_user
+    converse(browser, "make bob@example.com an admin")  # a second blocked action
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(
+            e["type"] == "caep:session_revoked" for e in trail.events):
+        time.sleep(0.05)
+    announced = time.monotonic()
+    done = converse(browser, "list users")
+    if done.get("stop") == "session_ended":
+        say(f"  {c('31', 'refused')}: the next call was refused "
+            f"{(time.monotonic() - announced) * 1000:.0f} ms after the revocation was announced")
+    sid = next((e.get("sessionId") for e in trail.events
+                if e["type"] == "caep:session_revoked"), None)
+    received = httpx.get(endpoints["caep_receiver"] + "/received", timeout=10).json()
+    say("\n" + c("1", "SET trail at the CAEP receiver (this session)"))
+    for item in received:
+        subject = item["claims"].get("sub_id", {})
+        if subject.get("session", {}).get("id") != sid:
+            continue
+        [(kind, payload)] = item["claims"]["events"].items()
+        name = kind.rsplit("/", 1)[1]
+        color = "31" if "denied" in name or "revoked" in name else "32"
+        what = payload.get("toolName") or payload.get("reason_admin", {}).get("en", "")
+        say(f"    {c(color, name.ljust(24))} jti={item['jti'][:10]}...  txn="
+            f"{item['claims'].get('txn', '')[:12]}  {what}")
+    return done
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__.split("\n")[0])
     parser.add_argument("--interactive", action="store_true",
@@ -176,13 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     session = attach_or_start()
     say(c("1", "IIA Lab demo: four tiers, one identity fabric"))
     say(f"  {session.describe()}")
-    browser = httpx.Client(base_url=session.endpoints["chat"], timeout=30)
+    browser = _sign_in(session.endpoints["chat"])
     phone = Phone(session.endpoints["verify"], args.interactive)
     trail = Trail(browser, args.verbose)
     try:
-        response = browser.get("/auth/login", params={"login_hint": "alice@example.com"})
-        while response.status_code in (302, 303):
-            response = browser.get(response.headers["location"])
         say(f"  signed in as {browser.get('/me').json()['email']} (code + PKCE at the IdP)")
         phone.start()
         trail.start()
@@ -202,17 +242,32 @@ def main(argv: list[str] | None = None) -> int:
             results.append(converse(browser, prompt))
             time.sleep(0.3)  # let the last events arrive
         ok = [r.get("stop") for r in results] == ["end_turn"] * 4
+        events_seen = list(trail.events)
         refused = "tier4-blocked" in results[-1].get("text", "")
+
+        say("\n" + c("1;4", "Continuous evaluation - a compromised agent loses the session"))
+        say(c("2", "  alice signs in again (a new session), and asks for a review; a user record "
+                   "carries instructions for the agent"))
+        trail.stop()
+        second = _sign_in(session.endpoints["chat"])
+        trail = Trail(second, args.verbose)
+        trail.start()
+        try:
+            killed = _anomaly(second, session.endpoints, trail)
+            events_seen += trail.events
+        finally:
+            trail.stop()
+            second.close()
         say("\n" + c("1", "Event trail summary"))
         counts: dict[str, int] = {}
-        for event in trail.events:
+        for event in events_seen:
             counts[event["type"]] = counts.get(event["type"], 0) + 1
         for kind in sorted(counts):
             say(f"    {kind:<32} x{counts[kind]}")
-        if ok and refused:
+        if ok and refused and killed.get("stop") == "session_ended":
             say(c("32", "\nEvery tier behaved as designed: reads flowed, the write was approved "
                         "once, each sensitive action was approved, the delete never got a "
-                        "token."))
+                        "token, and the misbehaving session was killed everywhere."))
             return 0
         say(c("31", "\nSomething did not behave as designed; see above."))
         return 1

@@ -152,6 +152,7 @@ class EventBus:
         self._lock = threading.Lock()
         self._history: deque[SecurityEvent] = deque(maxlen=history)
         self._subscribers: list[Subscriber] = []
+        self._local = threading.local()  # events a subscriber publishes wait their turn
 
     def publish(self, event: SecurityEvent) -> SecurityEvent:
         for value in event.strings():
@@ -161,8 +162,21 @@ class EventBus:
         with self._lock:
             self._history.append(event)
             subscribers = list(self._subscribers)
-        for subscriber in subscribers:
-            subscriber(event)
+        queue: deque[tuple[SecurityEvent, list[Subscriber]]] | None = getattr(
+            self._local, "queue", None)
+        if queue is not None:
+            # published from inside a subscriber: every subscriber sees the event that caused
+            # it first, then this one (order is causal for every reader)
+            queue.append((event, subscribers))
+            return event
+        self._local.queue = deque([(event, subscribers)])
+        try:
+            while self._local.queue:
+                current, targets = self._local.queue.popleft()
+                for subscriber in targets:
+                    subscriber(current)
+        finally:
+            self._local.queue = None
         return event
 
     def emit(self, type: str, **fields: Any) -> SecurityEvent:

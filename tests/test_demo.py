@@ -21,6 +21,8 @@ def test_the_demo_shows_all_four_tiers(tmp_path) -> None:
     assert "agent:hitl_cached" in out  # the second write rode on the session's consent
     # one write consent + two sensitive calls, per the trail summary
     assert re.search(r"agent:hitl_approved\s+x3\b", out)
-    assert re.search(r"agent:token_exchange_denied\s+x1\b", out)
+    # tier 4 once, then the anomaly scenario's two blocked attempts
+    assert re.search(r"agent:token_exchange_denied\s+x3\b", out)
+    assert "session-revoked" in out and "the next call was refused" in out
     assert "tier4-blocked" in out and "agent:token_exchange_denied" in out
     assert "Every tier behaved as designed" in out

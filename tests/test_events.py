@@ -76,3 +76,18 @@ def test_unsubscribe_and_history_bound() -> None:
     bus.emit("after")
     assert seen == ["t0", "t1", "t2", "t3", "t4"]
     assert [e.type for e in bus.recent()] == ["t3", "t4", "after"]
+
+
+def test_an_event_published_by_a_subscriber_comes_after_its_cause_for_everyone() -> None:
+    bus = EventBus()
+    seen: list[str] = []
+
+    def reactor(event: SecurityEvent) -> None:
+        if event.type == "cause":
+            bus.emit("effect")
+
+    bus.subscribe(reactor)
+    bus.subscribe(lambda e: seen.append(e.type))
+    bus.emit("cause")
+    assert seen == ["cause", "effect"]
+    assert [e.type for e in bus.recent()] == ["cause", "effect"]
