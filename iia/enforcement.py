@@ -126,7 +126,8 @@ class EnforcementChain:
             return self._fail(tool, timings, began, "invalid_arguments",
                               f"invalid arguments for {tool.name}: {where}: {error.message}")
         details = authorization_details(tool, args, self.admin_api_url)
-        with bound_fields(rar_summary=details["summary"]):
+        with bound_fields(rar_summary=details["summary"],
+                          correlation={"rarDigest": details["digest"]}):
             try:
                 return self._enforce(tool, args, details, caller, timings, began)
             except IIAError as exc:

@@ -181,7 +181,10 @@ class EventBus:
 
     def emit(self, type: str, **fields: Any) -> SecurityEvent:
         """Build and publish an event in one call; fields bound by `bound_fields` fill gaps."""
-        merged = {**_AMBIENT.get(), **{k: v for k, v in fields.items() if v is not None}}
+        ambient = _AMBIENT.get()
+        merged = {**ambient, **{k: v for k, v in fields.items() if v is not None}}
+        if "correlation" in ambient and "correlation" in fields:
+            merged["correlation"] = {**ambient["correlation"], **fields["correlation"]}
         return self.publish(SecurityEvent(type=type, **merged))
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:

@@ -91,3 +91,13 @@ def test_an_event_published_by_a_subscriber_comes_after_its_cause_for_everyone()
     bus.emit("cause")
     assert seen == ["cause", "effect"]
     assert [e.type for e in bus.recent()] == ["cause", "effect"]
+
+
+def test_correlation_ids_from_the_context_and_the_event_merge() -> None:
+    bus = EventBus()
+    with bound_fields(correlation={"rarDigest": "sha256:ab"}):
+        bus.emit("agent:token_exchange_success", correlation={"oboJti": "j1"})
+        bus.emit("agent:hitl_cached")
+    first, second = bus.recent()
+    assert first.correlation == {"rarDigest": "sha256:ab", "oboJti": "j1"}
+    assert second.correlation == {"rarDigest": "sha256:ab"}
