@@ -26,9 +26,9 @@ lab: install
 demo: install
 	$(BIN)/python -m harness.demo $(ARGS)
 
-## test: lint, the test suite, and every notebook executed (nbval)
+## test: lint, the test suite, and every notebook executed (nbval; a scripted phone answers)
 test: install lint
-	$(BIN)/pytest tests notebooks --nbval-lax
+	IIA_PHONE=scripted $(BIN)/pytest tests notebooks --nbval-lax
 
 ## bench: what enforcement costs, against an unenforced baseline (bench/results.json, .png)
 bench: install

@@ -31,6 +31,7 @@ import httpx
 
 from harness.caep_receiver import CaepReceiver
 from harness.claude import MessagesApi, ScriptedModel
+from harness.console import console_app
 from harness.errors import HarnessError
 from harness.net import HttpService, bind_loopback, reserve_loopback
 from harness.openbao import OpenBaoServer, VaultLayout, bootstrap
@@ -72,7 +73,7 @@ class LabSettings:
     }
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> LabSettings:
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> LabSettings:
         source = os.environ if env is None else env
         values: dict[str, Any] = {}
         for name, var in cls._ENV.items():
@@ -84,7 +85,7 @@ class LabSettings:
                                        f"got {source[var]!r}") from exc
                 if values[name] < 0 or (name != "secret_grace_seconds" and values[name] == 0):
                     raise HarnessError(f"{var} must be positive, got {source[var]!r}")
-        return cls(**values)
+        return cls(**{**values, **overrides})
 
 
 class Lab:
@@ -212,6 +213,7 @@ class Lab:
         self.chat = ChatApp(ChatSettings.from_env(env), agent_settings, self.events,
                             model=lambda: model_client(agent_settings))
         await self._serve(HttpService("chat", self.chat.app()))
+        await self._serve(HttpService("console", console_app(self.events, self.mcp.chain)))
 
     def _subscribe_receivers(self) -> None:
         """Create one push stream per receiver at Antenna: the IdP and the MCP server want
@@ -331,7 +333,8 @@ class Lab:
         """Write `endpoints.json`, `iia.env` and `lab.json` (atomically, IDs and URLs only)."""
         directory.mkdir(parents=True, exist_ok=True)
         env_lines = "".join(f"{k}={v}\n" for k, v in self.iia_env().items())
-        state = {"pid": pid, "runtime_dir": str(self.runtime_dir), "started_at": self.started_at}
+        state = {"pid": pid, "runtime_dir": str(self.runtime_dir), "started_at": self.started_at,
+                 "fixtures": str(self.settings.fixtures)}
         for name, text in (("endpoints.json", json.dumps(self.endpoints, indent=2) + "\n"),
                            ("iia.env", env_lines),
                            ("lab.json", json.dumps(state, indent=2) + "\n")):

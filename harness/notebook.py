@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import html
 import json
+import shutil
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from harness.health import probe_all
-from harness.lab import Lab
-from harness.paths import lab_dir
+from harness.lab import Lab, LabSettings
+from harness.paths import fixtures_dir, lab_dir
 
 __all__ = ["LabSession", "attach_or_start", "events_html"]
 
@@ -28,11 +31,23 @@ class LabSession:
     lab: Lab | None = None
     attached: bool = False
     health: list[Any] = field(default_factory=list)
+    fixtures: Path | None = None  # the fixtures the lab reads (its policy file lives there)
+    _private: Path | None = None
+
+    @property
+    def policy_file(self) -> Path:
+        """The Cedar policy the running lab's IdP evaluates (edit it: the next exchange
+        follows it)."""
+        assert self.fixtures is not None
+        return self.fixtures / "policy" / "token_exchange.cedar"
 
     def close(self) -> None:
         if self.lab is not None:
             self.lab.stop()
             self.lab = None
+        if self._private is not None:
+            shutil.rmtree(self._private, ignore_errors=True)
+            self._private = None
 
     def describe(self) -> str:
         how = "attached to the running lab" if self.attached else "started a lab for this session"
@@ -49,21 +64,32 @@ def _read_env(path: Any) -> dict[str, str]:
 
 
 def attach_or_start() -> LabSession:
-    """Use the lab `iia-lab up` runs (if it is healthy), else start one in this kernel."""
+    """Use the lab `iia-lab up` runs (if it is healthy), else start one in this kernel, on a
+    private copy of the fixtures (so what a notebook edits goes away with it)."""
     directory = lab_dir()
     try:
         endpoints = json.loads((directory / "endpoints.json").read_text())
         env = _read_env(directory / "iia.env")
+        state = json.loads((directory / "lab.json").read_text())
     except (OSError, json.JSONDecodeError):
-        endpoints = {}
+        endpoints, state = {}, {}
     if endpoints:
         health = probe_all(endpoints, timeout=1.0)
         if all(h.healthy for h in health):
-            return LabSession(endpoints=endpoints, env=env, attached=True, health=health)
-    lab = Lab()
-    lab.start()
+            fixtures = Path(state["fixtures"]) if state.get("fixtures") else fixtures_dir()
+            return LabSession(endpoints=endpoints, env=env, attached=True, health=health,
+                              fixtures=fixtures)
+    private = Path(tempfile.mkdtemp(prefix="iia-notebook-"))
+    shutil.copytree(fixtures_dir(), private / "fixtures")
+    lab = Lab(LabSettings.from_env(fixtures=private / "fixtures"))
+    try:
+        lab.start()
+    except BaseException:
+        shutil.rmtree(private, ignore_errors=True)
+        raise
     return LabSession(endpoints=dict(lab.endpoints), env=lab.iia_env(), lab=lab,
-                      health=probe_all(lab.endpoints, timeout=1.0))
+                      health=probe_all(lab.endpoints, timeout=1.0),
+                      fixtures=private / "fixtures", _private=private)
 
 
 _COLORS = {"success": "#e8f5e9", "denied": "#ffebee", "error": "#ffebee", "retry": "#fff8e1",

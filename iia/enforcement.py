@@ -65,6 +65,12 @@ class ToolOutcome:
     obo_claims: Mapping[str, Any] | None = None  # decoded, for the token inspector
     call_id: str = ""
 
+    def public(self) -> dict[str, Any]:
+        """What a console may show: outcome, timings, decoded OBO claims (no token)."""
+        return {"callId": self.call_id, "tool": self.tool, "ok": self.ok, "code": self.code,
+                "error": self.error, "steps": dict(self.timings.steps),
+                "obo": dict(self.obo_claims) if self.obo_claims else None}
+
     def text(self) -> str:
         if self.ok:
             return json.dumps(self.result, ensure_ascii=False, default=str)
@@ -95,6 +101,8 @@ class EnforcementChain:
         self.last: ToolOutcome | None = None
         # (call id, milliseconds per step) of recent calls: the sequence view and the benchmark
         self.timings: deque[tuple[str, dict[str, float]]] = deque(maxlen=10_000)
+        # recent outcomes with their session (decoded claims only, never a token)
+        self.history: deque[tuple[str, ToolOutcome]] = deque(maxlen=200)
 
     # -- the call ---------------------------------------------------------------------------
 
@@ -115,6 +123,7 @@ class EnforcementChain:
         outcome.call_id = call_id
         self.last = outcome
         self.timings.append((call_id, dict(outcome.timings.steps)))
+        self.history.append((caller.sid, outcome))
         return outcome
 
     def _call(self, tool: Tool, args: dict[str, Any], caller: Caller) -> ToolOutcome:

@@ -150,7 +150,8 @@ class EventBus:
 
     def __init__(self, history: int = 1000) -> None:
         self._lock = threading.Lock()
-        self._history: deque[SecurityEvent] = deque(maxlen=history)
+        self._history: deque[tuple[int, SecurityEvent]] = deque(maxlen=history)
+        self._seq = 0  # events ever published: a cursor that survives the bounded history
         self._subscribers: list[Subscriber] = []
         self._local = threading.local()  # events a subscriber publishes wait their turn
 
@@ -160,7 +161,8 @@ class EventBus:
                 raise SecretInEventError(
                     f"event {event.type!r} carries a value shaped like a token; not published")
         with self._lock:
-            self._history.append(event)
+            self._seq += 1
+            self._history.append((self._seq, event))
             subscribers = list(self._subscribers)
         queue: deque[tuple[SecurityEvent, list[Subscriber]]] | None = getattr(
             self._local, "queue", None)
@@ -201,8 +203,13 @@ class EventBus:
 
     def recent(self, limit: int | None = None, *, type: str | None = None) -> list[SecurityEvent]:
         with self._lock:
-            items = [e for e in self._history if type is None or e.type == type]
+            items = [e for _, e in self._history if type is None or e.type == type]
         return items if limit is None else items[-limit:]
+
+    def since(self, cursor: int) -> tuple[list[SecurityEvent], int]:
+        """Events published after `cursor` (still in the history), and the new cursor."""
+        with self._lock:
+            return [e for seq, e in self._history if seq > cursor], self._seq
 
     def clear(self) -> None:
         with self._lock:

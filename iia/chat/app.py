@@ -173,7 +173,7 @@ class ChatApp:
         if session is None:
             return JSONResponse({"signed_in": False})
         return JSONResponse({"signed_in": True, "email": session.email,
-                             "ended": session.ended})
+                             "session_id": session.sid, "ended": session.ended})
 
     # -- chat -------------------------------------------------------------------------------
 

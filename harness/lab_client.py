@@ -1,0 +1,142 @@
+"""A person at the lab, over HTTP: signed in to the chat route (code + PKCE, as a browser), asking
+the agent, reading the console, answering pushes on the phone. The notebooks and their widgets use
+it, whether the lab runs in the kernel or in `iia-lab up`."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+
+__all__ = ["LabClient", "Turn"]
+
+
+def _sse(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:
+    event = None
+    for line in response.iter_lines():
+        if line.startswith("event:"):
+            event = line.split(":", 1)[1].strip()
+        elif line.startswith("data:") and event:
+            yield event, json.loads(line.split(":", 1)[1])
+
+
+class Turn:
+    """One question to the agent, answered in the background (`result()` waits for it)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.tools: list[dict[str, Any]] = []
+        self.done: dict[str, Any] | None = None
+        self._finished = threading.Event()
+
+    def result(self, timeout: float = 180.0) -> dict[str, Any]:
+        if not self._finished.wait(timeout):
+            raise TimeoutError("the agent did not finish in time (is a push waiting on the phone?)")
+        assert self.done is not None
+        return {**self.done, "tools": self.tools}
+
+
+class LabClient:
+    def __init__(self, endpoints: dict[str, str], user: str = "alice@example.com") -> None:
+        self.endpoints = endpoints
+        self.user = user
+        self.browser = httpx.Client(base_url=endpoints["chat"], timeout=30)
+        self._http = httpx.Client(timeout=10)
+        self.sign_in()
+
+    def sign_in(self) -> str:
+        response = self.browser.get("/auth/login", params={"login_hint": self.user})
+        while response.status_code in (302, 303):
+            response = self.browser.get(response.headers["location"])
+        me = self.browser.get("/me").json()
+        if not me.get("signed_in"):
+            raise RuntimeError(f"could not sign {self.user} in")
+        self.session_id: str = me["session_id"]
+        return self.session_id
+
+    # -- the agent --------------------------------------------------------------------------
+
+    def ask_async(self, prompt: str, on_text: Callable[[str], None] | None = None,
+                  on_tool: Callable[[dict[str, Any]], None] | None = None) -> Turn:
+        turn = Turn()
+
+        def run() -> None:
+            try:
+                with self.browser.stream("POST", "/chat", json={"message": prompt},
+                                         timeout=httpx.Timeout(10, read=300)) as response:
+                    if response.status_code != 200:
+                        body = json.loads(response.read() or b"{}")
+                        turn.done = {"stop": body.get("error", "error"),
+                                     "text": body.get("error_description", ""), "reason": None}
+                        return
+                    for kind, data in _sse(response):
+                        if kind == "text":
+                            turn.text += data["delta"]
+                            if on_text:
+                                on_text(data["delta"])
+                        elif kind == "tool" and data["phase"] == "end":
+                            turn.tools.append(data)
+                            if on_tool:
+                                on_tool(data)
+                        elif kind == "done":
+                            turn.done = data
+                        elif kind == "error":
+                            turn.done = {"stop": "error", "text": data.get("error_description"),
+                                         "reason": data.get("error")}
+            except httpx.HTTPError as exc:
+                turn.done = {"stop": "error", "text": str(exc), "reason": exc.__class__.__name__}
+            finally:
+                if turn.done is None:
+                    turn.done = {"stop": "error", "text": "no answer", "reason": None}
+                turn._finished.set()
+
+        threading.Thread(target=run, daemon=True, name="lab-chat").start()
+        return turn
+
+    def ask(self, prompt: str, timeout: float = 180.0) -> dict[str, Any]:
+        return self.ask_async(prompt).result(timeout)
+
+    # -- the console ------------------------------------------------------------------------
+
+    def events(self, after: int = 0, mine: bool = True) -> tuple[list[dict[str, Any]], int]:
+        params: dict[str, Any] = {"after": after}
+        if mine:
+            params["session"] = self.session_id
+        body = self._http.get(self.endpoints["console"] + "/events", params=params).json()
+        return body["events"], body["next"]
+
+    def calls(self, limit: int = 20) -> list[dict[str, Any]]:
+        return self._http.get(self.endpoints["console"] + "/calls",
+                              params={"session": self.session_id, "limit": limit}).json()
+
+    def decisions(self, kind: str | None = None) -> list[dict[str, Any]]:
+        params = {"kind": kind} if kind else {}
+        return self._http.get(self.endpoints["verify"] + "/lab/decisions", params=params).json()
+
+    # -- the phone --------------------------------------------------------------------------
+
+    def pending_pushes(self) -> list[dict[str, Any]]:
+        return self._http.get(self.endpoints["verify"] + "/lab/phone/requests",
+                              params={"user": self.user}).json()
+
+    def answer(self, push_id: str, approve: bool) -> dict[str, Any]:
+        verb = "approve" if approve else "deny"
+        return self._http.post(f"{self.endpoints['verify']}/lab/phone/requests/{push_id}/{verb}"
+                               ).json()
+
+    def wait_for_push(self, timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pushes = self.pending_pushes()
+            if pushes:
+                return pushes[0]
+            time.sleep(0.1)
+        raise TimeoutError("no push arrived")
+
+    def close(self) -> None:
+        self.browser.close()
+        self._http.close()
