@@ -56,7 +56,11 @@ def _running_state(directory: Path) -> dict[str, object] | None:
     lock = _try_lock(directory)
     if lock is not None:
         lock.close()
-        return None
+        try:  # a docker lab holds no lock: its containers outlive this command
+            state = json.loads((directory / "lab.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return state if state.get("mode") == "docker" else None
     try:
         return json.loads((directory / "lab.json").read_text())
     except (OSError, json.JSONDecodeError):
@@ -80,6 +84,8 @@ def _already_running(directory: Path, state: dict[str, object]) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     directory = lab_dir()
+    if args.docker:
+        return _up_docker(directory)
     if args.detach:
         return _up_detached(directory, args.timeout)
     lock = _try_lock(directory)
@@ -149,6 +155,35 @@ def _up_detached(directory: Path, timeout: float) -> int:
           file=sys.stderr)
     _stop_pid(child.pid, directory)
     return 1
+
+
+_SECRET_ENV = ("ANTHROPIC_API_KEY", "IIA_SSF_RECEIVERS", "IIA_VAULT_ROOT_TOKEN")
+
+
+def _up_docker(directory: Path) -> int:
+    from harness.docker_lab import DockerLab, DockerUnavailableError, runtime_env
+    from harness.paths import project_root
+
+    if _running_state(directory) is not None:
+        return _already_running(directory, _running_state(directory) or {})
+    env = {**os.environ, **runtime_env()}  # the run's secrets: in memory and in containers only
+    try:
+        lab = DockerLab(project_root(), env)
+        endpoints = lab.up()
+    except DockerUnavailableError as exc:
+        print(f"iia-lab: {exc}", file=sys.stderr)
+        return 1
+    except HarnessError as exc:
+        print(f"iia-lab: the docker lab did not start: {exc}", file=sys.stderr)
+        return 1
+    service_env = lab.compose["services"]["iia"]["environment"]
+    settings = {k: str(v) for k, v in service_env.items() if k not in _SECRET_ENV}
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "endpoints.json").write_text(json.dumps(endpoints, indent=2) + "\n")
+    (directory / "iia.env").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+    (directory / "lab.json").write_text(json.dumps({"mode": "docker", "pid": None}) + "\n")
+    _print_table(probe_all(endpoints))
+    return 0
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -248,6 +283,18 @@ def cmd_down(args: argparse.Namespace) -> int:
         print("iia-lab: no lab is running.")
         _clear_state(directory)
         return 0
+    if state.get("mode") == "docker":
+        from harness.docker_lab import DockerLab, DockerUnavailableError
+        from harness.paths import project_root
+
+        try:
+            removed = DockerLab(project_root(), None).down()
+        except DockerUnavailableError as exc:
+            print(f"iia-lab: {exc}", file=sys.stderr)
+            return 1
+        _clear_state(directory)
+        print(f"iia-lab: stopped the docker lab ({removed} containers removed).")
+        return 0
     pid = state.get("pid")
     runtime_dir = state.get("runtime_dir")
     if not isinstance(pid, int):
@@ -340,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the lab")
     up.add_argument("--detach", action="store_true", help="return once every service is healthy")
+    up.add_argument("--docker", action="store_true",
+                    help="real SPIRE and Vault from docker-compose.yml (needs a Docker engine)")
     up.add_argument("--timeout", type=float, default=30.0,
                     help="seconds --detach waits for health (default 30)")
     up.set_defaults(func=cmd_up)

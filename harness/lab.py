@@ -31,7 +31,6 @@ import httpx
 
 from harness.caep_receiver import CaepReceiver
 from harness.claude import MessagesApi, ScriptedModel
-from harness.console import console_app
 from harness.errors import HarnessError
 from harness.net import HttpService, bind_loopback, reserve_loopback
 from harness.openbao import OpenBaoServer, VaultLayout, bootstrap
@@ -42,6 +41,7 @@ from harness.verify.rotation import RotatingClientSecret
 from iia.agent import model_client
 from iia.antenna import CAEP, PUSH, SUPPORTED, AnomalyRules, Antenna, antenna_app
 from iia.chat import ChatApp
+from iia.console import console_app
 from iia.events import EventBus
 from iia.identity import IdentitySettings, WorkloadIdentity
 from iia.mcp_server import McpServer

@@ -9,20 +9,22 @@ import socket
 import uvicorn
 from starlette.types import ASGIApp
 
-__all__ = ["HttpService", "ServiceLoop", "bind_loopback", "free_port_pair", "reserve_loopback"]
+__all__ = ["HttpService", "ServiceLoop", "bind_loopback", "free_port_pair", "reserve_loopback",
+           "serve_until_signalled"]
 
 HOST = "127.0.0.1"
 
 
-def bind_loopback(port: int = 0) -> socket.socket:
-    """A listening TCP socket on 127.0.0.1 (port 0 = the kernel picks a free one).
+def bind_loopback(port: int = 0, host: str = HOST) -> socket.socket:
+    """A listening TCP socket on 127.0.0.1 (port 0 = the kernel picks a free one); containers
+    pass `host="0.0.0.0"` to be reachable on their network.
 
     The protocol is named (IPPROTO_TCP, not 0) so that asyncio sets TCP_NODELAY on the accepted
     connections (`base_events._set_nodelay` checks `sock.proto`); otherwise Nagle's algorithm
     and the peer's delayed ACK add about 40 ms to every response written in two parts."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((HOST, port))
+    sock.bind((host, port))
     sock.listen(128)
     sock.setblocking(False)
     return sock
@@ -128,3 +130,18 @@ class ServiceLoop:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def serve_until_signalled(services: list[HttpService]) -> None:
+    """Run services (containers' entry points) until SIGTERM or SIGINT, then stop them."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    for service in services:
+        await service.start()
+    await stop.wait()
+    for service in reversed(services):
+        await service.stop()

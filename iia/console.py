@@ -1,11 +1,11 @@
-"""The lab console: what the notebooks' widgets and a trainer's screen show, over HTTP, so a
-notebook can attach to a lab running in another process.
+"""The security console: what a security panel (the notebooks' widgets, a trainer's screen) shows,
+over HTTP, so it can run in another process than the MCP server.
 
     GET /events?after=N&session=SID   security events after index N (wire form)
     GET /calls?session=SID&limit=L    recent tool calls: outcome, per-step timings, decoded
                                       on-behalf-of claims (never the token itself)
 
-Lab-only and unauthenticated on 127.0.0.1, like the lab phone: it shows what a security panel
+Unauthenticated and meant for loopback (bind it to 127.0.0.1): it shows what a security panel
 shows, and nothing that could be replayed.
 """
 

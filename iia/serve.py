@@ -1,0 +1,99 @@
+"""`python -m iia.serve`: the product as a deployment runs it (the docker-compose `iia` service):
+the MCP server, the chat route, Antenna and the security console, configured by `IIA_*`
+variables only (IDs, URLs, ports; the Anthropic key, if any, from `ANTHROPIC_API_KEY`).
+
+    IIA_BIND (0.0.0.0 in a container), IIA_MCP_PORT, IIA_CHAT_PORT, IIA_ANTENNA_PORT,
+    IIA_CONSOLE_PORT; IIA_ANTENNA_URL (as receivers reach it), IIA_ANTENNA_DB (SQLite path),
+    IIA_ANOMALY_RULES (a JSON file like fixtures/antenna/anomaly.json), IIA_SSF_RECEIVERS (a
+    JSON list: name, endpoint_url, aud, events, authorization_header; Antenna creates one push
+    stream for each at start), plus the settings of `iia.identity`, `McpSettings`,
+    `ChatSettings` and `AgentSettings`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from pathlib import Path
+
+import uvicorn
+
+from iia.agent import model_client
+from iia.antenna import SUPPORTED, AnomalyRules, Antenna, antenna_app
+from iia.chat import ChatApp
+from iia.console import console_app
+from iia.events import EventBus
+from iia.identity import IdentitySettings, WorkloadIdentity
+from iia.mcp_server import McpServer
+from iia.settings import AgentSettings, ChatSettings, McpSettings
+
+__all__ = ["main"]
+
+
+def _socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def subscribe_receivers(antenna: Antenna, receivers: list[dict[str, object]]) -> None:
+    """Create the configured push streams (idempotent per receiver name)."""
+    existing = {owner for owner in (c.get("description") for _, c, _ in antenna.store.streams())}
+    for receiver in receivers:
+        name = str(receiver["name"])
+        if f"subscription of {name}" in existing:
+            continue
+        antenna.create_stream(name, {
+            "delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": receiver["endpoint_url"],
+                         "authorization_header": receiver.get("authorization_header")},
+            "events_requested": receiver["events"], "aud": receiver["aud"],
+            "description": f"subscription of {name}"})
+
+
+async def run() -> None:
+    env = os.environ
+    host = env.get("IIA_BIND", "127.0.0.1")
+    events = EventBus()
+    identity = WorkloadIdentity(IdentitySettings.from_env(), events=events)
+    mcp = McpServer(McpSettings.from_env(), identity, events)
+    agent = AgentSettings.from_env()
+    chat = ChatApp(ChatSettings.from_env(), agent, events, model=lambda: model_client(agent))
+    rules = Path(env["IIA_ANOMALY_RULES"]) if env.get("IIA_ANOMALY_RULES") else None
+    antenna = Antenna(env["IIA_ANTENNA_URL"], env.get("IIA_ANTENNA_DB", "antenna.sqlite"),
+                      events=events, rules=AnomalyRules.load(rules) if rules else None).start()
+    receivers = json.loads(env.get("IIA_SSF_RECEIVERS", "[]"))
+    for receiver in receivers:
+        if receiver["events"] == "ALL":
+            receiver["events"] = list(SUPPORTED)
+        if receiver["name"] == "mcp":  # this very process: trust Antenna, demand the header
+            mcp.ssf.subscribe(antenna.issuer, antenna.issuer + "/jwks",
+                              receiver.get("authorization_header"))
+    subscribe_receivers(antenna, receivers)
+    apps = [(mcp.app(), int(env.get("IIA_MCP_PORT", "8000")), True),
+            (chat.app(), int(env.get("IIA_CHAT_PORT", "8001")), False),
+            (antenna_app(antenna), int(env.get("IIA_ANTENNA_PORT", "8002")), False),
+            (console_app(events, mcp.chain), int(env.get("IIA_CONSOLE_PORT", "8003")), False)]
+    servers = [uvicorn.Server(uvicorn.Config(app, lifespan="on" if lifespan else "off",
+                                             log_level="info", timeout_graceful_shutdown=3))
+               for app, _, lifespan in apps]
+    try:
+        await asyncio.gather(*(server.serve(sockets=[_socket(host, port)])
+                               for server, (_, port, _) in zip(servers, apps, strict=True)))
+    finally:
+        antenna.stop()
+        await chat.aclose()
+        mcp.close()
+        identity.close()
+
+
+def main() -> None:
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
