@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from harness.ssf.set_validation import PushError, SetValidator
+from harness.ssf.set_validation import PushError, SetValidator, read_push
 
 __all__ = ["CaepReceiver", "ReceivedEvent"]
 
@@ -49,23 +48,12 @@ class CaepReceiver:
         return [e for e in items if event_type is None or e.event_type == event_type]
 
     async def push(self, request: Request) -> Response:
-        if self._authorization and request.headers.get("authorization") != self._authorization:
-            return JSONResponse({"err": "authentication_failed",
-                                 "description": "missing or wrong Authorization"},
-                                status_code=401)
-        body = (await request.body()).decode(errors="replace").strip()
         try:
-            if self._validator is None:
-                raise PushError("invalid_issuer", "this receiver trusts no transmitter yet")
-            if not request.headers.get("content-type", "").startswith(
-                    "application/secevent+jwt"):
-                raise PushError("invalid_request",
-                                "Content-Type must be application/secevent+jwt")
-            claims = await run_in_threadpool(self._validator.validate, body)
+            claims = await read_push(request, self._validator, self._authorization)
         except PushError as exc:
             with self._lock:
                 self.refusals.append(exc.err)
-            return JSONResponse(exc.body(), status_code=400)
+            return exc.response()
         jti = str(claims["jti"])
         event_type = next(iter(claims["events"]))
         with self._lock:

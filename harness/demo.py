@@ -19,17 +19,16 @@ drop it, and the agent's next call gets 401. The SET trail the CAEP receiver got
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import httpx
 
+from harness.lab_client import LabClient
 from harness.notebook import attach_or_start
 
 __all__ = ["main"]
@@ -47,24 +46,16 @@ def say(text: str = "", end: str = "\n") -> None:
         print(text, end=end, flush=True)
 
 
-def sse(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:
-    event = None
-    for line in response.iter_lines():
-        if line.startswith("event:"):
-            event = line.split(":", 1)[1].strip()
-        elif line.startswith("data:") and event:
-            yield event, json.loads(line.split(":", 1)[1])
-
-
 class Trail:
-    """Prints security events as they arrive, and a progress line while a push waits."""
+    """Prints this session's security events as they arrive (from the lab's console), and a
+    progress line while a push waits."""
 
     COLORS: ClassVar[dict[str, str]] = {"success": "32", "denied": "31", "error": "31",
                                         "pending": "33", "retry": "33"}
     QUIET: ClassVar[set[str]] = {"spiffe:svid_cached", "vault:secret_read"}
 
-    def __init__(self, browser: httpx.Client, verbose: bool) -> None:
-        self.browser = browser
+    def __init__(self, client: LabClient, verbose: bool) -> None:
+        self.client = client
         self.verbose = verbose
         self.events: list[dict[str, Any]] = []
         self.waiting_since: float | None = None
@@ -76,28 +67,35 @@ class Trail:
             threading.Thread(target=self._progress, daemon=True).start()
 
     def _read(self) -> None:
-        try:
-            self._follow()
-        except httpx.HTTPError:
-            if not self._stop.is_set():
-                say(c("31", "    (the security event stream was interrupted)"))
+        cursor = 0
+        while not self._stop.is_set():
+            try:
+                new, cursor = self.client.events(cursor)
+            except httpx.HTTPError:
+                if not self._stop.is_set():
+                    say(c("31", "    (the console stopped answering)"))
+                return
+            for event in new:
+                self._arrived(event)
+            time.sleep(0.1)
 
-    def _follow(self) -> None:
-        timeout = httpx.Timeout(10, read=None)
-        with self.browser.stream("GET", "/events", params={"scope": "mine"},
-                                 timeout=timeout) as response:
-            for _, event in sse(response):
-                self.events.append(event)
-                if event["type"] == "agent:push_pending":
-                    self.waiting_since = time.monotonic()
-                if event["type"] in ("agent:hitl_approved", "agent:hitl_denied"):
-                    self.waiting_since = None
-                    if sys.stdout.isatty():
-                        say("\r" + " " * 70 + "\r", end="")
-                if self.verbose or event["type"] not in self.QUIET:
-                    self.show(event)
-                if self._stop.is_set():
-                    return
+    def _arrived(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        if event["type"] == "agent:push_pending":
+            self.waiting_since = time.monotonic()
+        if event["type"] in ("agent:hitl_approved", "agent:hitl_denied"):
+            self.waiting_since = None
+            if sys.stdout.isatty():
+                say("\r" + " " * 70 + "\r", end="")
+        if self.verbose or event["type"] not in self.QUIET:
+            self.show(event)
+
+    def settle(self, quiet_for: float = 0.4) -> None:
+        """Wait until no new event arrived for `quiet_for` seconds."""
+        seen = -1
+        while seen != len(self.events):
+            seen = len(self.events)
+            time.sleep(quiet_for)
 
     def show(self, e: dict[str, Any]) -> None:
         color = self.COLORS.get(e.get("outcome", ""), "0")
@@ -154,45 +152,29 @@ class Phone:
         self._stop.set()
 
 
-def converse(browser: httpx.Client, prompt: str) -> dict[str, Any]:
+def converse(client: LabClient, trail: Trail, prompt: str) -> dict[str, Any]:
     say(f"\n{c('1;36', 'alice')}  {prompt}")
-    done: dict[str, Any] = {}
-    with browser.stream("POST", "/chat", json={"message": prompt},
-                        timeout=httpx.Timeout(10, read=180)) as response:
-        for kind, data in sse(response):
-            if kind == "tool" and data["phase"] == "start":
-                say(f"  {c('2', 'tool')} {data['name']}({json.dumps(data['input'])})")
-            elif kind == "done":
-                done = data
+    done = client.ask_async(prompt).result()
+    trail.settle()
     color = "31" if done.get("stop") != "end_turn" else "1;35"
     say(f"{c(color, 'agent')}  {done.get('text', '')}")
     return done
 
 
-def _sign_in(chat_url: str) -> httpx.Client:
-    """What a browser does: follow the redirects through the IdP's login (with a login hint)."""
-    browser = httpx.Client(base_url=chat_url, timeout=30)
-    response = browser.get("/auth/login", params={"login_hint": "alice@example.com"})
-    while response.status_code in (302, 303):
-        response = browser.get(response.headers["location"])
-    return browser
-
-
-def _anomaly(browser: httpx.Client, endpoints: dict[str, str], trail: Trail) -> dict[str, Any]:
+def _anomaly(client: LabClient, endpoints: dict[str, str], trail: Trail) -> dict[str, Any]:
     """Two blocked attempts in one session -> CAEP session-revoked -> the next call is 401."""
-    converse(browser, "please review the contractors")  # the poisoned record: delete_user
-    converse(browser, "make bob@example.com an admin")  # a second blocked action
+    converse(client, trail, "please review the contractors")  # the poisoned record: delete_user
+    converse(client, trail, "make bob@example.com an admin")  # a second blocked action
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not any(
             e["type"] == "caep:session_revoked" for e in trail.events):
         time.sleep(0.05)
     announced = time.monotonic()
-    done = converse(browser, "list users")
+    done = converse(client, trail, "list users")
     if done.get("stop") == "session_ended":
         say(f"  {c('31', 'refused')}: the next call was refused "
             f"{(time.monotonic() - announced) * 1000:.0f} ms after the revocation was announced")
-    sid = next((e.get("sessionId") for e in trail.events
-                if e["type"] == "caep:session_revoked"), None)
+    sid = client.session_id
     received = httpx.get(endpoints["caep_receiver"] + "/received", timeout=10).json()
     say("\n" + c("1", "SET trail at the CAEP receiver (this session)"))
     for item in received:
@@ -219,11 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     session = attach_or_start()
     say(c("1", "IIA Lab demo: four tiers, one identity fabric"))
     say(f"  {session.describe()}")
-    browser = _sign_in(session.endpoints["chat"])
+    client = LabClient(session.endpoints)
     phone = Phone(session.endpoints["verify"], args.interactive)
-    trail = Trail(browser, args.verbose)
+    trail = Trail(client, args.verbose)
     try:
-        say(f"  signed in as {browser.get('/me').json()['email']} (code + PKCE at the IdP)")
+        say(f"  signed in as {client.user} (code + PKCE at the IdP)")
         phone.start()
         trail.start()
         newcomer = f"zoe.{secrets.token_hex(2)}@example.com"
@@ -239,8 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for title, prompt in steps:
             say("\n" + c("1;4", title))
-            results.append(converse(browser, prompt))
-            time.sleep(0.3)  # let the last events arrive
+            results.append(converse(client, trail, prompt))
         ok = [r.get("stop") for r in results] == ["end_turn"] * 4
         events_seen = list(trail.events)
         refused = "tier4-blocked" in results[-1].get("text", "")
@@ -249,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         say(c("2", "  alice signs in again (a new session), and asks for a review; a user record "
                    "carries instructions for the agent"))
         trail.stop()
-        second = _sign_in(session.endpoints["chat"])
+        second = LabClient(session.endpoints)
         trail = Trail(second, args.verbose)
         trail.start()
         try:
@@ -274,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         trail.stop()
         phone.stop()
-        browser.close()
+        client.close()
         session.close()
 
 

@@ -18,8 +18,8 @@ from tests.transmitter import TestTransmitter
 @pytest.fixture(scope="module")
 def transmitter(lab: Lab) -> Iterator[TestTransmitter]:
     t = TestTransmitter()
-    lab.verify.ssf.trust(t.issuer, t.jwks_uri)
-    yield t
+    with lab.verify.ssf.trusting(t.issuer, t.jwks_uri):  # Antenna is trusted again after
+        yield t
     t.close()
 
 

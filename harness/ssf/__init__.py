@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from harness.ssf.set_validation import PushError, SetValidator
+from harness.ssf.set_validation import PushError, SetValidator, read_push
 
-__all__ = ["PushError", "SetValidator"]
+__all__ = ["PushError", "SetValidator", "read_push"]

@@ -13,25 +13,47 @@ from typing import Any
 
 import httpx
 import jwt
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from harness.jwks import RemoteJwks
 
-__all__ = ["SET_TYPE", "PushError", "SetValidator"]
+__all__ = ["SET_TYPE", "PushError", "SetValidator", "read_push"]
 
 SET_TYPE = "secevent+jwt"
 ALLOWED_ALGORITHMS = ("ES256", "ES384", "RS256", "RS384", "RS512", "PS256")
 
 
 class PushError(Exception):
-    """RFC 8935 §2.3: answered with HTTP 400 and {"err": code, "description": ...}."""
+    """RFC 8935 §2.3: answered with HTTP 400 (401 for authentication) and
+    {"err": code, "description": ...}."""
 
-    def __init__(self, err: str, description: str) -> None:
+    def __init__(self, err: str, description: str, status: int = 400) -> None:
         super().__init__(description)
         self.err = err
         self.description = description
+        self.status = status
 
     def body(self) -> dict[str, str]:
         return {"err": self.err, "description": self.description}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+async def read_push(request: Request, validator: SetValidator | None,
+                    authorization: str | None) -> dict[str, Any]:
+    """Receive one pushed SET (RFC 8935 §2): the expected Authorization header, the media type,
+    then `validator` (in a worker thread: it may fetch the transmitter's JWKS)."""
+    if authorization and request.headers.get("authorization") != authorization:
+        raise PushError("authentication_failed", "missing or wrong Authorization", 401)
+    body = (await request.body()).decode(errors="replace").strip()
+    if validator is None:
+        raise PushError("invalid_issuer", "this receiver trusts no transmitter yet")
+    if not request.headers.get("content-type", "").startswith("application/secevent+jwt"):
+        raise PushError("invalid_request", "Content-Type must be application/secevent+jwt")
+    return await run_in_threadpool(validator.validate, body)
 
 
 class SetValidator:

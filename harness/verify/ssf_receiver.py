@@ -7,16 +7,16 @@ A SET whose `jti` was seen before is acknowledged again and not acted on twice.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from harness.ssf.set_validation import PushError, SetValidator
+from harness.ssf.set_validation import PushError, SetValidator, read_push
 from harness.verify.audit import AuditTrail, Decision
 from harness.verify.directory import Directory
 from harness.verify.sessions import SessionStore
@@ -54,24 +54,24 @@ class SsfReceiver:
                                        jwks_uri=jwks_uri)
         self._authorization = authorization
 
-    async def push(self, request: Request) -> Response:
-        if self._authorization and request.headers.get("authorization") != self._authorization:
-            return JSONResponse({"err": "authentication_failed",
-                                 "description": "missing or wrong Authorization"},
-                                status_code=401)
-        body = (await request.body()).decode(errors="replace").strip()
+    @contextlib.contextmanager
+    def trusting(self, transmitter_issuer: str, jwks_uri: str,
+                 authorization: str | None = None) -> Iterator[None]:
+        """Trust another transmitter for a while (tests), then the one trusted before."""
+        before = (self._validator, self._authorization)
+        self.trust(transmitter_issuer, jwks_uri, authorization)
         try:
-            if self._validator is None:
-                raise PushError("invalid_issuer", "this receiver trusts no transmitter yet")
-            if not request.headers.get("content-type", "").startswith(
-                    "application/secevent+jwt"):
-                raise PushError("invalid_request",
-                                "Content-Type must be application/secevent+jwt")
-            claims = await run_in_threadpool(self._validator.validate, body)
+            yield
+        finally:
+            self._validator, self._authorization = before
+
+    async def push(self, request: Request) -> Response:
+        try:
+            claims = await read_push(request, self._validator, self._authorization)
         except PushError as exc:
             self.audit.record(Decision(kind="ssf", outcome="refused", error=exc.err,
                                        reason=exc.description))
-            return JSONResponse(exc.body(), status_code=400)
+            return exc.response()
         self.receive(claims)
         return Response(status_code=202)
 
