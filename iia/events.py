@@ -36,7 +36,8 @@ __all__ = [
 # A compact JWS/JWT (three base64url segments, the first a JSON header) or a Vault/OpenBao token.
 _SECRET_PATTERNS = (
     re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
-    re.compile(r"\b(hv|s)[sbr]\.[A-Za-z0-9_-]{20,}"),
+    # Vault tokens: hvs./hvb./hvr. (Vault >= 1.10) and the legacy s./b./r. form (OpenBao)
+    re.compile(r"\bhv[sbr]\.[A-Za-z0-9_-]{20,}|\b[sbr]\.[A-Za-z0-9]{24}\b"),
 )
 
 

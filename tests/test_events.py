@@ -101,3 +101,16 @@ def test_correlation_ids_from_the_context_and_the_event_merge() -> None:
     first, second = bus.recent()
     assert first.correlation == {"rarDigest": "sha256:ab", "oboJti": "j1"}
     assert second.correlation == {"rarDigest": "sha256:ab"}
+
+
+def test_a_real_openbao_token_is_refused(lab) -> None:
+    """The guard knows the token format of the Vault the lab really runs."""
+    import hvac
+
+    from harness.lab import WORKLOAD_SPIFFE_ID
+
+    svid = lab.authority.sign_svid(WORKLOAD_SPIFFE_ID, ["vault"])
+    token = hvac.Client(url=lab.endpoints["vault"]).auth.jwt.jwt_login(
+        role="mcp-server", jwt=svid, path="jwt")["auth"]["client_token"]
+    with pytest.raises(SecretInEventError):
+        EventBus().emit("vault:login", reason=f"logged in with {token}")

@@ -14,7 +14,7 @@ from iia.events import looks_like_secret
 
 PATTERNS = [
     re.compile(r"-----BEGIN ([A-Z]+ )?PRIVATE KEY-----"),
-    re.compile(r"\bhv[sbr]\.[A-Za-z0-9_-]{20,}"),
+    re.compile(r"\bhv[sbr]\.[A-Za-z0-9_-]{20,}|\b[sbr]\.[A-Za-z0-9]{24}\b"),
     re.compile(r"\bsk-ant-[A-Za-z0-9_-]{10,}"),
 ]
 
@@ -31,6 +31,7 @@ def test_the_scanner_finds_what_it_looks_for(lab: Lab) -> None:
     assert secrets_in(lab.authority.sign_svid("spiffe://iia.lab/x", ["vault"]))
     assert secrets_in("-----BEGIN EC " + "PRIVATE KEY-----\nMHc...")  # split: not at rest here
     assert secrets_in("token=hvs." + "A" * 24)
+    assert secrets_in("token=s." + "Ab1" * 8)  # OpenBao's form
     assert not secrets_in("IIA_VAULT_ADDR=http://127.0.0.1:8200\n")
 
 
