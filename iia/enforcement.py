@@ -238,6 +238,10 @@ class EnforcementChain:
                          reason=exc.description, actor_token_type=JWT,
                          duration_ms=round((time.perf_counter() - started) * 1000),
                          details={"error": exc.code, **({"policyId": policy} if policy else {})})
+        if policy == "tier2-needs-session-approval":
+            # the IdP no longer honours this session's consent (it expired there first): forget
+            # ours too, so the next write asks the user again instead of failing until we expire
+            self.consents.forget(caller.sid)
         if exc.code == "invalid_grant" and "session" in exc.description:
             self.revocations.revoke(caller.sid, exc.description)
             return self._fail(tool, timings, began, "session_revoked",

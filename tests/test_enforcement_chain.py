@@ -170,3 +170,25 @@ def test_the_user_token_goes_nowhere_but_the_token_endpoint(lab: Lab, alice: str
     seen = lab.verify.audit.decisions("admin_api")[-1]
     assert seen.actor == "spiffe://iia.lab/agentic-workload"
     assert len(lab.verify.admin_api.requests) == before + 1
+
+
+def test_when_the_idp_drops_the_consent_first_the_next_write_asks_again(lab: Lab,
+                                                                         alice: str) -> None:
+    clock = FakeClock()
+    original = lab.verify.approvals.clock
+    try:
+        with phone(lab) as p:
+            assert not mcp_call(lab, alice, "create_user", {
+                "user_name": "ada@example.com", "given_name": "Ada", "family_name": "A"}
+            ).is_error
+            lab.verify.approvals.clock = clock
+            clock.advance(31 * 60)  # the IdP's record is older than 30 min; ours is not
+            refused = mcp_call(lab, alice, "create_user", {
+                "user_name": "bea@example.com", "given_name": "Bea", "family_name": "B"})
+            assert refused.is_error and "tier2-needs-session-approval" in refused.text
+            again = mcp_call(lab, alice, "create_user", {
+                "user_name": "bea@example.com", "given_name": "Bea", "family_name": "B"})
+            assert not again.is_error, again.text
+        assert len(p.answered) == 2  # asked again after the refusal
+    finally:
+        lab.verify.approvals.clock = original
