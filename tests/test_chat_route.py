@@ -69,8 +69,9 @@ def test_sign_in_sets_a_hardened_cookie_and_keeps_tokens_server_side(lab: Lab) -
     at_idp = client.get(first.headers["location"])
     callback = client.get(at_idp.headers["location"])
     assert callback.status_code == 302
-    cookie = callback.headers["set-cookie"]
-    assert cookie.startswith(f"{COOKIE}=") and "HttpOnly" in cookie
+    cookie = next(c for c in callback.headers.get_list("set-cookie")
+                  if c.startswith(f"{COOKIE}="))
+    assert "HttpOnly" in cookie
     assert "SameSite=lax" in cookie or "SameSite=Lax" in cookie
     assert "Secure" not in cookie  # served over plain http on loopback
     value = cookie.split(";", 1)[0].split("=", 1)[1]
@@ -152,3 +153,44 @@ def test_chat_with_an_approval(lab: Lab, browser: httpx.Client) -> None:
             "POST", "/chat", json={"message": "revoke sessions of walter@example.com"}) as r:
         events = list(sse(r))
     assert events[-1][1]["stop"] == "end_turn" and len(p.answered) == 1
+
+
+def test_a_callback_started_in_another_browser_is_refused(lab: Lab) -> None:
+    """Login CSRF: the attacker starts a sign-in, finishes it at the IdP, and sends the victim
+    the callback URL. The victim's browser did not start that sign-in: refused."""
+    attacker = httpx.Client(base_url=lab.endpoints["chat"], timeout=30)
+    start = attacker.get("/auth/login", params={"login_hint": "eve@example.com"})
+    callback_url = attacker.get(start.headers["location"]).headers["location"]
+    victim = httpx.Client(base_url=lab.endpoints["chat"], timeout=30)
+    response = victim.get(callback_url)
+    assert response.status_code == 400 and "start again" in response.text
+    assert victim.get("/me").json() == {"signed_in": False}
+    attacker.close()
+    victim.close()
+
+
+def test_the_callback_escapes_what_it_echoes(lab: Lab) -> None:
+    browser = httpx.Client(base_url=lab.endpoints["chat"], timeout=30)
+    start = browser.get("/auth/login")
+    state = dict(httpx.URL(start.headers["location"]).params)["state"]
+    response = browser.get("/auth/callback", params={
+        "state": state, "error": "<script>alert(1)</script>"})
+    assert response.status_code == 400
+    assert "<script>alert(1)</script>" not in response.text and "&lt;script&gt;" in response.text
+    browser.close()
+
+
+def test_an_expiring_token_is_refreshed_without_stalling_the_lab(lab: Lab,
+                                                                  browser: httpx.Client) -> None:
+    import time
+
+    session = lab.chat.sessions.get(browser.cookies[COOKIE])
+    old_access, old_refresh = session.access_token, session.refresh_token
+    session.expires_at = time.time() + 10  # due for refresh
+    started = time.monotonic()
+    with browser.stream("POST", "/chat", json={"message": "list groups"}) as response:
+        done = next(d for k, d in sse(response) if k == "done")
+    assert done["stop"] == "end_turn"
+    assert time.monotonic() - started < 5  # no 10 s stall on the shared event loop
+    assert session.access_token != old_access and session.refresh_token != old_refresh
+    assert lab.verify.sessions.alive(session.sid)  # one refresh, not a reuse

@@ -7,8 +7,9 @@ carrying the server's reason, so the agent loop stops and the user is told why.
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Callable, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -45,16 +46,37 @@ class ToolResult:
     is_error: bool
 
 
+TokenSource = Callable[[], str | Awaitable[str]]
+
+
 class _Bearer(httpx2.Auth):
-    def __init__(self, token: Callable[[], str]) -> None:
+    """The user's access token on every request. The token source may be async (a refresh
+    that does I/O must not block the event loop)."""
+
+    def __init__(self, token: TokenSource) -> None:
         self._token = token
         self.last_status: int | None = None
         self.last_challenge: str | None = None
 
     def auth_flow(self, request: httpx2.Request) -> Generator[httpx2.Request, httpx2.Response,
                                                               None]:
-        request.headers["Authorization"] = f"Bearer {self._token()}"
+        token = self._token()
+        if inspect.isawaitable(token):
+            raise TypeError("an async token source needs the async client")
+        request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
+        self._seen(response)
+
+    async def async_auth_flow(self, request: httpx2.Request) -> AsyncGenerator[
+            httpx2.Request, httpx2.Response]:
+        token = self._token()
+        if inspect.isawaitable(token):
+            token = await token
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        self._seen(response)
+
+    def _seen(self, response: httpx2.Response) -> None:
         self.last_status = response.status_code
         self.last_challenge = response.headers.get("www-authenticate")
 
@@ -65,7 +87,7 @@ def _contains(group: BaseExceptionGroup, target: BaseException) -> bool:
 
 
 class McpToolClient:
-    def __init__(self, url: str, token: Callable[[], str], *, timeout: float = 300.0) -> None:
+    def __init__(self, url: str, token: TokenSource, *, timeout: float = 300.0) -> None:
         self.url = url
         self._auth = _Bearer(token)
         self._timeout = timeout

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import html
 import json
 import secrets
 import time
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["COOKIE", "ChatApp"]
 
 COOKIE = "iia_session"
+LOGIN_COOKIE = "iia_login"  # binds a sign-in's state to the browser that started it
 PENDING_TTL = 600.0
 
 
@@ -73,6 +75,7 @@ class ChatApp:
                                          http=self._http)
         self._pending: dict[str, tuple[str, str, float]] = {}  # state -> verifier, nonce, when
         self._jwks: jwt.PyJWKClient | None = None
+        self._login_binding: dict[str, str] = {}  # state -> the login cookie's value
         self._closing: asyncio.Event | None = None  # set on close: open event streams end
 
     @property
@@ -98,24 +101,34 @@ class ChatApp:
         state, nonce = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
         now = time.time()
         self._pending = {k: v for k, v in self._pending.items() if now - v[2] < PENDING_TTL}
+        self._login_binding = {k: v for k, v in self._login_binding.items() if k in self._pending}
         self._pending[state] = (verifier, nonce, now)
+        self._login_binding[state] = binding = secrets.token_urlsafe(24)
         params = {"response_type": "code", "client_id": self.settings.client_id,
                   "redirect_uri": str(request.url_for("callback")), "scope": "openid email profile",
                   "state": state, "nonce": nonce, "code_challenge": challenge,
                   "code_challenge_method": "S256", "resource": self.agent_settings.mcp_url}
         if request.query_params.get("login_hint"):
             params["login_hint"] = request.query_params["login_hint"]
-        return RedirectResponse(f"{meta['authorization_endpoint']}?{urlencode(params)}", 302)
+        out = RedirectResponse(f"{meta['authorization_endpoint']}?{urlencode(params)}", 302)
+        out.set_cookie(LOGIN_COOKIE, binding, httponly=True, samesite="lax",
+                       secure=request.url.scheme == "https", path="/auth",
+                       max_age=int(PENDING_TTL))
+        return out
 
     async def callback(self, request: Request) -> Response:
         q = request.query_params
-        pending = self._pending.pop(q.get("state", ""), None)
-        if pending is None:
-            return HTMLResponse("<h1>Sign-in failed</h1><p>Unknown or expired state.</p>", 400)
+        state = q.get("state", "")
+        binding = self._login_binding.pop(state, None)
+        pending = self._pending.pop(state, None)
+        cookie = request.cookies.get(LOGIN_COOKIE, "")
+        if pending is None or binding is None or not secrets.compare_digest(binding, cookie):
+            # unknown state, or a callback this browser did not start (login CSRF)
+            return _failed("Unknown or expired sign-in; start again.")
         if q.get("error"):
-            return HTMLResponse(f"<h1>Sign-in failed</h1><p>{q['error']}</p>", 400)
-        if q.get("iss") and q["iss"] != self.settings.issuer:
-            return HTMLResponse("<h1>Sign-in failed</h1><p>Wrong issuer (RFC 9207).</p>", 400)
+            return _failed(f"The identity provider said: {q['error']}")
+        if q.get("iss") != self.settings.issuer:
+            return _failed("The response does not name the expected issuer (RFC 9207).")
         verifier, nonce, _ = pending
         form = {"grant_type": "authorization_code", "code": q.get("code", ""),
                 "redirect_uri": str(request.url_for("callback")),
@@ -123,14 +136,14 @@ class ChatApp:
         response = await run_in_threadpool(self._http.post, self.metadata["token_endpoint"],
                                            data=form)
         if response.status_code != 200:
-            return HTMLResponse("<h1>Sign-in failed</h1><p>The identity provider refused the "
-                                "code.</p>", 400)
+            return _failed("The identity provider refused the code.")
         tokens = response.json()
         problem = await run_in_threadpool(self._check_id_token, tokens.get("id_token", ""), nonce)
         if problem:
-            return HTMLResponse(f"<h1>Sign-in failed</h1><p>{problem}</p>", 400)
+            return _failed(problem)
         session = self.sessions.create(tokens)
         out = RedirectResponse("/", 302)
+        out.delete_cookie(LOGIN_COOKIE, path="/auth")
         out.set_cookie(COOKIE, session.id, httponly=True, samesite="lax",
                        secure=request.url.scheme == "https", path="/",
                        max_age=int(self.settings.session_ttl))
@@ -215,8 +228,10 @@ class ChatApp:
         async def run() -> None:
             history = [*session.messages, {"role": "user", "content": message}]
             try:
-                async with McpToolClient(self.agent_settings.mcp_url,
-                                         lambda: self.sessions.token(session)) as mcp:
+                async def token() -> str:  # a refresh does I/O: off the event loop
+                    return await run_in_threadpool(self.sessions.token, session)
+
+                async with McpToolClient(self.agent_settings.mcp_url, token) as mcp:
                     result = await self.loop.run(history, mcp, on_text=on_text,
                                                  on_tool=on_tool)
                 if result.stop == "session_ended":
@@ -234,6 +249,10 @@ class ChatApp:
                      "text": f"Your session was ended: {exc.description}. Sign in again."})})
             except McpUnavailableError as exc:
                 await queue.put({"event": "error", "data": json.dumps(exc.to_dict())})
+            except Exception as exc:
+                await queue.put({"event": "error", "data": json.dumps(
+                    {"error": "server_error",
+                     "error_description": f"the agent failed ({exc.__class__.__name__})"})})
             finally:
                 await queue.put(None)
 
@@ -322,6 +341,11 @@ class ChatApp:
         if self._loop is not None:
             await self._loop.model.close()
         self._http.close()
+
+
+def _failed(message: str) -> HTMLResponse:
+    return HTMLResponse(f"<!doctype html><h1>Sign-in failed</h1><p>{html.escape(message)}</p>"
+                        "<p><a href='/auth/login'>Sign in again</a></p>", 400)
 
 
 def _put_nowait(queue: asyncio.Queue[SecurityEvent], event: SecurityEvent) -> None:

@@ -29,6 +29,7 @@ class ChatSession:
     created_at: float = field(default_factory=time.time)
     messages: list[dict[str, Any]] = field(default_factory=list)
     ended: str | None = None  # why the session ended, when it did
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def update_tokens(self, body: dict[str, Any], now: float) -> None:
         self.access_token = body["access_token"]
@@ -73,12 +74,20 @@ class ChatSessionStore:
             return self._sessions.pop(session_id, None)
 
     def token(self, session: ChatSession) -> str:
-        """The access token, refreshed first when it expires within a minute."""
+        """The access token, refreshed first when it expires within a minute. Blocking: call it
+        from a worker thread. One refresh at a time per session (a refresh token is single-use:
+        two concurrent refreshes would look like token theft to the IdP)."""
         if session.expires_at - self._clock() > 60 or not session.refresh_token:
             return session.access_token
-        response = self._http.post(self._token_endpoint(), data={
-            "grant_type": "refresh_token", "refresh_token": session.refresh_token,
-            "client_id": self.client_id})
-        if response.status_code == 200:
-            session.update_tokens(response.json(), self._clock())
-        return session.access_token
+        with session.lock:
+            if session.expires_at - self._clock() > 60 or not session.refresh_token:
+                return session.access_token  # another thread refreshed it meanwhile
+            try:
+                response = self._http.post(self._token_endpoint(), data={
+                    "grant_type": "refresh_token", "refresh_token": session.refresh_token,
+                    "client_id": self.client_id})
+            except httpx.HTTPError:
+                return session.access_token  # the MCP server will say if it is no longer good
+            if response.status_code == 200:
+                session.update_tokens(response.json(), self._clock())
+            return session.access_token
