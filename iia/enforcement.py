@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections import deque
@@ -40,6 +41,8 @@ from iia.resource_server import Caller
 from iia.sessions import SessionRevocations
 
 __all__ = ["EnforcementChain", "StepTimings", "ToolOutcome"]
+
+log = logging.getLogger(__name__)
 
 CONSENT_SECONDS = 1800
 
@@ -75,6 +78,15 @@ class ToolOutcome:
         if self.ok:
             return json.dumps(self.result, ensure_ascii=False, default=str)
         return f"[{self.code}] {self.error}"
+
+
+BINDING_MAX = 200  # OpenID CIBA: a binding message is short; the IdP refuses longer ones
+
+
+def _binding(prefix: str, summary: str) -> str:
+    """What the phone shows: the full request travels in authorization_details."""
+    room = BINDING_MAX - len(prefix)
+    return prefix + (summary if len(summary) <= room else summary[:room - 1] + "…")
 
 
 def _correlation(handle: str) -> str:
@@ -142,6 +154,11 @@ class EnforcementChain:
             except IIAError as exc:
                 return self._fail(tool, timings, began, exc.code, exc.description,
                                   dependency=exc.dependency)
+            except Exception as exc:  # a bug must still fail closed, with an audit record
+                log.exception("tool call %s failed unexpectedly", tool.name)
+                return self._fail(tool, timings, began, "internal_error",
+                                  f"the MCP server failed ({exc.__class__.__name__}); "
+                                  "nothing was done")
 
     def _enforce(self, tool: Tool, args: dict[str, Any], details: dict[str, Any],
                  caller: Caller, timings: StepTimings, began: float) -> ToolOutcome:
@@ -157,8 +174,8 @@ class EnforcementChain:
             timings.add("approval", t)
         elif tool.hitl == "call":
             t = time.perf_counter()
-            self._approve(caller, details, f"The IIA agent asks: {details['summary']}. "
-                          "Approve this one action?")
+            self._approve(caller, details, _binding("Approve this one action by the IIA "
+                                                    "agent: ", details["summary"]))
             timings.add("approval", t)
 
         # 5. token exchange
@@ -203,9 +220,8 @@ class EnforcementChain:
             caller.sid, CONSENT_SECONDS, self.admin_api_url,
             summary=f"Let the agent make changes for you for 30 minutes (first: "
                     f"{details['summary']})")
-        self._approve(caller, consent, f"The IIA agent wants to make changes for you "
-                      f"(starting with: {details['summary']}). Allow writes for this session "
-                      "for 30 minutes?")
+        self._approve(caller, consent, _binding("Allow the IIA agent to make changes for you "
+                                                "for 30 minutes? First: ", details["summary"]))
         self.consents.remember(caller.sid)
 
     def _approve(self, caller: Caller, details: Mapping[str, Any], message: str) -> None:

@@ -5,15 +5,19 @@ The schema follows DESIGN.md §4 (the article's fields: `type`, `userEmail`, `to
 `oboTokenExpiresIn`, plus `eventId`, `timestamp`, `sessionId` and correlation ids). Events are
 rendered with those camelCase wire names by `to_dict`.
 
-No token, secret or SVID may ever sit in an event: `EventBus.publish` refuses any event whose
-values look like a JWT or a Vault token, so a leak fails loudly in tests instead of quietly in a
-panel.
+No token, secret or SVID may ever sit in an event: `EventBus.publish` replaces anything shaped
+like a JWT or a Vault token with `[redacted]` (and counts it in `redactions`, which the tests keep
+at zero for the chain's own events). Redacting rather than refusing matters: tool arguments come
+from the model, and a model that puts a token-shaped string in an argument must neither see it
+echoed back nor be able to crash the call and erase its audit trail.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
+import logging
 import re
 import threading
 import uuid
@@ -25,12 +29,13 @@ from types import MappingProxyType
 from typing import Any
 
 __all__ = [
+    "REDACTED",
     "EventBus",
-    "SecretInEventError",
     "SecurityEvent",
     "bound_fields",
     "current_fields",
     "looks_like_secret",
+    "redact",
 ]
 
 # A compact JWS/JWT (three base64url segments, the first a JSON header) or a Vault/OpenBao token.
@@ -46,8 +51,20 @@ def looks_like_secret(value: str) -> bool:
     return any(p.search(value) for p in _SECRET_PATTERNS)
 
 
-class SecretInEventError(ValueError):
-    """An event carried a value shaped like a token or secret; it was not published."""
+REDACTED = "[redacted]"
+
+
+def redact(value: Any) -> Any:
+    """`value` with every token-shaped substring replaced (strings, nested dicts and lists)."""
+    if isinstance(value, str):
+        for pattern in _SECRET_PATTERNS:
+            value = pattern.sub(REDACTED, value)
+        return value
+    if isinstance(value, Mapping):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value
 
 
 _WIRE_NAMES = {
@@ -123,7 +140,15 @@ class SecurityEvent:
                 stack.extend(item)
 
 
+def _redacted(event: SecurityEvent) -> SecurityEvent:
+    changes = {f.name: redact(getattr(event, f.name)) for f in dataclasses.fields(event)
+               if isinstance(getattr(event, f.name), str | Mapping)}
+    return dataclasses.replace(event, **changes)
+
+
 Subscriber = Callable[[SecurityEvent], None]
+
+log = logging.getLogger(__name__)
 
 _NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
 _AMBIENT: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
@@ -155,12 +180,14 @@ class EventBus:
         self._seq = 0  # events ever published: a cursor that survives the bounded history
         self._subscribers: list[Subscriber] = []
         self._local = threading.local()  # events a subscriber publishes wait their turn
+        self.redactions = 0
 
     def publish(self, event: SecurityEvent) -> SecurityEvent:
-        for value in event.strings():
-            if looks_like_secret(value):
-                raise SecretInEventError(
-                    f"event {event.type!r} carries a value shaped like a token; not published")
+        if any(looks_like_secret(value) for value in event.strings()):
+            event = _redacted(event)
+            with self._lock:
+                self.redactions += 1
+            log.warning("event %s carried a token-shaped value; it was redacted", event.type)
         with self._lock:
             self._seq += 1
             self._history.append((self._seq, event))

@@ -192,3 +192,39 @@ def test_when_the_idp_drops_the_consent_first_the_next_write_asks_again(lab: Lab
         assert len(p.answered) == 2  # asked again after the refusal
     finally:
         lab.verify.approvals.clock = original
+
+
+def test_a_token_shaped_argument_is_redacted_not_a_crash(lab: Lab, alice: str) -> None:
+    """Arguments come from the model: a token-shaped one is redacted in every event, and the
+    call still ends with a decision on record."""
+    jwt_like = ".".join(("eyJhbGciOiJFUzI1NiJ9", "eyJzdWIiOiJ4In0", "c2lnbmF0dXJl"))
+    before = lab.events.redactions
+    start = mark(lab)
+    result = mcp_call(lab, alice, "delete_user", {"user_id": jwt_like})
+    assert result.is_error and "tier4-blocked" in result.text  # refused, not crashed
+    mine = events_of(lab, alice, start)
+    denied = [e for e in mine if e.type == "agent:token_exchange_denied"]
+    assert denied and "[redacted]" in denied[0].rar_summary
+    assert lab.events.redactions > before
+    assert not any(jwt_like in json.dumps(e.to_dict()) for e in mine)
+
+
+def test_the_chains_own_events_never_need_redaction(lab: Lab, alice: str) -> None:
+    before = lab.events.redactions
+    with phone(lab):
+        for name, args in (("list_users", {}), ("get_user", {"user_id": user_id(
+                lab, "bob@example.com")}), ("list_access_policies", {})):
+            assert not mcp_call(lab, alice, name, args).is_error
+    assert lab.events.redactions == before
+
+
+def test_removing_a_member_can_be_the_first_write(lab: Lab, alice: str) -> None:
+    """Long ids in the summary still fit the push's binding message."""
+    with phone(lab) as p:
+        result = mcp_call(lab, alice, "remove_user_from_group", {
+            "user_id": user_id(lab, "frank@example.com"),
+            "group_id": group_id(lab, "Sales")})
+    assert not result.is_error, result.text
+    assert len(p.answered) == 1
+    members = lab.verify.directory.group(group_id(lab, "Sales")).members or []
+    assert user_id(lab, "frank@example.com") not in {m.value for m in members}

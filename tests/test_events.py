@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
-import pytest
-
-from iia.events import EventBus, SecretInEventError, SecurityEvent, bound_fields
+from iia.events import REDACTED, EventBus, SecurityEvent, bound_fields
 
 
 def test_wire_form_uses_the_articles_names() -> None:
@@ -25,17 +24,20 @@ def test_wire_form_uses_the_articles_names() -> None:
     assert "reason" not in wire  # empty fields are left out
 
 
-def test_a_token_in_any_field_is_refused_and_not_published() -> None:
+def test_a_token_in_any_field_is_redacted_before_anyone_sees_it() -> None:
     bus = EventBus()
     seen: list[SecurityEvent] = []
     bus.subscribe(seen.append)
     segments = ("eyJhbGciOiJFUzI1NiJ9", "eyJzdWIiOiJzcGlmZmU6Ly9pYS5sYWIifQ", "c2lnbmF0dXJl")
     jwt_like = ".".join(segments)  # assembled at run time: no token-shaped literal at rest
-    with pytest.raises(SecretInEventError):
-        bus.emit("vault:login", reason=f"login with {jwt_like}")
-    with pytest.raises(SecretInEventError):
-        bus.emit("vault:login", details={"nested": ["ok", {"deep": "hvs." + "x" * 30}]})
-    assert bus.recent() == [] and seen == []
+    bus.emit("vault:login", reason=f"login with {jwt_like}")
+    bus.emit("vault:login", details={"nested": ["ok", {"deep": "hvs." + "x" * 30}]})
+    first, second = seen
+    assert first.reason == f"login with {REDACTED}"
+    assert second.details == {"nested": ["ok", {"deep": REDACTED}]}
+    assert bus.recent() == seen and bus.redactions == 2
+    dumped = json.dumps([e.to_dict() for e in bus.recent()])
+    assert jwt_like not in dumped and "hvs." not in dumped
 
 
 def test_bound_fields_fill_events_in_context_only() -> None:
@@ -103,7 +105,7 @@ def test_correlation_ids_from_the_context_and_the_event_merge() -> None:
     assert second.correlation == {"rarDigest": "sha256:ab"}
 
 
-def test_a_real_openbao_token_is_refused(lab) -> None:
+def test_a_real_openbao_token_is_redacted(lab) -> None:
     """The guard knows the token format of the Vault the lab really runs."""
     import hvac
 
@@ -112,5 +114,6 @@ def test_a_real_openbao_token_is_refused(lab) -> None:
     svid = lab.authority.sign_svid(WORKLOAD_SPIFFE_ID, ["vault"])
     token = hvac.Client(url=lab.endpoints["vault"]).auth.jwt.jwt_login(
         role="mcp-server", jwt=svid, path="jwt")["auth"]["client_token"]
-    with pytest.raises(SecretInEventError):
-        EventBus().emit("vault:login", reason=f"logged in with {token}")
+    bus = EventBus()
+    event = bus.emit("vault:login", reason=f"logged in with {token}")
+    assert token not in json.dumps(event.to_dict()) and bus.redactions == 1

@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from iia.agent.mcp_client import McpToolClient, SessionEndedError
-from iia.errors import ConfigurationError, DependencyError
+from iia.agent.mcp_client import McpToolClient, SessionEndedError, ToolResult
+from iia.errors import ConfigurationError, DependencyError, IIAError
 from iia.settings import AgentSettings
 
 if TYPE_CHECKING:  # the SDK takes a second to import: load it when a model is first needed
@@ -135,6 +135,10 @@ class AgentLoop:
                     if on_tool is not None:
                         await _maybe(on_tool("end", call))
                     return self._ended(exc, calls, history)
+                except Exception as exc:  # the MCP server or the transport failed this call
+                    reason = exc.description if isinstance(exc, IIAError) else \
+                        f"the tool call failed ({exc.__class__.__name__})"
+                    result = ToolResult(text=f"[tool_failed] {reason}", is_error=True)
                 call.update(result=result.text, is_error=result.is_error)
                 calls.append(call)
                 if on_tool is not None:
