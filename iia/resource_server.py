@@ -5,7 +5,9 @@ JWKS, `iss` = the IdP, `aud` = this MCP server (RFC 8707 resource), not expired,
 `sid`, `jti`, `client_id`; and a session this server has not dropped. The JWKS is fetched once and
 kept; a token naming an unknown `kid` triggers one refetch, shared by every request that waits on
 it and rate-limited, so a key rotation costs one fetch and an unknown-kid flood costs at most one
-per `min_refresh` seconds. Counters (`jwks_fetches`, `key_parses`) prove the warm path does none.
+per `min_refresh` seconds. A failed fetch is rate-limited the same way: while the IdP is down,
+requests with an uncached key fail closed at once instead of each waiting on a timeout. Counters
+(`jwks_fetches`, `jwks_failures`, `key_parses`) prove the warm path does none.
 """
 
 from __future__ import annotations
@@ -61,7 +63,9 @@ class UserTokenVerifier:
         self._lock = threading.Lock()
         self._keys: dict[str, Any] = {}
         self._fetched_at: float | None = None
+        self._failure: str | None = None
         self.jwks_fetches = 0
+        self.jwks_failures = 0
         self.key_parses = 0
 
     # -- keys -------------------------------------------------------------------------------
@@ -77,6 +81,8 @@ class UserTokenVerifier:
             now = time.monotonic()
             if self._fetched_at is None or now - self._fetched_at >= self.min_refresh:
                 self._refresh(now)
+            elif self._failure is not None:  # the last fetch failed moments ago: no retry yet
+                raise IdpUnavailableError(self._failure)
             return self._keys.get(kid)
 
     def _refresh(self, now: float) -> None:
@@ -86,8 +92,12 @@ class UserTokenVerifier:
             response.raise_for_status()
             jwks = PyJWKSet.from_dict(response.json())
         except (httpx.HTTPError, ValueError, PyJWKSetError) as exc:
-            raise IdpUnavailableError(f"cannot fetch the IdP's signing keys from "
-                                      f"{self.jwks_uri} ({exc.__class__.__name__})") from exc
+            self.jwks_failures += 1
+            self._fetched_at = now
+            self._failure = (f"cannot fetch the identity provider's signing keys "
+                             f"({exc.__class__.__name__})")
+            raise IdpUnavailableError(self._failure) from exc
+        self._failure = None
         self.jwks_fetches += 1
         keys = {}
         for jwk in jwks.keys:
@@ -109,6 +119,7 @@ class UserTokenVerifier:
         with self._lock:
             self._keys = {}
             self._fetched_at = None
+            self._failure = None
 
     def close(self) -> None:
         self._http.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import socket
 import time
 
 import httpx
@@ -11,7 +12,7 @@ import pytest
 
 from harness.keyset import SigningKey
 from harness.lab import Lab
-from iia.agent import SessionEndedError
+from iia.agent import McpUnavailableError, SessionEndedError
 from tests.agent_helpers import mcp_call, mcp_tools
 from tests.helpers import user_token
 
@@ -118,3 +119,33 @@ def test_a_revoked_session_gets_401(lab: Lab) -> None:
     with pytest.raises(SessionEndedError, match="session"):
         mcp_call(lab, token, "list_users", {"count": 1})
     assert post(lab, token).status_code == 401
+
+
+def test_an_unreachable_idp_fails_closed_without_ending_the_session(lab: Lab) -> None:
+    """The JWKS cannot be fetched: 503 (not invalid_token), the client is told the MCP server
+    cannot check the token (not that the session ended), and the failed fetch is not retried on
+    every request."""
+    verifier = lab.mcp.verifier
+    token = user_token(lab)["access_token"]
+    calls = len(lab.mcp.chain.history)
+    saved = verifier.jwks_uri
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    verifier.jwks_uri = f"http://127.0.0.1:{dead}/jwks"
+    verifier.forget_keys()
+    try:
+        response = post(lab, token)
+        assert response.status_code == 503
+        assert "invalid_token" not in response.headers.get("www-authenticate", "")
+        assert response.json()["error"]["code"] == -32002
+        assert "signing keys" in response.json()["error"]["message"]
+        failures = verifier.jwks_failures
+        with pytest.raises(McpUnavailableError, match="cannot check the access token"):
+            mcp_call(lab, token, "list_users", {"count": 1})
+        assert verifier.jwks_failures == failures  # within min_refresh: no new fetch attempt
+    finally:
+        verifier.jwks_uri = saved
+        verifier.forget_keys()
+    assert len(lab.mcp.chain.history) == calls  # nothing ran
+    assert post(lab, token).status_code == 200  # the IdP is back: the same token works

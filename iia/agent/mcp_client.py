@@ -22,7 +22,7 @@ from iia.errors import DependencyError, IIAError
 
 __all__ = ["McpToolClient", "McpUnavailableError", "SessionEndedError", "ToolResult"]
 
-UNAUTHORIZED = -32001
+AUTH_UNAVAILABLE = -32002  # the server could not check the token (iia.mcp_server.auth)
 
 
 class SessionEndedError(IIAError):
@@ -126,9 +126,11 @@ class McpToolClient:
             errors = [x for e in errors for x in (e.exceptions if isinstance(
                 e, BaseExceptionGroup) else [e])]
         for error in errors:
-            if isinstance(error, MCPError) and (error.code == UNAUTHORIZED
-                                                or self._auth.last_status == 401):
+            if isinstance(error, MCPError) and self._auth.last_status == 401:
                 return SessionEndedError(error.error.message)
+            if isinstance(error, MCPError) and error.code == AUTH_UNAVAILABLE:
+                return McpUnavailableError(f"the MCP server at {self.url} cannot check the "
+                                           f"access token: {error.error.message}")
             if isinstance(error, httpx2.HTTPError | OSError):
                 return McpUnavailableError(f"the MCP server at {self.url} is unreachable "
                                            f"({error.__class__.__name__})")

@@ -7,6 +7,10 @@ session revoked between two tool calls gets 401 on the next one. A refusal is a 
 resource_metadata="<PRM URL>"` and a JSON-RPC error body, so MCP clients surface the reason.
 On success the SDK's `AuthenticatedUser` and `AccessToken` are put in the ASGI scope, where the
 SDK's `get_access_token()` finds them.
+
+When the token cannot be checked at all (the IdP's keys are unreachable) the answer is 503 with
+JSON-RPC code -32002 and no `invalid_token`: the token may be fine, and a client must not end the
+user's session over the IdP's outage. Nothing runs either way.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from iia.errors import IIAError
 from iia.resource_server import InvalidTokenError, UserTokenVerifier
 
-__all__ = ["UNAUTHORIZED", "BearerAuth"]
+__all__ = ["AUTH_UNAVAILABLE", "UNAUTHORIZED", "BearerAuth"]
 
 UNAUTHORIZED = -32001  # JSON-RPC error code for a refused bearer token
+AUTH_UNAVAILABLE = -32002  # JSON-RPC error code for "cannot check the token right now"
 
 
 def _header_value(text: str) -> str:
@@ -56,8 +61,8 @@ class BearerAuth:
             await self._refuse(send, "invalid_token", exc.description)
             return
         except IIAError as exc:  # the IdP's keys are unreachable: fail closed, say so
-            await self._refuse(send, "invalid_token", f"cannot validate the token: {exc}",
-                               status=503)
+            await self._unavailable(send, f"cannot validate the access token now: "
+                                          f"{exc.description}")
             return
         access = AccessToken(token=caller.token, client_id=str(caller.claims.get("client_id")),
                              scopes=[], expires_at=int(caller.claims["exp"]),
@@ -68,16 +73,25 @@ class BearerAuth:
         scope["iia.caller"] = caller
         await self.app(scope, receive, send)
 
-    async def _refuse(self, send: Send, error: str | None, description: str,
-                      status: int = 401) -> None:
+    async def _refuse(self, send: Send, error: str | None, description: str) -> None:
         challenge = 'Bearer realm="iia-mcp"'
         if error:
             challenge += f', error="{error}", error_description="{_header_value(description)}"'
         challenge += f', resource_metadata="{self.resource_metadata_url}"'
-        body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {
-            "code": UNAUTHORIZED, "message": description,
-            "data": {"http_status": status, "error": error or "unauthorized"}}}).encode()
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"www-authenticate", challenge.encode()), (b"cache-control", b"no-store")]})
-        await send({"type": "http.response.body", "body": body})
+        await _send_error(send, 401, UNAUTHORIZED, description, error or "unauthorized",
+                          [(b"www-authenticate", challenge.encode())])
+
+    async def _unavailable(self, send: Send, description: str) -> None:
+        await _send_error(send, 503, AUTH_UNAVAILABLE, description, "temporarily_unavailable",
+                          [(b"retry-after", b"1")])
+
+
+async def _send_error(send: Send, status: int, code: int, description: str, error: str,
+                      extra: list[tuple[bytes, bytes]]) -> None:
+    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {
+        "code": code, "message": description,
+        "data": {"http_status": status, "error": error}}}).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"), *extra]})
+    await send({"type": "http.response.body", "body": body})
