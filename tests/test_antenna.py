@@ -167,6 +167,26 @@ def test_a_failing_receiver_does_not_block_other_streams(world: World, tmp_path:
     assert world.antenna.store.counts(dead).get("pending") == 5
 
 
+def test_a_fault_inside_the_worker_does_not_stop_delivery(world: World,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The signer fails once (a key being swapped, a bug): the worker logs it, pauses, and
+    delivers everything afterwards; nothing is lost or marked failed."""
+    real_sign, calls = world.antenna.signer.sign, []
+
+    def flaky(claims: dict) -> str:
+        calls.append(claims["jti"])
+        if len(calls) == 1:
+            raise RuntimeError("signer unavailable")
+        return real_sign(claims)
+
+    monkeypatch.setattr(world.antenna.signer, "sign", flaky)
+    stream_id = world.stream([AGENT["token-exchange-issued"]])
+    world.decision(3)
+    eventually(lambda: len(world.receiver.events()) == 3, what="delivery after the fault")
+    assert world.antenna.store.counts(stream_id) == {"delivered": 3}
+    assert world.antenna._workers[stream_id].faults == 1 and len(calls) == 4
+
+
 def test_duplicate_jti_is_acknowledged_and_stored_once(world: World) -> None:
     world.stream([AGENT["token-exchange-issued"]])
     world.decision()
@@ -250,3 +270,20 @@ def test_the_caep_receiver_refuses_bad_sets(world: World, case: str, err: str) -
                           headers={"Content-Type": "application/secevent+jwt"})
     assert response.status_code == 400 and response.json()["err"] == err
     assert world.receiver.events() == []
+
+
+def test_the_store_is_readable_by_its_owner_only(world: World, tmp_path: Path) -> None:
+    import stat
+
+    from iia.antenna.store import Store
+
+    world.stream([AGENT["token-exchange-issued"]])
+    world.decision()
+    eventually(lambda: world.receiver.events(), what="a SET")
+    files = [p for p in tmp_path.iterdir() if p.name.startswith("a.sqlite")]
+    assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files), \
+        {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    loose = tmp_path / "loose.sqlite"
+    loose.touch(mode=0o644)
+    Store(loose).close()
+    assert stat.S_IMODE(loose.stat().st_mode) == 0o600

@@ -5,10 +5,13 @@ receiver refusing that SET (RFC 8935 §2.3 `err`): it is marked failed and not r
 else (connection refused, timeout, 401/403, 5xx) is transient: the SET is retried with
 exponential backoff (0.5 s doubling to 30 s, with jitter), and the worker stops the batch so order
 is kept. A receiver that fails only delays its own stream: workers share nothing but the store.
+A fault inside the worker itself (a store error, a signing failure) is logged and retried after
+a pause; it never kills the thread, so a stream cannot silently stop delivering.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -20,6 +23,9 @@ import httpx
 from iia.antenna.store import OutboxRow, Store
 
 __all__ = ["PushWorker", "backoff"]
+
+log = logging.getLogger(__name__)
+FAULT_PAUSE = 1.0  # seconds a worker waits after a fault of its own before trying again
 
 
 def backoff(attempts: int) -> float:
@@ -39,6 +45,7 @@ class PushWorker:
         self._wake = threading.Condition()
         self._stopped = False
         self._http = httpx.Client(timeout=timeout)
+        self.faults = 0
         self._thread = threading.Thread(target=self._run, name=f"antenna-push-{stream_id}",
                                         daemon=True)
 
@@ -61,22 +68,33 @@ class PushWorker:
             with self._wake:
                 if self._stopped:
                     return
-            current = self._config()
-            if current is None:
+            try:
+                wait = self._step()
+            except Exception:  # keep delivering; the fault is logged
+                self.faults += 1
+                log.exception("antenna: push worker for stream %s failed; retrying in %.1f s",
+                              self.stream_id, FAULT_PAUSE)
+                wait = FAULT_PAUSE
+            if wait is None:
                 return  # the stream was deleted
-            config, status = current
-            if status == "enabled":
-                self._drain(config)
             with self._wake:
                 if self._stopped:
                     return
-                next_at = self.store.next_due_at(self.stream_id)
-
-
-                wait = 5.0 if next_at is None or status != "enabled" else max(
-                    0.0, min(5.0, next_at - time.time()))
                 if wait > 0:
                     self._wake.wait(wait)
+
+    def _step(self) -> float | None:
+        """Deliver what is due; return how long to sleep (None: the stream is gone)."""
+        current = self._config()
+        if current is None:
+            return None
+        config, status = current
+        if status == "enabled":
+            self._drain(config)
+        next_at = self.store.next_due_at(self.stream_id)
+        if next_at is None or status != "enabled":
+            return 5.0
+        return max(0.0, min(5.0, next_at - time.time()))
 
     def _drain(self, config: dict[str, Any]) -> None:
         delivery = config["delivery"]
@@ -100,6 +118,8 @@ class PushWorker:
                 try:
                     body = response.json()
                 except ValueError:
+                    body = {}
+                if not isinstance(body, dict):
                     body = {}
                 self.store.failed(row.id, f"{body.get('err', 'invalid_request')}: "
                                           f"{body.get('description', '')}")

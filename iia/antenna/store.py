@@ -4,11 +4,15 @@ their owner) and the outbox of SETs to deliver.
 The outbox keeps the SET's *claims*, not the signed token: a SET is signed when it is sent (with
 the same `jti` on every attempt), so nothing token-shaped rests on disk. Rows move
 pending -> delivered (or failed: refused by the receiver; dropped: the stream was disabled).
+The database holds stream configurations (a push endpoint's Authorization header among them) and
+who-did-what claims, so it is created readable by its owner only (0600; SQLite gives its WAL and
+shared-memory files the same mode).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -48,6 +52,9 @@ class Store:
     def __init__(self, path: Path | str, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._lock = threading.RLock()
+        if str(path) != ":memory:":
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            os.chmod(path, 0o600)  # an existing file keeps no wider mode either
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
