@@ -178,6 +178,18 @@ def test_introspection_follows_the_session(lab: Lab, identity: WorkloadIdentity)
     assert introspect(lab, identity, "garbage") == {"active": False}
 
 
+def test_logout_without_an_id_token_hint_ends_nothing(lab: Lab,
+                                                     identity: WorkloadIdentity) -> None:
+    tokens = user_token(lab)
+    sid = jwt.decode(tokens["access_token"], options={"verify_signature": False})["sid"]
+    for params in ({"sid": sid}, {}):
+        assert httpx.get(f"{lab.verify.issuer}/logout", params=params).status_code == 200
+    assert introspect(lab, identity, tokens["access_token"])["active"] is True
+    forged = httpx.get(f"{lab.verify.issuer}/logout", params={"id_token_hint": "x.y.z"})
+    assert forged.status_code == 400 and "not an ID token" in forged.text
+    assert introspect(lab, identity, tokens["access_token"])["active"] is True
+
+
 def test_introspection_is_for_confidential_clients(lab: Lab) -> None:
     response = httpx.post(f"{lab.verify.issuer}/introspect",
                           data={"client_id": "iia-ui", "token": "x"})

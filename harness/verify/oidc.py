@@ -263,8 +263,9 @@ class OidcProvider:
                 sid = self.tokens.decode(hint, typ="JWT", check_session=False)["sid"]
             except TokenInvalid:
                 return _error_page("id_token_hint is not an ID token of this tenant", 400)
-        elif params.get("sid"):
-            sid = params["sid"]
+        # No id_token_hint, no session ended: a bare `sid` would let any page that can make
+        # the browser fetch a URL sign the user out (OIDC RP-Initiated Logout §2 only trusts
+        # the hint).
         ended = self.sessions.end(sid, "logout") if sid else False
         self.audit.record(Decision(kind="logout", outcome="accepted" if ended else "noop",
                                    sid=sid))
