@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -63,7 +64,20 @@ def test_denied_push_polls_access_denied(lab: Lab, identity: WorkloadIdentity) -
     approval = lab.verify.approvals.by_auth_req_id(response.json()["auth_req_id"])
     lab.verify.ciba.answer(approval.id, approve=False)
     denied = poll(lab, identity, response.json()["auth_req_id"])
-    assert denied.status_code == 403 and denied.json()["error"] == "access_denied"
+    assert denied.status_code == 400 and denied.json()["error"] == "access_denied"
+
+
+def test_the_receipt_session_lapses_quietly(lab: Lab, identity: WorkloadIdentity) -> None:
+    """The session behind a CIBA receipt lives as long as the receipt and ends without a CAEP
+    event: revoking the user's sessions later does not list (or signal) old approvals."""
+    response = push(lab, identity)
+    approval = lab.verify.approvals.by_auth_req_id(response.json()["auth_req_id"])
+    lab.verify.ciba.answer(approval.id, approve=True)
+    tokens = poll(lab, identity, response.json()["auth_req_id"])
+    assert tokens.status_code == 200, tokens.text
+    session = lab.verify.sessions.get(sid_of(tokens.json()["id_token"]))
+    assert session is not None and session.alive
+    assert session.expires_at == pytest.approx(session.created_at + lab.verify.tokens.access_ttl)
 
 
 def test_unanswered_push_expires(lab: Lab, identity: WorkloadIdentity) -> None:
@@ -98,12 +112,10 @@ def test_another_client_cannot_poll_my_request(lab: Lab, identity: WorkloadIdent
     ("unknown user", "unknown_user_id"),
     ("no binding message", "invalid_request"),
     ("tier 1 needs no approval", "invalid_authorization_details"),
-    ("tier 4 cannot be approved", "access_denied"),
+    ("tier 4 cannot be approved", "access_denied"),  # HTTP 403, CIBA §13
     ("two objects", "invalid_authorization_details"),
 ])
 def test_bad_push_requests(lab: Lab, identity: WorkloadIdentity, case: str, error: str) -> None:
-    import json
-
     overrides = {
         "no openid scope": {"scope": "profile"},
         "no hint": {"login_hint": None},
@@ -118,7 +130,27 @@ def test_bad_push_requests(lab: Lab, identity: WorkloadIdentity, case: str, erro
     pending_before = len(lab.verify.approvals.pending())
     response = push(lab, identity, **overrides)
     assert response.json()["error"] == error, response.text
+    assert response.status_code == (403 if error == "access_denied" else 400)
     assert len(lab.verify.approvals.pending()) == pending_before  # nothing reached the phone
+
+
+def test_a_client_not_registered_for_ciba_cannot_push(lab: Lab) -> None:
+    secret = RotatingClientSecret(lab.openbao.root_client(), client_id="no-ciba-agent",
+                                  kv_mount="ibm-verify", path="no-ciba-agent")
+    secret.initialize()
+    lab.verify.clients.add(Client(client_id="no-ciba-agent", public=False,
+                                  grant_types=frozenset({"authorization_code"}), secret=secret))
+    value = lab.openbao.root_client().secrets.kv.v2.read_secret_version(
+        path="no-ciba-agent", mount_point="ibm-verify",
+        raise_on_deleted_version=True)["data"]["data"]["client_secret"]
+    pending_before = len(lab.verify.approvals.pending())
+    response = httpx.post(f"{lab.verify.issuer}/bc-authorize", auth=("no-ciba-agent", value),
+                          data={"scope": "openid", "login_hint": "alice@example.com",
+                                "binding_message": "Deactivate Laura?",
+                                "authorization_details": json.dumps(
+                                    [rar(lab, "verify_deactivate_user", target="u-laura")])})
+    assert response.status_code == 400 and response.json()["error"] == "unauthorized_client"
+    assert len(lab.verify.approvals.pending()) == pending_before
 
 
 def test_session_consent_must_name_a_live_session_of_that_user(

@@ -245,7 +245,7 @@ def test_tier4_is_always_refused_by_policy(lab: Lab, identity: WorkloadIdentity,
         before = issued_count(lab)
         response = exchange(lab, identity, alice["access_token"], obj)
         why = refused(response, "access_denied", lab, before)
-        assert response.status_code == 403
+        assert response.status_code == 400  # RFC 6749 §5.2: every token-endpoint error
         assert "tier4-blocked" in why and response.json()["policy_id"] == "tier4-blocked"
         decision = lab.verify.audit.last("token_exchange")
         assert decision.policy_id == "tier4-blocked" and decision.tier == 4

@@ -27,6 +27,7 @@ from harness.verify.client_auth import Client
 from harness.verify.directory import Directory
 from harness.verify.errors import (
     AccessDenied,
+    AuthenticationRequestDenied,
     AuthorizationPending,
     ExpiredToken,
     InvalidAuthorizationDetails,
@@ -35,6 +36,7 @@ from harness.verify.errors import (
     InvalidScope,
     OAuthError,
     SlowDown,
+    UnauthorizedClient,
 )
 from harness.verify.rar import RarRegistry, parse_authorization_details
 from harness.verify.sessions import SessionStore
@@ -69,7 +71,7 @@ class Ciba:
 
     def authorize(self, client: Client, form: Mapping[str, str]) -> JSONResponse:
         if CIBA_GRANT not in client.grant_types:
-            raise InvalidRequest(f"{client.client_id} is not registered for CIBA")
+            raise UnauthorizedClient(f"{client.client_id} is not registered for CIBA")
         if "openid" not in form.get("scope", "").split():
             raise InvalidScope("a CIBA request must ask for the openid scope")
         hints = [h for h in ("login_hint", "login_hint_token", "id_token_hint") if form.get(h)]
@@ -93,8 +95,8 @@ class Ciba:
             if owner is None or not owner.alive or owner.user_id != user.id:
                 raise InvalidAuthorizationDetails("session is not a live session of this user")
         elif spec.tier == 4:
-            raise AccessDenied(f"{spec.name} is blocked by tenant policy; there is nothing to "
-                               "approve")
+            raise AuthenticationRequestDenied(
+                f"{spec.name} is blocked by tenant policy; there is nothing to approve")
         elif spec.tier != 3:
             raise InvalidAuthorizationDetails(
                 f"{spec.name} is tier {spec.tier}: only tier-2 session consent "
@@ -147,8 +149,9 @@ class Ciba:
             raise InvalidGrant("the user is no longer active")
         # The approval authenticated the user on their device: as in any CIBA flow, that is a
         # session of its own, at the requesting client. Its tokens are receipts for the client
-        # (aud = client_id), accepted by no resource server.
-        session = self.sessions.create(push.user_id, push.email, client.client_id)
+        # (aud = client_id), accepted by no resource server, and the session lapses with them.
+        session = self.sessions.create(push.user_id, push.email, client.client_id,
+                                       lifetime=self.tokens.access_ttl)
         token, claims = self.tokens.approval_token(
             session, client_id=client.client_id, approval_id=push.id,
             authorization_details=push.authorization_details)

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse
 
 __all__ = [
     "AccessDenied",
+    "AuthenticationRequestDenied",
     "AuthorizationPending",
     "ExpiredToken",
     "InvalidAuthorizationDetails",
@@ -76,7 +77,15 @@ class InvalidTarget(OAuthError):
 
 
 class AccessDenied(OAuthError):
+    """At the token endpoint: HTTP 400 like every RFC 6749 §5.2 error (the policy's id rides in
+    the body)."""
+
     error = "access_denied"
+
+
+class AuthenticationRequestDenied(AccessDenied):
+    """CIBA §13: `access_denied` at the backchannel authentication endpoint is HTTP 403."""
+
     status = 403
 
 

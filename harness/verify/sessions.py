@@ -1,7 +1,10 @@
 """IdP sessions. Every token the tenant issues carries its session's `sid` and dies with it.
 
 A session ends at logout, when the user is deactivated or has their sessions revoked through the
-admin API, and when a CAEP `session-revoked` event arrives at the SSF receiver.
+admin API, and when a CAEP `session-revoked` event arrives at the SSF receiver. A session made
+for a short-lived purpose (the one behind a CIBA approval's receipt) is created with a lifetime:
+it lapses on its own, quietly (no listener hears of it, so no CAEP event), and lapsed sessions are
+dropped from memory as new ones are created.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["Session", "SessionStore"]
 
@@ -24,10 +27,16 @@ class Session:
     created_at: float
     ended_at: float | None = None
     end_reason: str | None = None
+    expires_at: float | None = None
+    clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
 
     @property
     def alive(self) -> bool:
-        return self.ended_at is None
+        return self.ended_at is None and not self.lapsed
+
+    @property
+    def lapsed(self) -> bool:
+        return self.expires_at is not None and self.clock() >= self.expires_at
 
 
 class SessionStore:
@@ -37,10 +46,16 @@ class SessionStore:
         self._sessions: dict[str, Session] = {}
         self._listeners: list[Callable[[Session], None]] = []
 
-    def create(self, user_id: str, email: str, client_id: str) -> Session:
+    def create(self, user_id: str, email: str, client_id: str,
+               lifetime: float | None = None) -> Session:
+        now = self._clock()
         session = Session(sid=secrets.token_urlsafe(12), user_id=user_id, email=email,
-                          client_id=client_id, created_at=self._clock())
+                          client_id=client_id, created_at=now,
+                          expires_at=None if lifetime is None else now + lifetime,
+                          clock=self._clock)
         with self._lock:
+            for sid in [s.sid for s in self._sessions.values() if s.lapsed]:
+                del self._sessions[sid]
             self._sessions[session.sid] = session
         return session
 
