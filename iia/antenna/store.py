@@ -59,6 +59,18 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        # Stream configurations, parsed, for the per-event path: every bus event asks which
+        # streams want it. Refilled from the table after any change to it. Callers must not
+        # mutate the dicts they are given.
+        self._streams: dict[str, tuple[str, dict[str, Any], str, str | None]] | None = None
+
+    def _stream_cache(self) -> dict[str, tuple[str, dict[str, Any], str, str | None]]:
+        with self._lock:
+            if self._streams is None:
+                rows = self._db.execute("SELECT stream_id, owner, config, status, reason FROM "
+                                        "streams ORDER BY created_at").fetchall()
+                self._streams = {r[0]: (r[1], json.loads(r[2]), r[3], r[4]) for r in rows}
+            return self._streams
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -79,23 +91,20 @@ class Store:
             db.execute("INSERT INTO streams VALUES (?, ?, ?, ?, NULL, ?) ON CONFLICT(stream_id) "
                        "DO UPDATE SET config = excluded.config",
                        (stream_id, owner, json.dumps(config), status, self._clock()))
+            self._streams = None
 
     def stream(self, stream_id: str) -> tuple[str, dict[str, Any], str, str | None] | None:
-        with self._lock:
-            row = self._db.execute("SELECT owner, config, status, reason FROM streams WHERE "
-                                   "stream_id = ?", (stream_id,)).fetchone()
-        return None if row is None else (row[0], json.loads(row[1]), row[2], row[3])
+        return self._stream_cache().get(stream_id)
 
     def streams(self, owner: str | None = None) -> list[tuple[str, dict[str, Any], str]]:
-        with self._lock:
-            rows = self._db.execute("SELECT stream_id, config, status, owner FROM streams "
-                                    "ORDER BY created_at").fetchall()
-        return [(r[0], json.loads(r[1]), r[2]) for r in rows if owner is None or r[3] == owner]
+        return [(stream_id, config, status) for stream_id, (who, config, status, _)
+                in self._stream_cache().items() if owner is None or who == owner]
 
     def set_status(self, stream_id: str, status: str, reason: str | None) -> None:
         with self._tx() as db:
             db.execute("UPDATE streams SET status = ?, reason = ? WHERE stream_id = ?",
                        (status, reason, stream_id))
+            self._streams = None
             if status == "disabled":  # SSF §8.1.2: a disabled stream holds nothing
                 db.execute("UPDATE outbox SET state = 'dropped' WHERE stream_id = ? AND "
                            "state = 'pending'", (stream_id,))
@@ -103,6 +112,7 @@ class Store:
     def delete_stream(self, stream_id: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM streams WHERE stream_id = ?", (stream_id,))
+            self._streams = None
             db.execute("UPDATE outbox SET state = 'dropped' WHERE stream_id = ? AND "
                        "state = 'pending'", (stream_id,))
 
