@@ -2,28 +2,22 @@
 
 RFC 9068 JWT access tokens from the IdP: `typ: at+jwt`, ES256 signature by a key of the IdP's
 JWKS, `iss` = the IdP, `aud` = this MCP server (RFC 8707 resource), not expired, carrying `sub`,
-`sid`, `jti`, `client_id`; and a session this server has not dropped. The JWKS is fetched once and
-kept; a token naming an unknown `kid` triggers one refetch, shared by every request that waits on
-it and rate-limited, so a key rotation costs one fetch and an unknown-kid flood costs at most one
-per `min_refresh` seconds. A failed fetch is rate-limited the same way: while the IdP is down,
-requests with an uncached key fail closed at once instead of each waiting on a timeout. Counters
-(`jwks_fetches`, `jwks_failures`, `key_parses`) prove the warm path does none.
+`sid`, `jti`, `client_id`; and a session this server has not dropped. The IdP's JWKS is kept in an
+`iia.jwks.JwksCache` (fetched once, one rate-limited single-flight refetch on an unknown `kid`,
+failed fetches rate-limited too); its counters prove the warm path does no I/O.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import jwt
-from jwt import PyJWKSet
-from jwt.exceptions import PyJWKSetError
 
 from iia.errors import IIAError
+from iia.jwks import JwksCache, JwksUnavailableError
 from iia.oauth.client import IdpUnavailableError
 from iia.sessions import SessionRevocations
 
@@ -52,74 +46,56 @@ class Caller:
 class UserTokenVerifier:
     def __init__(self, *, issuer: str, audience: str, jwks_uri: str | Callable[[], str],
                  revocations: SessionRevocations, http: httpx.Client | None = None,
-                 min_refresh: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+                 min_refresh: float = 1.0) -> None:
         self.issuer = issuer
         self.audience = audience
-        self.jwks_uri = jwks_uri
         self.revocations = revocations
-        self.min_refresh = min_refresh
         self._http = http or httpx.Client(timeout=5)
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._keys: dict[str, Any] = {}
-        self._fetched_at: float | None = None
-        self._failure: str | None = None
-        self.jwks_fetches = 0
-        self.jwks_failures = 0
-        self.key_parses = 0
+        self.jwks = JwksCache(jwks_uri, http=self._http, min_refresh=min_refresh,
+                              what="identity provider's signing keys")
 
     # -- keys -------------------------------------------------------------------------------
 
-    def _key(self, kid: str) -> Any:
-        key = self._keys.get(kid)
-        if key is not None:
-            return key
-        with self._lock:  # single flight: one refetch, the others wait and re-check
-            key = self._keys.get(kid)
-            if key is not None:
-                return key
-            now = time.monotonic()
-            if self._fetched_at is None or now - self._fetched_at >= self.min_refresh:
-                self._refresh(now)
-            elif self._failure is not None:  # the last fetch failed moments ago: no retry yet
-                raise IdpUnavailableError(self._failure)
-            return self._keys.get(kid)
+    @property
+    def jwks_uri(self) -> str | Callable[[], str | None]:
+        return self.jwks.uri
 
-    def _refresh(self, now: float) -> None:
+    @jwks_uri.setter
+    def jwks_uri(self, uri: str | Callable[[], str | None]) -> None:
+        self.jwks.uri = uri
+
+    @property
+    def min_refresh(self) -> float:
+        return self.jwks.min_refresh
+
+    @property
+    def jwks_fetches(self) -> int:
+        return self.jwks.fetches
+
+    @property
+    def jwks_failures(self) -> int:
+        return self.jwks.failures
+
+    @property
+    def key_parses(self) -> int:
+        return self.jwks.key_parses
+
+    def _key(self, kid: str) -> Any:
         try:
-            url = self.jwks_uri if isinstance(self.jwks_uri, str) else self.jwks_uri()
-            response = self._http.get(url)
-            response.raise_for_status()
-            jwks = PyJWKSet.from_dict(response.json())
-        except (httpx.HTTPError, ValueError, PyJWKSetError) as exc:
-            self.jwks_failures += 1
-            self._fetched_at = now
-            self._failure = (f"cannot fetch the identity provider's signing keys "
-                             f"({exc.__class__.__name__})")
-            raise IdpUnavailableError(self._failure) from exc
-        self._failure = None
-        self.jwks_fetches += 1
-        keys = {}
-        for jwk in jwks.keys:
-            if jwk.key_id:
-                keys[jwk.key_id] = jwk.key
-                self.key_parses += 1
-        self._keys = keys
-        self._fetched_at = now
+            return self.jwks.key(kid)
+        except JwksUnavailableError as exc:
+            raise IdpUnavailableError(exc.description) from exc
 
     def can_verify_offline(self, token: str) -> bool:
         """True when the token's key is cached, so `verify` will do no I/O."""
         try:
-            return str(jwt.get_unverified_header(token).get("kid", "")) in self._keys
+            return self.jwks.cached(str(jwt.get_unverified_header(token).get("kid", "")))
         except jwt.PyJWTError:
             return True  # malformed: refused without I/O
 
     def forget_keys(self) -> None:
         """Drop the cached JWKS: the next token triggers a fetch."""
-        with self._lock:
-            self._keys = {}
-            self._fetched_at = None
-            self._failure = None
+        self.jwks.forget()
 
     def close(self) -> None:
         self._http.close()

@@ -14,12 +14,11 @@ from typing import Any
 
 import httpx
 import jwt
-from jwt import PyJWKSet
-from jwt.exceptions import PyJWKSetError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from iia.jwks import JwksCache, JwksUnavailableError
 from iia.sessions import SessionRevocations
 
 __all__ = ["SESSION_REVOKED", "SsfPushReceiver"]
@@ -42,9 +41,12 @@ class SsfPushReceiver:
         self._issuer: str | None = None
         self._jwks_uri: str | None = None
         self._authorization: str | None = None
-        self._keys: dict[str, Any] = {}
         self._seen: set[str] = set()
         self._http = httpx.Client(timeout=5)
+        # min_refresh=0: an unknown kid always refetches (a transmitter's rotation must not
+        # make a revocation wait); the fetch holds the cache's lock, not the receiver's
+        self._jwks = JwksCache(lambda: self._jwks_uri, http=self._http, min_refresh=0.0,
+                               what="transmitter's keys", dependency="ssf_transmitter")
         self.received: list[dict[str, Any]] = []
         self.on_revoked: Callable[[str, str], None] | None = None
 
@@ -52,19 +54,13 @@ class SsfPushReceiver:
         """Trust SETs from `issuer`, signed with keys at `jwks_uri`; when `authorization` is
         set, pushes must carry exactly that Authorization header (RFC 8935 §2)."""
         self._issuer, self._jwks_uri, self._authorization = issuer, jwks_uri, authorization
-        self._keys = {}
+        self._jwks.forget()
 
     def _key(self, kid: str) -> Any:
-        with self._lock:
-            if kid not in self._keys and self._jwks_uri:
-                try:
-                    response = self._http.get(self._jwks_uri)
-                    jwks = PyJWKSet.from_dict(response.json())
-                    self._keys = {k.key_id: k.key for k in jwks.keys if k.key_id}
-                except (httpx.HTTPError, ValueError, PyJWKSetError) as exc:
-                    raise _Refused("invalid_key", "the transmitter's keys cannot be "
-                                                  "fetched") from exc
-            return self._keys.get(kid)
+        try:
+            return self._jwks.key(kid)
+        except JwksUnavailableError as exc:
+            raise _Refused("invalid_key", "the transmitter's keys cannot be fetched") from exc
 
     def validate(self, token: str) -> dict[str, Any]:
         if self._issuer is None:
