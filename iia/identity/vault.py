@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -112,7 +113,7 @@ class VaultCredentialSource:
                                    verify=settings.vault_ca_cert or True)
         self.logins = 0
         self.reads = 0
-        self._cached_for: str | None = None
+        self._cached_calls: OrderedDict[str, None] = OrderedDict()  # recent calls announced
 
     # -- login ------------------------------------------------------------------------------
 
@@ -163,9 +164,7 @@ class VaultCredentialSource:
     def read(self) -> ClientCredential:
         """Read the current client credential (logging in first when needed)."""
         token, warm = self._ensure_token()
-        call = current_fields().get("call_id")
-        if warm and self._events is not None and (call is None or call != self._cached_for):
-            self._cached_for = call  # once per tool call, not once per read
+        if warm and self._events is not None and self._first_read_of_call():
             now = self._clock()
             self._events.emit(
                 "spiffe:svid_cached", spiffe_id=token.svid.spiffe_id, duration_ms=0,
@@ -183,6 +182,20 @@ class VaultCredentialSource:
                     self._token = None
             token, _ = self._ensure_token()
             return self._read(token)
+
+    def _first_read_of_call(self) -> bool:
+        """A warm read is announced once per tool call, not once per read; with calls running
+        concurrently, each call is remembered (the last 256) rather than only the latest."""
+        call = current_fields().get("call_id")
+        if call is None:
+            return True
+        with self._lock:
+            if call in self._cached_calls:
+                return False
+            self._cached_calls[call] = None
+            if len(self._cached_calls) > 256:
+                self._cached_calls.popitem(last=False)
+            return True
 
     def _read(self, token: _VaultToken) -> ClientCredential:
         s = self.settings
