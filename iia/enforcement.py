@@ -249,7 +249,7 @@ class EnforcementChain:
 
     def _denied(self, tool: Tool, exc: OAuthError, caller: Caller, timings: StepTimings,
                 began: float, started: float) -> ToolOutcome:
-        policy = exc.extra.get("policy_id")
+        policy = exc.policy_id
         self.events.emit("agent:token_exchange_denied", outcome="denied",
                          reason=exc.description, actor_token_type=JWT,
                          duration_ms=round((time.perf_counter() - started) * 1000),
@@ -258,7 +258,7 @@ class EnforcementChain:
             # the IdP no longer honours this session's consent (it expired there first): forget
             # ours too, so the next write asks the user again instead of failing until we expire
             self.consents.forget(caller.sid)
-        if exc.code == "invalid_grant" and "session" in exc.description:
+        if exc.ends_session:
             self.revocations.revoke(caller.sid, exc.description)
             return self._fail(tool, timings, began, "session_revoked",
                               f"the user's session has ended ({exc.description}); sign in "

@@ -35,6 +35,18 @@ class OAuthError(IIAError):
             self.code = code  # an error code we have no subclass for keeps its wire value
         self.extra = dict(extra or {})
 
+    @property
+    def policy_id(self) -> str | None:
+        """The id of the IdP policy that refused (Verify puts it beside `error`)."""
+        policy = self.extra.get("policy_id")
+        return str(policy) if policy else None
+
+    @property
+    def ends_session(self) -> bool:
+        """The IdP refused because the user's session is over (RFC 8693 has no code of its
+        own for this: it is `invalid_grant` about the subject token's session)."""
+        return self.code == "invalid_grant" and "session" in self.description
+
 
 class InvalidRequestError(OAuthError):
     code = "invalid_request"
