@@ -18,6 +18,7 @@ from iia.errors import IIAError
 from iia.identity import WorkloadIdentity
 from iia.oauth.client import AuthorizationServerClient
 from iia.oauth.errors import OAuthError
+from iia.rar import wire
 
 __all__ = ["Approval", "ApprovalChannel", "ApprovalDeniedError", "ApprovalTimeoutError",
            "CibaApprovalChannel", "ConsentCache"]
@@ -62,11 +63,9 @@ class CibaApprovalChannel:
 
     def request(self, *, user: str, details: Mapping[str, Any], binding_message: str,
                 on_pending: Callable[[str, float], None] | None = None) -> Approval:
-        import json
-
         started = self._clock()
         form = {"scope": "openid", "login_hint": user, "binding_message": binding_message,
-                "authorization_details": json.dumps([dict(details)]),
+                "authorization_details": wire(details),
                 "requested_expiry": str(int(self.timeout))}
         started_body = self.identity.with_credential(
             lambda credential: self.server.backchannel_authorize(form, credential))

@@ -15,7 +15,12 @@ from typing import Any
 
 from iia.catalog import Tool
 
-__all__ = ["argument_digest", "authorization_details", "session_consent_details"]
+__all__ = ["argument_digest", "authorization_details", "session_consent_details", "wire"]
+
+
+def wire(details: Mapping[str, Any]) -> str:
+    """The `authorization_details` form parameter for one object (a JSON array, RFC 9396 §2)."""
+    return json.dumps([dict(details)])
 
 
 def argument_digest(arguments: Mapping[str, Any]) -> str:

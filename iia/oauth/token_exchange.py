@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ import jwt
 
 from iia.identity import WorkloadIdentity
 from iia.oauth.client import AuthorizationServerClient
+from iia.rar import wire
 
 __all__ = ["GRANT_TYPE", "OboToken", "exchange"]
 
@@ -47,7 +47,7 @@ def exchange(server: AuthorizationServerClient, identity: WorkloadIdentity, *,
         "actor_token": actor.token, "actor_token_type": JWT,
         "audience": audience,
         "requested_token_type": ACCESS_TOKEN,
-        "authorization_details": json.dumps([dict(details)]),
+        "authorization_details": wire(details),
     }
     body = identity.with_credential(lambda credential: server.token(form, credential))
     token = str(body["access_token"])
