@@ -39,7 +39,7 @@ from iia.agent import AgentLoop, McpToolClient
 from iia.agent.mcp_client import McpUnavailableError, SessionEndedError
 from iia.chat.sessions import ChatSession, ChatSessionStore
 from iia.events import EventBus, SecurityEvent
-from iia.oauth.client import discover
+from iia.oauth.client import AuthorizationServerClient
 from iia.settings import AgentSettings, ChatSettings
 
 if TYPE_CHECKING:
@@ -68,8 +68,8 @@ class ChatApp:
         self.events = events
         self._model_factory = model
         self._loop: AgentLoop | None = None
-        self._metadata: dict[str, Any] | None = None
         self._http = httpx.Client(timeout=10)
+        self._idp = AuthorizationServerClient(settings.issuer, http=self._http)
         self.sessions = ChatSessionStore(token_endpoint=lambda: self.metadata["token_endpoint"],
                                          client_id=settings.client_id, ttl=settings.session_ttl,
                                          http=self._http)
@@ -86,9 +86,7 @@ class ChatApp:
 
     @property
     def metadata(self) -> dict[str, Any]:
-        if self._metadata is None:
-            self._metadata = discover(self.settings.issuer, http=self._http)
-        return self._metadata
+        return self._idp.metadata
 
     def _session(self, request: Request) -> ChatSession | None:
         return self.sessions.get(request.cookies.get(COOKIE))
