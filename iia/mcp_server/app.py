@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import mcp.types as types
@@ -106,7 +107,8 @@ class McpServer:
         server: Server[Any] = Server("iia-mcp", version="1",
                                      on_list_tools=self._list_tools,
                                      on_call_tool=self._call_tool)
-        host = resource.split("://", 1)[1].split("/", 1)[0]
+        url = urlsplit(resource)
+        host = url.netloc
         manager = StreamableHTTPSessionManager(
             app=server, stateless=True, json_response=True,
             security_settings=TransportSecuritySettings(
@@ -124,8 +126,7 @@ class McpServer:
         async def health(request: Request) -> JSONResponse:
             return JSONResponse({"status": "ok"})
 
-        path = "/" + resource.split("://", 1)[1].split("/", 1)[1] if resource.count("/") > 2 \
-            else "/"
+        path = url.path or "/"
         return Starlette(lifespan=lifespan, routes=[
             Route(path, endpoint=endpoint, methods=["GET", "POST", "DELETE"]),
             *create_protected_resource_routes(resource, [self.settings.issuer],
