@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from harness.listeners import Listeners
+
 __all__ = ["Session", "SessionStore"]
 
 
@@ -44,7 +46,7 @@ class SessionStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
-        self._listeners: list[Callable[[Session], None]] = []
+        self._listeners: Listeners[[Session]] = Listeners()
 
     def create(self, user_id: str, email: str, client_id: str,
                lifetime: float | None = None) -> Session:
@@ -75,9 +77,7 @@ class SessionStore:
                 return False
             session.ended_at = self._clock()
             session.end_reason = reason
-            listeners = list(self._listeners)
-        for listener in listeners:
-            listener(session)
+        self._listeners.notify(session)
         return True
 
     def end_all_for_user(self, user_id: str, reason: str) -> list[str]:
@@ -89,6 +89,6 @@ class SessionStore:
         with self._lock:
             return [s for s in self._sessions.values() if s.user_id == user_id]
 
-    def on_end(self, listener: Callable[[Session], None]) -> None:
-        with self._lock:
-            self._listeners.append(listener)
+    def on_end(self, listener: Callable[[Session], None]) -> Callable[[], None]:
+        """Be told of every session that ends; returns the unsubscribe."""
+        return self._listeners.add(listener)
