@@ -26,6 +26,7 @@ from harness.verify.audit import AuditTrail, Decision
 from harness.verify.client_auth import Client
 from harness.verify.directory import Directory
 from harness.verify.errors import (
+    NO_STORE,
     AccessDenied,
     AuthenticationRequestDenied,
     AuthorizationPending,
@@ -119,7 +120,7 @@ class Ciba:
         return JSONResponse({"auth_req_id": push.auth_req_id,
                              "expires_in": int(push.expires_at - push.created_at),
                              "interval": int(push.interval)},
-                            headers={"Cache-Control": "no-store"})
+                            headers=NO_STORE)
 
     # -- §10/§11 the token request ----------------------------------------------------------
 
@@ -160,7 +161,7 @@ class Ciba:
         return JSONResponse({"access_token": token, "token_type": "Bearer",
                              "expires_in": claims["exp"] - claims["iat"], "id_token": id_token,
                              "authorization_details": push.authorization_details},
-                            headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+                            headers=NO_STORE)
 
     # -- the phone --------------------------------------------------------------------------
 

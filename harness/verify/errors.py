@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from starlette.responses import JSONResponse
 
 __all__ = [
+    "NO_STORE",
     "AccessDenied",
     "AuthenticationRequestDenied",
     "AuthorizationPending",
@@ -28,6 +29,10 @@ __all__ = [
 ]
 
 
+# RFC 6749 §5.1: on every response that carries a token or a token error
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
 class OAuthError(Exception):
     error: ClassVar[str] = "server_error"
     status: ClassVar[int] = 400
@@ -41,7 +46,7 @@ class OAuthError(Exception):
         return {"error": self.error, "error_description": self.description, **self.extra}
 
     def response(self) -> JSONResponse:
-        headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+        headers = dict(NO_STORE)
         if self.status == 401:
             headers["WWW-Authenticate"] = 'Basic realm="verify"'
         return JSONResponse(self.body(), status_code=self.status, headers=headers)

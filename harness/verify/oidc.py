@@ -30,7 +30,13 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from harness.verify.audit import AuditTrail, Decision
 from harness.verify.client_auth import Client, ClientRegistry
 from harness.verify.directory import Directory
-from harness.verify.errors import InvalidClient, InvalidGrant, InvalidRequest, InvalidTarget
+from harness.verify.errors import (
+    NO_STORE,
+    InvalidClient,
+    InvalidGrant,
+    InvalidRequest,
+    InvalidTarget,
+)
 from harness.verify.sessions import SessionStore
 from harness.verify.tokens import TokenInvalid, TokenService
 
@@ -168,7 +174,7 @@ class OidcProvider:
         if "refresh_token" in client.grant_types:
             body["refresh_token"] = self.tokens.refresh_token(
                 session, client_id=client.client_id, scope=scope, resource=resource)
-        return JSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+        return JSONResponse(body, headers=NO_STORE)
 
     def authorization_code(self, client: Client, form: Mapping[str, str]) -> JSONResponse:
         code = form.get("code", "")
@@ -233,7 +239,7 @@ class OidcProvider:
                     k: claims[k] for k in ("iss", "sub", "aud", "exp", "iat", "jti", "sid",
                                            "client_id", "scope", "email", "act",
                                            "authorization_details", "may_act") if k in claims}}
-        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+        return JSONResponse(body, headers=NO_STORE)
 
     def revoke(self, client: Client, form: Mapping[str, str]) -> Response:
         token = form.get("token", "")
@@ -248,7 +254,7 @@ class OidcProvider:
                 self.tokens.revoke_jti(claims["jti"], float(claims["exp"]))
         self.audit.record(Decision(kind="revocation", outcome="accepted",
                                    client_id=client.client_id))
-        return Response(status_code=200, headers={"Cache-Control": "no-store"})
+        return Response(status_code=200, headers=NO_STORE)
 
     # -- RP-initiated logout ----------------------------------------------------------------
 

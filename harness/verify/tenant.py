@@ -50,7 +50,6 @@ from harness.verify.tokens import TokenService
 __all__ = ["OIDC_BASE", "VerifyTenant"]
 
 OIDC_BASE = "/oidc/endpoint/default"
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def load_clients(fixtures: Path, mcp_secret: RotatingClientSecret) -> ClientRegistry:
@@ -125,6 +124,12 @@ class VerifyTenant:
         self.admin_api = AdminApi(directory=self.directory, tokens=self.tokens,
                                   sessions=self.sessions, registry=self.registry,
                                   audit=self.audit, base_url=self.admin_api_url)
+        # the token endpoint's grants, in the order discovery lists them
+        self._grants: dict[str, Callable[[Client, Any], Response]] = {
+            "authorization_code": self.oidc.authorization_code,
+            "refresh_token": self.oidc.refresh,
+            TOKEN_EXCHANGE_GRANT: self.exchange.grant,
+            CIBA_GRANT: self.ciba.grant}
 
     # -- discovery --------------------------------------------------------------------------
 
@@ -141,8 +146,7 @@ class VerifyTenant:
             "backchannel_authentication_endpoint": f"{i}/bc-authorize",
             "backchannel_token_delivery_modes_supported": ["poll"],
             "backchannel_user_code_parameter_supported": False,
-            "grant_types_supported": ["authorization_code", "refresh_token",
-                                      TOKEN_EXCHANGE_GRANT, CIBA_GRANT],
+            "grant_types_supported": list(self._grants),
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
             "code_challenge_methods_supported": ["S256"],
@@ -191,16 +195,12 @@ class VerifyTenant:
             grant_type = form.get("grant_type")
             if not grant_type:
                 raise InvalidRequest("grant_type is required")
-            if grant_type not in client.grant_types:
-                if grant_type in {"authorization_code", "refresh_token", TOKEN_EXCHANGE_GRANT,
-                                  CIBA_GRANT}:
-                    raise UnauthorizedClient(f"{client.client_id} may not use {grant_type}")
+            handler = self._grants.get(grant_type)
+            if handler is None:
                 raise UnsupportedGrantType(f"grant type {grant_type!r} is not supported")
-            handlers = {"authorization_code": self.oidc.authorization_code,
-                        "refresh_token": self.oidc.refresh,
-                        TOKEN_EXCHANGE_GRANT: self.exchange.grant,
-                        CIBA_GRANT: self.ciba.grant}
-            return handlers[grant_type](client, form)
+            if grant_type not in client.grant_types:
+                raise UnauthorizedClient(f"{client.client_id} may not use {grant_type}")
+            return handler(client, form)
 
         return await self._client_call(request, dispatch)
 

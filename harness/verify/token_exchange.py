@@ -29,11 +29,12 @@ import jwt
 from starlette.responses import JSONResponse
 
 from harness.spire.validation import SvidValidationError, trust_domain_of, validate_jwt_svid
-from harness.verify.approvals import Approvals, CallApproval
+from harness.verify.approvals import Approvals
 from harness.verify.audit import AuditTrail, Decision
 from harness.verify.client_auth import Client
 from harness.verify.directory import Directory
 from harness.verify.errors import (
+    NO_STORE,
     AccessDenied,
     InvalidAuthorizationDetails,
     InvalidGrant,
@@ -170,7 +171,7 @@ class TokenExchange:
         if not decision.allowed:
             raise AccessDenied(f"{decision.reason} (policy {decision.policy_id})",
                                policy_id=decision.policy_id)
-        if call_approval is not None and not self._consume(call_approval):
+        if call_approval is not None and not self.approvals.consume(call_approval):
             raise AccessDenied("the approval for this call was already used "
                                "(policy tier3-needs-call-approval)",
                                policy_id="tier3-needs-call-approval")
@@ -187,10 +188,7 @@ class TokenExchange:
             "access_token": token, "issued_token_type": ACCESS_TOKEN_TYPE,
             "token_type": "Bearer", "expires_in": claims["exp"] - claims["iat"],
             "authorization_details": [obj],
-        }, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
-
-    def _consume(self, approval: CallApproval) -> bool:
-        return self.approvals.consume(approval)
+        }, headers=NO_STORE)
 
     def _actor(self, token: str) -> str:
         try:
