@@ -31,11 +31,11 @@ from typing import IO
 
 from harness.errors import HarnessError
 from harness.health import ServiceHealth, probe_all
+from harness.lab_state import ENDPOINTS, STATE, STATE_FILES, read_json, write_state
 from harness.paths import lab_dir
 
 __all__ = ["main"]
 
-STATE_FILES = ("endpoints.json", "iia.env", "lab.json")
 
 
 # -- the lock that says "a lab runs here" ----------------------------------------------------
@@ -54,17 +54,12 @@ def _try_lock(directory: Path) -> IO[str] | None:
 
 def _running_state(directory: Path) -> dict[str, object] | None:
     lock = _try_lock(directory)
+    state = read_json(directory, STATE)
     if lock is not None:
         lock.close()
-        try:  # a docker lab holds no lock: its containers outlive this command
-            state = json.loads((directory / "lab.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-        return state if state.get("mode") == "docker" else None
-    try:
-        return json.loads((directory / "lab.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {"pid": None}
+        # a docker lab holds no lock: its containers outlive this command
+        return state if state is not None and state.get("mode") == "docker" else None
+    return state if state is not None else {"pid": None}
 
 
 def _clear_state(directory: Path) -> None:
@@ -164,8 +159,9 @@ def _up_docker(directory: Path) -> int:
     from harness.docker_lab import DockerLab, DockerUnavailableError, runtime_env
     from harness.paths import project_root
 
-    if _running_state(directory) is not None:
-        return _already_running(directory, _running_state(directory) or {})
+    running = _running_state(directory)
+    if running is not None:
+        return _already_running(directory, running)
     env = {**os.environ, **runtime_env()}  # the run's secrets: in memory and in containers only
     try:
         lab = DockerLab(project_root(), env)
@@ -178,10 +174,7 @@ def _up_docker(directory: Path) -> int:
         return 1
     service_env = lab.compose["services"]["iia"]["environment"]
     settings = {k: str(v) for k, v in service_env.items() if k not in _SECRET_ENV}
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "endpoints.json").write_text(json.dumps(endpoints, indent=2) + "\n")
-    (directory / "iia.env").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
-    (directory / "lab.json").write_text(json.dumps({"mode": "docker", "pid": None}) + "\n")
+    write_state(directory, endpoints, settings, {"mode": "docker", "pid": None})
     _print_table(probe_all(endpoints))
     return 0
 
@@ -194,16 +187,13 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def _read_endpoints(directory: Path) -> dict[str, str] | None:
-    try:
-        return json.loads((directory / "endpoints.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    return read_json(directory, ENDPOINTS)
 
 
 def _state_pid(directory: Path) -> int | None:
     try:
-        return int(json.loads((directory / "lab.json").read_text())["pid"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return int((read_json(directory, STATE) or {})["pid"])
+    except (KeyError, TypeError, ValueError):
         return None
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -32,6 +31,7 @@ import httpx
 from harness.caep_receiver import CaepReceiver
 from harness.claude import MessagesApi, ScriptedModel
 from harness.errors import HarnessError
+from harness.lab_state import write_state
 from harness.net import HttpService, bind_loopback, reserve_loopback
 from harness.openbao import OpenBaoServer, VaultLayout, bootstrap
 from harness.paths import fixtures_dir
@@ -331,13 +331,6 @@ class Lab:
 
     def write_state(self, directory: Path, pid: int) -> None:
         """Write `endpoints.json`, `iia.env` and `lab.json` (atomically, IDs and URLs only)."""
-        directory.mkdir(parents=True, exist_ok=True)
-        env_lines = "".join(f"{k}={v}\n" for k, v in self.iia_env().items())
-        state = {"pid": pid, "runtime_dir": str(self.runtime_dir), "started_at": self.started_at,
-                 "fixtures": str(self.settings.fixtures)}
-        for name, text in (("endpoints.json", json.dumps(self.endpoints, indent=2) + "\n"),
-                           ("iia.env", env_lines),
-                           ("lab.json", json.dumps(state, indent=2) + "\n")):
-            tmp = directory / f".{name}.tmp"
-            tmp.write_text(text)
-            tmp.replace(directory / name)
+        write_state(directory, self.endpoints, self.iia_env(), {
+            "pid": pid, "runtime_dir": str(self.runtime_dir), "started_at": self.started_at,
+            "fixtures": str(self.settings.fixtures)})

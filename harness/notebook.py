@@ -16,6 +16,7 @@ from typing import Any
 
 from harness.health import probe_all
 from harness.lab import Lab, LabSettings
+from harness.lab_state import read_state
 from harness.paths import fixtures_dir, lab_dir
 
 __all__ = ["LabSession", "attach_or_start", "events_html"]
@@ -54,25 +55,11 @@ class LabSession:
         return f"{how}: " + ", ".join(f"{k}={v}" for k, v in sorted(self.endpoints.items()))
 
 
-def _read_env(path: Any) -> dict[str, str]:
-    out = {}
-    for line in path.read_text().splitlines():
-        if "=" in line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            out[key] = value
-    return out
-
-
 def attach_or_start() -> LabSession:
     """Use the lab `iia-lab up` runs (if it is healthy), else start one in this kernel, on a
     private copy of the fixtures (so what a notebook edits goes away with it)."""
     directory = lab_dir()
-    try:
-        endpoints = json.loads((directory / "endpoints.json").read_text())
-        env = _read_env(directory / "iia.env")
-        state = json.loads((directory / "lab.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        endpoints, state = {}, {}
+    endpoints, env, state = read_state(directory) or ({}, {}, {})
     if endpoints:
         health = probe_all(endpoints, timeout=1.0)
         if all(h.healthy for h in health):

@@ -1,0 +1,54 @@
+"""The running lab's state files in `.lab/`, read and written in one place.
+
+    endpoints.json   service name -> URL or unix:// socket
+    iia.env          the IIA_* settings that point `iia` at this lab (IDs and URLs only)
+    lab.json         who runs it: {"pid", "mode", "runtime_dir", "started_at", "fixtures"}
+
+Each file is replaced atomically, so a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from iia.identity.settings import read_env_file
+
+__all__ = ["ENDPOINTS", "ENV", "STATE", "STATE_FILES", "read_json", "read_state", "write_state"]
+
+ENDPOINTS, ENV, STATE = "endpoints.json", "iia.env", "lab.json"
+STATE_FILES = (ENDPOINTS, ENV, STATE)
+
+
+def write_state(directory: Path, endpoints: Mapping[str, str], env: Mapping[str, str],
+                state: Mapping[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in ((ENDPOINTS, json.dumps(dict(endpoints), indent=2) + "\n"),
+                       (ENV, "".join(f"{k}={v}\n" for k, v in env.items())),
+                       (STATE, json.dumps(dict(state), indent=2) + "\n")):
+        tmp = directory / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(directory / name)
+
+
+def read_json(directory: Path, name: str) -> dict[str, Any] | None:
+    """One of the JSON state files, or None when it is missing or unreadable."""
+    try:
+        value = json.loads((directory / name).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_state(directory: Path) -> tuple[dict[str, str], dict[str, str], dict[str, Any]] | None:
+    """(endpoints, env, state) of the lab recorded in `directory`, or None when there is none."""
+    endpoints, state = read_json(directory, ENDPOINTS), read_json(directory, STATE)
+    if not endpoints or state is None:
+        return None
+    try:
+        env = read_env_file(directory / ENV)
+    except OSError:
+        return None
+    return endpoints, env, state
