@@ -334,11 +334,9 @@ def cmd_approvals(args: argparse.Namespace) -> int:
     endpoints = _running_endpoints()
     if endpoints is None:
         return 1
-    import httpx
+    from harness.lab_client import PhoneApi
 
-    params = {"user": args.user} if args.user else {}
-    items = httpx.get(endpoints["verify"] + "/lab/phone/requests", params=params,
-                      timeout=5).json()
+    items = PhoneApi(endpoints["verify"]).pending(args.user or None)
     if args.json:
         keys = ("id", "user", "tier", "binding_message", "authorization_details")
         print(json.dumps([{k: item[k] for k in keys} for item in items], indent=2))
@@ -357,11 +355,9 @@ def cmd_answer(args: argparse.Namespace) -> int:
     endpoints = _running_endpoints()
     if endpoints is None:
         return 1
-    import httpx
+    from harness.lab_client import PhoneApi
 
-    answer = "approve" if args.command == "approve" else "deny"
-    response = httpx.post(f"{endpoints['verify']}/lab/phone/requests/{args.id}/{answer}",
-                          timeout=5)
+    response = PhoneApi(endpoints["verify"]).answer(args.id, args.command == "approve")
     body = response.json()
     if response.status_code != 200:
         print(f"iia-lab: {body.get('error_description', response.text)}", file=sys.stderr)

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from harness.lab_client import LabClient
+from harness.lab_client import LabClient, PhoneApi
 from harness.notebook import attach_or_start
 
 __all__ = ["main"]
@@ -122,7 +122,7 @@ class Phone:
     """Answers pushes through the lab's phone API: automatically, or by asking at the terminal."""
 
     def __init__(self, verify_url: str, interactive: bool) -> None:
-        self.url = verify_url + "/lab/phone/requests"
+        self.verify_url = verify_url
         self.interactive = interactive
         self._stop = threading.Event()
 
@@ -132,20 +132,20 @@ class Phone:
     def _run(self) -> None:
         seen: set[str] = set()
         with httpx.Client(timeout=5) as http:
+            phone = PhoneApi(self.verify_url, http)
             while not self._stop.is_set():
-                for push in http.get(self.url).json():
+                for push in phone.pending():
                     if push["id"] in seen:
                         continue
                     seen.add(push["id"])
-                    answer = "approve"
+                    approve = True
                     if self.interactive:
                         say(f"\n    {c('1', 'PHONE')} ({push['user']}): "
                             f"{push['binding_message']}")
-                        answer = "approve" if input("    approve? [Y/n] ").strip().lower() \
-                            in ("", "y", "yes") else "deny"
+                        approve = input("    approve? [Y/n] ").strip().lower() in ("", "y", "yes")
                     else:
                         time.sleep(0.4)  # a person takes a moment
-                    http.post(f"{self.url}/{push['id']}/{answer}")
+                    phone.answer(push["id"], approve)
                 time.sleep(0.2)
 
     def stop(self) -> None:

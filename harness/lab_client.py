@@ -12,7 +12,22 @@ from typing import Any
 
 import httpx
 
-__all__ = ["LabClient", "Turn"]
+__all__ = ["LabClient", "PhoneApi", "Turn"]
+
+
+class PhoneApi:
+    """The lab phone's JSON API at the simulated Verify: pending pushes, and answering one."""
+
+    def __init__(self, verify_url: str, http: httpx.Client | None = None) -> None:
+        self.url = verify_url + "/lab/phone/requests"
+        self._http = http or httpx.Client(timeout=5)
+
+    def pending(self, user: str | None = None) -> list[dict[str, Any]]:
+        """Pending pushes, every user's when `user` is None."""
+        return self._http.get(self.url, params={"user": user} if user else {}).json()
+
+    def answer(self, push_id: str, approve: bool) -> httpx.Response:
+        return self._http.post(f"{self.url}/{push_id}/{'approve' if approve else 'deny'}")
 
 
 def _sse(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -46,6 +61,7 @@ class LabClient:
         self.user = user
         self.browser = httpx.Client(base_url=endpoints["chat"], timeout=30)
         self._http = httpx.Client(timeout=10)
+        self.phone = PhoneApi(endpoints["verify"], self._http)
         self.sign_in()
 
     def sign_in(self) -> str:
@@ -120,13 +136,10 @@ class LabClient:
     # -- the phone --------------------------------------------------------------------------
 
     def pending_pushes(self) -> list[dict[str, Any]]:
-        return self._http.get(self.endpoints["verify"] + "/lab/phone/requests",
-                              params={"user": self.user}).json()
+        return self.phone.pending(self.user)
 
     def answer(self, push_id: str, approve: bool) -> dict[str, Any]:
-        verb = "approve" if approve else "deny"
-        return self._http.post(f"{self.endpoints['verify']}/lab/phone/requests/{push_id}/{verb}"
-                               ).json()
+        return self.phone.answer(push_id, approve).json()
 
     def wait_for_push(self, timeout: float = 30.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
