@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -36,6 +35,7 @@ from scim2_server.requests import ScimRequest
 from scim2_server.responses import ScimResponse
 from starlette.types import ASGIApp
 
+from harness.expiring import ExpiringSet
 from harness.verify.admin_errors import InvalidToken, MissingToken, NoPassthrough, NotCovered
 from harness.verify.audit import AuditTrail, Decision
 from harness.verify.coverage import Coverage, Grant, RequestLine
@@ -88,31 +88,6 @@ class _Admission:
         return first if isinstance(first, dict) else {}
 
 
-class _SpentTokens:
-    """The `jti`s already used here, kept until their token has expired anyway."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._spent: dict[str, float] = {}
-        self._pruned = 0.0
-
-    def used(self, jti: str) -> bool:
-        with self._lock:
-            return jti in self._spent
-
-    def spend(self, jti: str, expires_at: float) -> bool:
-        """Mark `jti` used; False when it already was (the check and the mark are atomic)."""
-        with self._lock:
-            now = time.time()
-            if now - self._pruned > 5:  # prune now and then, not on every request
-                self._spent = {j: t for j, t in self._spent.items() if t > now}
-                self._pruned = now
-            if jti in self._spent:
-                return False
-            self._spent[jti] = expires_at + 60
-            return True
-
-
 # -- the ASGI application --------------------------------------------------------------------
 
 class _AdminApplication(ASGIApplication):
@@ -163,7 +138,8 @@ class AdminApi:
 
     def __init__(self, *, directory: Directory, tokens: TokenService, sessions: SessionStore,
                  registry: RarRegistry, audit: AuditTrail, base_url: str,
-                 static_tokens: Iterable[str] = ()) -> None:
+                 static_tokens: Iterable[str] = (),
+                 clock: Callable[[], float] = time.time) -> None:
         self.directory = directory
         self.tokens = tokens
         self.sessions = sessions
@@ -175,7 +151,8 @@ class AdminApi:
         # any; the benchmark's *unenforced* baseline does, to measure what enforcement costs.
         self._static = frozenset(hashlib.sha256(t.encode()).hexdigest() for t in static_tokens)
         self.verify = VerifyEndpoints(directory, sessions)
-        self._spent = _SpentTokens()
+        # the jtis already used here, kept until their token has expired anyway
+        self._spent = ExpiringSet(clock)
         self._app = _AdminApplication(self)
         self.coverage = Coverage(registry=registry, directory=directory,
                                  service=self._app.service, location=self.base_url)
@@ -202,12 +179,12 @@ class AdminApi:
         audience = claims.get("aud")
         if self.base_url not in (audience if isinstance(audience, list) else [audience]):
             raise InvalidToken(detail=f"the token's audience is not {self.base_url}")
-        if self._spent.used(claims["jti"]):
+        if claims["jti"] in self._spent:
             raise InvalidToken(detail="token already used")
         line = RequestLine(request.method.upper(), request.path, request.body,
                            request.header("Content-Type"))
         grant = self.coverage.grant(claims.get("authorization_details"), line)
-        if not self._spent.spend(claims["jti"], float(claims["exp"])):
+        if not self._spent.add(claims["jti"], float(claims["exp"]) + 60):
             raise InvalidToken(detail="token already used")
         admission.grant = grant
         admission.reason = f"{line} is covered by {grant.rar.name}"

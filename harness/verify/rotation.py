@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import hvac
 
+from harness.expiring import ExpiringSet
+
 __all__ = ["RotatingClientSecret", "RotationStats"]
 
 
@@ -53,8 +55,7 @@ class RotatingClientSecret:
         self._clock = clock
         self._lock = threading.Lock()
         self._current: bytes = b""
-        self._used: dict[bytes, float] = {}  # digest -> valid until
-        self._pruned = 0.0
+        self._used = ExpiringSet(clock)  # digests of secrets in their grace period
         self.version = 0
         self.stats = RotationStats()
 
@@ -77,18 +78,14 @@ class RotatingClientSecret:
         presented = _digest(client_secret)
         with self._lock:
             now = self._clock()
-            if now - self._pruned > 5:  # prune now and then, not on every use
-                self._used = {d: until for d, until in self._used.items() if until > now}
-                self._pruned = now
             if self._current and hmac.compare_digest(presented, self._current):
-                self._used[self._current] = now + self.grace_seconds
+                self._used.add(self._current, now + self.grace_seconds)
                 self._write_new_secret()
                 self.stats.rotations += 1
                 return True
             # A dict lookup by SHA-256 digest: what an attacker could learn from its timing is
             # about a hash of a random secret, which is nothing.
-            until = self._used.get(presented)
-            if until is not None and until > now:
+            if presented in self._used:
                 self.stats.accepted_in_grace += 1
                 return True
             self.stats.refused += 1

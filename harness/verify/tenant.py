@@ -123,7 +123,7 @@ class VerifyTenant:
                                sessions=self.sessions, audit=self.audit)
         self.admin_api = AdminApi(directory=self.directory, tokens=self.tokens,
                                   sessions=self.sessions, registry=self.registry,
-                                  audit=self.audit, base_url=self.admin_api_url)
+                                  audit=self.audit, base_url=self.admin_api_url, clock=clock)
         # the token endpoint's grants, in the order discovery lists them
         self._grants: dict[str, Callable[[Client, Any], Response]] = {
             "authorization_code": self.oidc.authorization_code,

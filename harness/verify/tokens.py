@@ -23,6 +23,7 @@ from typing import Any
 
 import jwt
 
+from harness.expiring import ExpiringSet
 from harness.keyset import RotatingKeySet
 from harness.verify.sessions import Session, SessionStore
 
@@ -70,7 +71,7 @@ class TokenService:
         self.refresh_ttl = refresh_ttl
         self._clock = clock
         self._lock = threading.Lock()
-        self._revoked_jtis: dict[str, float] = {}
+        self._revoked_jtis = ExpiringSet(lambda: self._clock())
         self._refresh: dict[str, RefreshGrant] = {}
 
     # -- minting ----------------------------------------------------------------------------
@@ -168,14 +169,10 @@ class TokenService:
     # -- checking ---------------------------------------------------------------------------
 
     def revoke_jti(self, jti: str, until: float) -> None:
-        with self._lock:
-            now = self._clock()
-            self._revoked_jtis = {j: t for j, t in self._revoked_jtis.items() if t > now}
-            self._revoked_jtis[jti] = until
+        self._revoked_jtis.add(jti, until)
 
     def revoked(self, jti: str) -> bool:
-        with self._lock:
-            return jti in self._revoked_jtis
+        return jti in self._revoked_jtis
 
     def decode(self, token: str, *, typ: str = "at+jwt", audience: str | None = None,
                check_session: bool = True) -> dict[str, Any]:
