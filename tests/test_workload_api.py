@@ -85,6 +85,17 @@ def test_request_without_security_header_is_invalid_argument(lab: Lab) -> None:
         assert err2.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_bundle_stream_without_security_header_is_invalid_argument(lab: Lab) -> None:
+    """FetchJWTBundles is a server stream: the refusal arrives as the stream's status."""
+    calls = lab.workload_api.calls["FetchJWTBundles"]
+    channel, stub = raw_stub(lab)
+    with channel, pytest.raises(grpc.RpcError) as err:
+        next(iter(stub.FetchJWTBundles(workload_pb2.JWTBundlesRequest(), timeout=5)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "security header" in err.value.details()
+    assert lab.workload_api.calls["FetchJWTBundles"] == calls + 1  # it reached the agent
+
+
 def test_empty_audience_is_invalid_argument(lab: Lab) -> None:
     channel, stub = raw_stub(lab)
     with channel, pytest.raises(grpc.RpcError) as err:
