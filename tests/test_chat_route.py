@@ -194,3 +194,20 @@ def test_an_expiring_token_is_refreshed_without_stalling_the_lab(lab: Lab,
     assert time.monotonic() - started < 5  # no 10 s stall on the shared event loop
     assert session.access_token != old_access and session.refresh_token != old_refresh
     assert lab.verify.sessions.alive(session.sid)  # one refresh, not a reuse
+
+
+
+def test_behind_a_tls_proxy_the_cookies_are_secure(lab: Lab) -> None:
+    """A TLS-terminating proxy on this host says `X-Forwarded-Proto: https` (uvicorn trusts it
+    from 127.0.0.1 only): the cookies are then `Secure`. (The session cookie is set by the same
+    function after the callback, which the simulated tenant only allows on an http loopback
+    redirect, RFC 8252; the test above shows that function over http.)"""
+    with httpx.Client(base_url=lab.endpoints["chat"], timeout=30) as client:
+        first = client.get("/auth/login", params={"login_hint": "alice@example.com"},
+                           headers={"X-Forwarded-Proto": "https"})
+        plain = client.get("/auth/login", params={"login_hint": "alice@example.com"})
+    assert first.status_code == plain.status_code == 302
+    assert "redirect_uri=https%3A%2F%2F127.0.0.1" in first.headers["location"]
+    hardened = first.headers["set-cookie"]
+    assert "Secure" in hardened and "HttpOnly" in hardened and "samesite=lax" in hardened.lower()
+    assert "Secure" not in plain.headers["set-cookie"]

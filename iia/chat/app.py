@@ -109,9 +109,7 @@ class ChatApp:
         if request.query_params.get("login_hint"):
             params["login_hint"] = request.query_params["login_hint"]
         out = RedirectResponse(f"{meta['authorization_endpoint']}?{urlencode(params)}", 302)
-        out.set_cookie(LOGIN_COOKIE, binding, httponly=True, samesite="lax",
-                       secure=request.url.scheme == "https", path="/auth",
-                       max_age=int(PENDING_TTL))
+        _hardened_cookie(out, request, LOGIN_COOKIE, binding, path="/auth", max_age=PENDING_TTL)
         return out
 
     async def callback(self, request: Request) -> Response:
@@ -142,9 +140,8 @@ class ChatApp:
         session = self.sessions.create(tokens)
         out = RedirectResponse("/", 302)
         out.delete_cookie(LOGIN_COOKIE, path="/auth")
-        out.set_cookie(COOKIE, session.id, httponly=True, samesite="lax",
-                       secure=request.url.scheme == "https", path="/",
-                       max_age=int(self.settings.session_ttl))
+        _hardened_cookie(out, request, COOKIE, session.id, path="/",
+                         max_age=self.settings.session_ttl)
         return out
 
     def _check_id_token(self, id_token: str, nonce: str) -> str | None:
@@ -339,6 +336,15 @@ class ChatApp:
         if self._loop is not None:
             await self._loop.model.close()
         self._http.close()
+
+
+def _hardened_cookie(out: Response, request: Request, name: str, value: str, *, path: str,
+                     max_age: float) -> None:
+    """Every cookie the chat route sets: HttpOnly, SameSite=Lax, and Secure whenever the browser
+    reached us over https (directly, or through a TLS proxy on this host whose
+    `X-Forwarded-Proto` uvicorn trusts)."""
+    out.set_cookie(name, value, httponly=True, samesite="lax",
+                   secure=request.url.scheme == "https", path=path, max_age=int(max_age))
 
 
 def _failed(message: str) -> HTMLResponse:
