@@ -156,6 +156,12 @@ CATALOG: tuple[Tool, ...] = (
          "List the tenant's access policies.", _schema({}),
          summary=lambda a: "Read access policies",
          request=lambda a, c: AdminRequest("GET", "/accesspolicies")),
+    Tool("get_access_policy", 1, "verify_read_access_policy", ("read",),
+         "Read one access policy and its rules.",
+         _schema({"policy_id": ID}, ("policy_id",)),
+         summary=lambda a: f"Read access policy {a['policy_id']}",
+         request=lambda a, c: AdminRequest("GET", f"/accesspolicies/{_p(a['policy_id'])}"),
+         rar_fields=lambda a: {"target": a["policy_id"]}),
     # -- tier 2: writes (the user approves once per session) ------------------------------
     Tool("create_user", 2, "verify_create_user", ("create",), "Create a user.",
          _schema({"user_name": EMAIL, "given_name": NAME, "family_name": NAME,

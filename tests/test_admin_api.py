@@ -9,14 +9,12 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from harness.keyset import RotatingKeySet
-from harness.paths import fixtures_dir
 from harness.verify.tokens import TokenService
 from tests.admin_world import AGENT, ISSUER, TIMEOUT, AdminWorld, served_admin_api
 
@@ -202,25 +200,27 @@ def test_access_policies_list(world: AdminWorld, http: httpx.Client) -> None:
         "policy-default", "policy-mfa", "policy-agent-exchange"}
 
 
-def test_access_policy_get_needs_a_registered_type(world: AdminWorld, http: httpx.Client,
-                                                   tmp_path: Path) -> None:
-    """The lab's registry has no type for `GET /accesspolicies/{id}`, so no token reaches it;
-    a registry that declares one opens it, with no change to the admin API."""
+def test_access_policy_get_covers_exactly_one_policy(world: AdminWorld,
+                                                     http: httpx.Client) -> None:
+    """`verify_read_access_policy` (tier 1) covers `GET /accesspolicies/{target}` for its one
+    target; the list's token does not cover a get, nor one policy's token another policy."""
+    before = world.snapshot()
     refused = http.get("/accesspolicies/policy-mfa",
                        headers=bearer(world.obo("verify_read_access_policies")))
     scim_error(refused, 403, "this token covers GET /accesspolicies; the request is GET "
                              "/accesspolicies/policy-mfa")
-    doc = json.loads((fixtures_dir() / "policy" / "rar_types.json").read_text())
-    doc["types"]["verify_read_access_policy"] = {
-        "tier": 1, "actions": ["read"], "fields": {"target": "string"},
-        "request": {"method": "GET", "path": "/accesspolicies/{target}"}}
-    extended = tmp_path / "rar_types.json"
-    extended.write_text(json.dumps(doc))
-    with served_admin_api(extended) as other, \
-            httpx.Client(base_url=other.base_url, timeout=TIMEOUT) as client:
-        one = client.get("/accesspolicies/policy-mfa", headers=bearer(
-            other.obo("verify_read_access_policy", target="policy-mfa")))
-        assert one.status_code == 200 and one.json()["rules"][0]["action"] == "MFA_PER_SESSION"
+    other = http.get("/accesspolicies/policy-default", headers=bearer(
+        world.obo("verify_read_access_policy", target="policy-mfa")))
+    scim_error(other, 403, "this token covers GET /accesspolicies/policy-mfa; the request is "
+                           "GET /accesspolicies/policy-default")
+    assert world.snapshot() == before
+    one = http.get("/accesspolicies/policy-mfa", headers=bearer(
+        world.obo("verify_read_access_policy", target="policy-mfa")))
+    assert one.status_code == 200, one.text
+    assert one.json()["rules"][0]["action"] == "MFA_PER_SESSION"
+    missing = http.get("/accesspolicies/policy-nope", headers=bearer(
+        world.obo("verify_read_access_policy", target="policy-nope")))
+    scim_error(missing, 404, "policy-nope")
 
 
 def test_discovery(world: AdminWorld, http: httpx.Client) -> None:

@@ -13,7 +13,8 @@ from iia.rar import argument_digest, authorization_details
 def test_every_tool_maps_to_a_registered_type_with_the_same_shape() -> None:
     registry = json.loads((fixtures_dir() / "policy" / "rar_types.json").read_text())["types"]
     example = {"user_id": "u1", "group_id": "g1", "user_name": "a@b.example", "given_name": "A",
-               "family_name": "B", "application_id": "app"}
+               "family_name": "B", "application_id": "app",
+               "policy_id": "policy-mfa"}
     for tool in CATALOG:
         spec = registry[tool.rar_type]
         assert spec["tier"] == tool.tier, tool.name
@@ -29,7 +30,8 @@ def test_tiers_match_the_design() -> None:
     tiers = {t.name: t.tier for t in CATALOG}
     assert tiers == {
         "list_users": 1, "get_user": 1, "list_groups": 1, "list_applications": 1,
-        "get_application": 1, "list_access_policies": 1, "create_user": 2,
+        "get_application": 1, "list_access_policies": 1, "get_access_policy": 1,
+        "create_user": 2,
         "add_user_to_group": 2, "remove_user_from_group": 2, "deactivate_user": 3,
         "revoke_user_sessions": 3, "delete_user": 4, "grant_admin_role": 4}
     assert {t.hitl for t in CATALOG if t.tier == 2} == {"session"}
