@@ -94,7 +94,10 @@ def _now_iso() -> str:
 @dataclass(frozen=True, slots=True)
 class SecurityEvent:
     """One decision. `details` holds type-specific fields (wire names, e.g. `svidAgeS`);
-    `correlation` the ids that join this record to others (e.g. `oboJti`, `approvalId`)."""
+    `correlation` the ids that join this record to others (e.g. `oboJti`, `approvalId`).
+
+    `outcome` is free text and not validated; the chain uses `success`, `denied`, `error`,
+    `pending`, `retry`, and `expired` (a push nobody answered in time, `agent:hitl_expired`)."""
 
     type: str
     outcome: str = "success"

@@ -287,3 +287,53 @@ def test_the_store_is_readable_by_its_owner_only(world: World, tmp_path: Path) -
     loose.touch(mode=0o644)
     Store(loose).close()
     assert stat.S_IMODE(loose.stat().st_mode) == 0o600
+
+
+def test_an_expired_approval_becomes_one_approval_expired_set_per_stream(world: World) -> None:
+    """`agent:hitl_expired` (a push nobody answered) is a decision like any other: each stream
+    that asked for approval-expired gets exactly one SET for it; others get nothing."""
+    first = world.stream([AGENT["approval-expired"]])
+    second = world.stream([AGENT["approval-expired"], AGENT["approval-denied"]])
+    denied_only = world.stream([AGENT["approval-denied"]])
+    event = world.bus.emit("agent:hitl_expired", outcome="expired", session_id="s-9",
+                           user_email="alice@example.com", tool_name="deactivate_user", tier=3,
+                           reason="no answer on the phone within 60 s", duration_ms=60000,
+                           call_id="c-exp", correlation={"approvalId": "req-1"})
+    eventually(lambda: len(world.receiver.events(AGENT["approval-expired"])) == 2,
+               what="one approval-expired SET per stream")
+    time.sleep(0.2)  # nothing else trickles in
+    received = world.receiver.events()
+    assert [e.event_type for e in received] == [AGENT["approval-expired"]] * 2
+    assert world.antenna.store.counts(first) == {"delivered": 1}
+    assert world.antenna.store.counts(second) == {"delivered": 1}
+    assert world.antenna.store.counts(denied_only) == {}
+    for got in received:
+        payload = got.claims["events"][AGENT["approval-expired"]]
+        assert payload["outcome"] == "expired" and payload["durationMs"] == 60000
+        assert payload["correlation"] == {"approvalId": "req-1"}
+        assert payload["bus_event_id"] == event.event_id
+        assert got.claims["sub_id"]["session"]["id"] == "s-9"
+
+
+def test_an_unanswered_push_neither_counts_as_a_denial_nor_resets_the_streak() -> None:
+    from iia.antenna import AnomalyDetector, AnomalyRules
+    from iia.events import SecurityEvent
+
+    revoked: list[tuple[str, str | None, str]] = []
+    detector = AnomalyDetector(AnomalyRules(denied_pushes_in_a_row=3),
+                               lambda sid, email, why: revoked.append((sid, email, why)))
+
+    def push(sid: str, *outcomes: str) -> None:
+        for kind in outcomes:
+            detector.observe(SecurityEvent(type=f"agent:hitl_{kind}", session_id=sid,
+                                           user_email="bob@example.com"))
+
+    push("idle", "expired", "expired", "expired", "expired", "expired")
+    assert revoked == []  # an unattended phone ends no session
+    push("mixed", "denied", "expired", "denied", "expired")
+    assert revoked == []  # two denials so far: the expiries did not count...
+    push("mixed", "denied")
+    assert revoked == [("mixed", "bob@example.com",
+                        "anomaly: 3 push approvals denied in a row")]  # ...nor reset the streak
+    push("reset", "denied", "denied", "approved", "denied", "expired", "denied")
+    assert [sid for sid, _, _ in revoked] == ["mixed"]  # an approval does reset it

@@ -1,7 +1,10 @@
 """Anomaly rules (fixtures/antenna/anomaly.json): when a session crosses one, Antenna revokes it.
 
 * `tier4_refusals`: that many tier-4 token-exchange refusals within `window_seconds`;
-* `denied_pushes_in_a_row`: that many push approvals denied (or unanswered) in a row;
+* `denied_pushes_in_a_row`: that many push approvals the user denied in a row. An approval
+  (`agent:hitl_approved`) resets the streak. A push nobody answered (`agent:hitl_expired`) is
+  not the user's denial: it neither counts nor resets the streak, so an unattended phone does
+  not end a session, and an expiry between two denials does not hide them;
 * `tool_calls_per_minute`: more token exchanges than `max` in the last 60 s.
 
 A session is revoked once; the detector forgets nothing else (the lab runs for hours, not years).
@@ -84,6 +87,7 @@ class AnomalyDetector:
                     reason = f"{self._denied_in_a_row[sid]} push approvals denied in a row"
             elif event.type == "agent:hitl_approved":
                 self._denied_in_a_row[sid] = 0
+            # "agent:hitl_expired" is deliberately neither: see the module docstring
             if reason is not None:
                 self.revoked.add(sid)
         if reason is not None:

@@ -37,6 +37,7 @@ FOR_BUS_EVENT = {
     "agent:token_exchange_denied": AGENT["token-exchange-denied"],
     "agent:hitl_approved": AGENT["approval-given"],
     "agent:hitl_denied": AGENT["approval-denied"],
+    "agent:hitl_expired": AGENT["approval-expired"],  # the push timed out, nobody answered
     "agent:hitl_cached": AGENT["approval-reused"],
     "caep:session_revoked": CAEP["session-revoked"],
 }
