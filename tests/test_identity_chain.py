@@ -156,6 +156,10 @@ def test_stale_secret_is_reread_and_retried_once(
     assert used_versions == [used_versions[0], used_versions[0] + 1]
     retries = events.recent(type="vault:rotation_retry")
     assert len(retries) == 1 and retries[0].to_dict()["staleVersion"] == used_versions[0]
+    # a tool-call event like any other: it says what the refused attempt cost
+    assert isinstance(retries[0].duration_ms, int) and retries[0].duration_ms >= 0
+    assert retries[0].to_dict()["durationMs"] == retries[0].duration_ms
+    assert retries[0].to_dict()["clientId"] == identity.credential().client_id
 
 
 def test_a_second_invalid_client_is_not_retried_again(

@@ -226,13 +226,16 @@ class VaultCredentialSource:
         """Call `use` with a freshly read credential; when the IdP answers `invalid_client`
         (a stale secret), read it again and retry exactly once."""
         credential = self.read()
+        started = time.perf_counter()
         try:
             return use(credential)
         except InvalidClientError as exc:
-            if self._events is not None:
+            if self._events is not None:  # durationMs: what the refused attempt cost
                 self._events.emit("vault:rotation_retry", outcome="retry",
                                   reason=exc.description,
-                                  details={"staleVersion": credential.version})
+                                  duration_ms=round((time.perf_counter() - started) * 1000),
+                                  details={"staleVersion": credential.version,
+                                           "clientId": credential.client_id})
             fresh = self.read()
             return use(fresh)
 
