@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
-__all__ = ["CATALOG", "AdminRequest", "CatalogContext", "Tool", "tool"]
+__all__ = ["CATALOG", "MARKDOWN_END", "MARKDOWN_START", "AdminRequest", "CatalogContext", "Tool",
+           "markdown_table", "replace_markdown_table", "tool"]
 
 Args = Mapping[str, Any]
 
@@ -231,3 +232,60 @@ _BY_NAME = {t.name: t for t in CATALOG}
 def tool(name: str) -> Tool:
     """The tool named `name` (KeyError if the catalog has none)."""
     return _BY_NAME[name]
+
+
+# -- the catalog as documentation ---------------------------------------------------------------
+
+MARKDOWN_START = "<!-- catalog:start -->"
+MARKDOWN_END = "<!-- catalog:end -->"
+
+
+def _template(tool: Tool) -> tuple[str, str]:
+    """The tool's request line and summary with each required argument shown as `{name}`."""
+    args = {name: "{" + name + "}" for name in tool.input_schema.get("required", ())}
+    request = tool.request(args, CatalogContext(admin_group_id="{admin_group}"))
+    return f"{request.method} {unquote(request.path)}", tool.summary(args)
+
+
+def markdown_table(tools: tuple[Tool, ...] = CATALOG) -> str:
+    """The catalog as a Markdown table: tool, tier, RAR type, admin-API request, summary.
+    README.md carries exactly this between MARKDOWN_START and MARKDOWN_END."""
+    rows = ["| tool | tier | RAR type | admin API request | summary |",
+            "|---|---|---|---|---|"]
+    for t in tools:
+        line, summary = _template(t)
+        rows.append(f"| `{t.name}` | {t.tier} | `{t.rar_type}` | `{line}` | {summary} |")
+    return "\n".join(rows) + "\n"
+
+
+def replace_markdown_table(text: str, table: str | None = None) -> str:
+    """`text` with the region between the markers replaced by the table (ValueError when the
+    markers are missing or out of order)."""
+    start, end = text.find(MARKDOWN_START), text.find(MARKDOWN_END)
+    if start < 0 or end < start:
+        raise ValueError(f"expected {MARKDOWN_START} ... {MARKDOWN_END}")
+    head = text[:start + len(MARKDOWN_START)]
+    return f"{head}\n{markdown_table() if table is None else table}{text[end:]}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m iia.catalog --markdown` prints the table; `--readme README.md` rewrites the
+    table in place between the markers."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m iia.catalog", description=main.__doc__)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--markdown", action="store_true", help="print the Markdown table")
+    group.add_argument("--readme", type=Path, help="rewrite the table in this file")
+    options = parser.parse_args(argv)
+    if options.markdown:
+        print(markdown_table(), end="")
+    else:
+        path: Path = options.readme
+        path.write_text(replace_markdown_table(path.read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
