@@ -63,6 +63,7 @@ class LabSettings:
     svid_ttl: float = 300.0
     spiffe_key_rotation: float = 3600.0
     secret_grace_seconds: float = 30.0
+    obo_ttl: int = 900  # lifetime of the on-behalf-of tokens token exchange mints, <= 1 h
     start_timeout: float = 5.0
     clock: Callable[[], float] = time.time
 
@@ -70,7 +71,16 @@ class LabSettings:
         "svid_ttl": "IIA_LAB_SVID_TTL",
         "spiffe_key_rotation": "IIA_LAB_SPIFFE_KEY_ROTATION",
         "secret_grace_seconds": "IIA_LAB_SECRET_GRACE",
+        "obo_ttl": "IIA_LAB_OBO_TTL",
     }
+    MAX_OBO_TTL: ClassVar[int] = 3600
+
+    def __post_init__(self) -> None:
+        if isinstance(self.obo_ttl, bool) or not isinstance(self.obo_ttl, int) \
+                or not 0 < self.obo_ttl <= self.MAX_OBO_TTL:
+            raise HarnessError(f"the OBO token lifetime (IIA_LAB_OBO_TTL) must be a whole "
+                               f"number of seconds in 1..{self.MAX_OBO_TTL}, got "
+                               f"{self.obo_ttl!r}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> LabSettings:
@@ -85,6 +95,11 @@ class LabSettings:
                                        f"got {source[var]!r}") from exc
                 if values[name] < 0 or (name != "secret_grace_seconds" and values[name] == 0):
                     raise HarnessError(f"{var} must be positive, got {source[var]!r}")
+                if name == "obo_ttl":
+                    if values[name] > cls.MAX_OBO_TTL or not values[name].is_integer():
+                        raise HarnessError(f"{var} must be a whole number of seconds, at most "
+                                           f"{cls.MAX_OBO_TTL}, got {source[var]!r}")
+                    values[name] = int(values[name])
         return cls(**{**values, **overrides})
 
 
@@ -180,7 +195,7 @@ class Lab:
             f"http://127.0.0.1:{verify_sock.getsockname()[1]}", fixtures=s.fixtures,
             mcp_client_secret=self.client_secret, mcp_resource=self.mcp_url,
             spiffe_keys_url=f"{discovery_url}/keys", trust_domain=registry.trust_domain,
-            clock=s.clock)
+            obo_token_ttl=s.obo_ttl, clock=s.clock)
         await self._serve(HttpService("verify", self.verify.app(), verify_sock))
 
         # The scripted stand-in for Claude.
