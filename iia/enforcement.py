@@ -2,7 +2,7 @@
 
     1. the caller was authenticated by the resource server (a `Caller`)
     2. the arguments are validated against the tool's schema           -> nothing runs if not
-    3. workload identity: JWT-SVID (actor) and the Vault-held credential
+    3. workload identity: JWT-SVID (actor) and the Vault-held credential, both before step 4
     4. human in the loop: tier 2 once per session (30 min), tier 3 every call, by CIBA push
     5. RFC 8693 token exchange with one RFC 9396 object for exactly this call
     6. the admin API, with the on-behalf-of token
@@ -90,7 +90,21 @@ def _binding(prefix: str, summary: str) -> str:
 
 
 def _correlation(handle: str) -> str:
+    """The approval id events carry: a digest of the CIBA auth_req_id, which only the
+    requesting client may present (OpenID CIBA §7.3), so the handle itself never travels."""
     return hashlib.sha256(handle.encode()).hexdigest()[:16]
+
+
+@dataclass
+class _Trail:
+    """What one call has established so far, for the events that join it up: the actor
+    (after step 3) and the approval that authorizes the call (after step 4)."""
+
+    spiffe_id: str | None = None
+    approval_id: str | None = None
+
+    def correlation(self) -> dict[str, str]:
+        return {"approvalId": self.approval_id} if self.approval_id else {}
 
 
 class EnforcementChain:
@@ -147,35 +161,45 @@ class EnforcementChain:
             return self._fail(tool, timings, began, "invalid_arguments",
                               f"invalid arguments for {tool.name}: {where}: {error.message}")
         details = authorization_details(tool, args, self.admin_api_url)
+        trail = _Trail()
         with bound_fields(rar_summary=details["summary"],
                           correlation={"rarDigest": details["digest"]}):
             try:
-                return self._enforce(tool, args, details, caller, timings, began)
+                return self._enforce(tool, args, details, caller, timings, began, trail)
             except IIAError as exc:
                 return self._fail(tool, timings, began, exc.code, exc.description,
-                                  dependency=exc.dependency)
+                                  dependency=exc.dependency, trail=trail)
             except Exception as exc:  # a bug must still fail closed, with an audit record
                 log.exception("tool call %s failed unexpectedly", tool.name)
                 return self._fail(tool, timings, began, "internal_error",
                                   f"the MCP server failed ({exc.__class__.__name__}); "
-                                  "nothing was done")
+                                  "nothing was done", trail=trail)
 
     def _enforce(self, tool: Tool, args: dict[str, Any], details: dict[str, Any],
-                 caller: Caller, timings: StepTimings, began: float) -> ToolOutcome:
-        # 3. workload identity (fails before anyone is asked anything)
-        t = time.perf_counter()
-        actor = self.identity.svid(self.server.issuer)
-        timings.add("svid", t)
+                 caller: Caller, timings: StepTimings, began: float,
+                 trail: _Trail) -> ToolOutcome:
+        # 3. workload identity, whole: the JWT-SVID and the Vault-held credential (so a
+        #    dependency that is down fails the call before anyone is asked anything)
+        with self.identity.established(self.server.issuer) as workload:
+            timings.steps.update(svid=workload.svid_ms, vault=workload.vault_ms)
+            trail.spiffe_id = workload.spiffe_id
+            with bound_fields(spiffe_id=workload.spiffe_id):
+                return self._authorize_and_send(tool, args, details, caller, timings, began,
+                                                trail)
 
+    def _authorize_and_send(self, tool: Tool, args: dict[str, Any], details: dict[str, Any],
+                            caller: Caller, timings: StepTimings, began: float,
+                            trail: _Trail) -> ToolOutcome:
         # 4. human in the loop
         if tool.hitl == "session":
             t = time.perf_counter()
-            self._session_consent(tool, details, caller)
+            self._session_consent(details, caller, trail)
             timings.add("approval", t)
         elif tool.hitl == "call":
             t = time.perf_counter()
-            self._approve(caller, details, _binding("Approve this one action by the IIA "
-                                                    "agent: ", details["summary"]))
+            trail.approval_id = self._approve(
+                caller, details, _binding("Approve this one action by the IIA agent: ",
+                                          details["summary"]))
             timings.add("approval", t)
 
         # 5. token exchange
@@ -185,13 +209,13 @@ class EnforcementChain:
                            details=details, audience=self.admin_api_url)
         except OAuthError as exc:
             timings.add("exchange", t)
-            return self._denied(tool, exc, caller, timings, began, t)
+            return self._denied(tool, exc, caller, timings, began, t, trail)
         timings.add("exchange", t)
         self.events.emit(
             "agent:token_exchange_success", outcome="success",
             duration_ms=round((time.perf_counter() - t) * 1000),
-            actor_token_type=JWT, spiffe_id=actor.spiffe_id,
-            obo_token_expires_in=obo.expires_in, correlation={"oboJti": obo.jti})
+            actor_token_type=JWT, obo_token_expires_in=obo.expires_in,
+            correlation={"oboJti": obo.jti, **trail.correlation()})
 
         # 6. the admin API
         t = time.perf_counter()
@@ -201,7 +225,7 @@ class EnforcementChain:
             timings.add("admin_api", t)
             return self._fail(tool, timings, began, "admin_api_refused",
                               f"the admin API answered {exc.http_status}: {exc.description}",
-                              obo=obo)
+                              obo=obo, trail=trail)
         timings.add("admin_api", t)
         timings.steps["total"] = round((time.perf_counter() - began) * 1000, 2)
         return ToolOutcome(tool.name, True, result=tool.compact(body), timings=timings,
@@ -209,51 +233,69 @@ class EnforcementChain:
 
     # -- human in the loop ------------------------------------------------------------------
 
-    def _session_consent(self, tool: Tool, details: Mapping[str, Any], caller: Caller) -> None:
-        age = self.consents.age(caller.sid)
-        if age is not None:
+    def _session_consent(self, details: Mapping[str, Any], caller: Caller,
+                         trail: _Trail) -> None:
+        cached = self.consents.consent(caller.sid)
+        if cached is not None:
+            age, trail.approval_id = cached
             self.events.emit("agent:hitl_cached", outcome="success", duration_ms=0,
                              details={"consentAgeS": round(age),
-                                      "consentRemainingS": round(self.consents.ttl - age)})
+                                      "consentRemainingS": round(self.consents.ttl - age)},
+                             correlation=trail.correlation())
             return
         consent = session_consent_details(
             caller.sid, CONSENT_SECONDS, self.admin_api_url,
             summary=f"Let the agent make changes for you for 30 minutes (first: "
                     f"{details['summary']})")
-        self._approve(caller, consent, _binding("Allow the IIA agent to make changes for you "
-                                                "for 30 minutes? First: ", details["summary"]))
-        self.consents.remember(caller.sid)
+        trail.approval_id = self._approve(
+            caller, consent, _binding("Allow the IIA agent to make changes for you for 30 "
+                                      "minutes? First: ", details["summary"]))
+        self.consents.remember(caller.sid, trail.approval_id)
 
-    def _approve(self, caller: Caller, details: Mapping[str, Any], message: str) -> None:
+    def _approve(self, caller: Caller, details: Mapping[str, Any], message: str) -> str:
+        """Push to the user and wait; returns the approval's correlation id. A denial emits
+        `agent:hitl_denied`, a push nobody answered in time `agent:hitl_expired`; both raise."""
         self.events.emit("agent:hitl_required", outcome="pending", duration_ms=0,
                          reason=message)
         started = time.perf_counter()
+        pushed: dict[str, str] = {}
 
         def pending(handle: str, expires_in: float) -> None:
+            pushed["approvalId"] = _correlation(handle)
             self.events.emit("agent:push_pending", outcome="pending", duration_ms=0,
                              details={"expiresInS": round(expires_in)},
-                             correlation={"approvalId": _correlation(handle)})
+                             correlation=dict(pushed))
+
+        def waited() -> int:
+            return round((time.perf_counter() - started) * 1000)
 
         try:
             approval = self.approvals.request(user=caller.email, details=details,
                                               binding_message=message, on_pending=pending)
-        except (ApprovalDeniedError, ApprovalTimeoutError) as exc:
-            self.events.emit("agent:hitl_denied", outcome="denied", reason=exc.description,
-                             duration_ms=round((time.perf_counter() - started) * 1000))
+        except ApprovalTimeoutError as exc:
+            self.events.emit("agent:hitl_expired", outcome="expired", reason=exc.description,
+                             duration_ms=waited(), correlation=dict(pushed))
             raise
+        except ApprovalDeniedError as exc:
+            self.events.emit("agent:hitl_denied", outcome="denied", reason=exc.description,
+                             duration_ms=waited(), correlation=dict(pushed))
+            raise
+        approval_id = _correlation(approval.approval_id)
         self.events.emit("agent:hitl_approved", outcome="success",
                          duration_ms=approval.waited_ms,
-                         correlation={"approvalId": _correlation(approval.approval_id)})
+                         correlation={"approvalId": approval_id})
+        return approval_id
 
     # -- failures ---------------------------------------------------------------------------
 
     def _denied(self, tool: Tool, exc: OAuthError, caller: Caller, timings: StepTimings,
-                began: float, started: float) -> ToolOutcome:
+                began: float, started: float, trail: _Trail) -> ToolOutcome:
         policy = exc.policy_id
         self.events.emit("agent:token_exchange_denied", outcome="denied",
                          reason=exc.description, actor_token_type=JWT,
                          duration_ms=round((time.perf_counter() - started) * 1000),
-                         details={"error": exc.code, **({"policyId": policy} if policy else {})})
+                         details={"error": exc.code, **({"policyId": policy} if policy else {})},
+                         correlation=trail.correlation())
         if policy == "tier2-needs-session-approval":
             # the IdP no longer honours this session's consent (it expired there first): forget
             # ours too, so the next write asks the user again instead of failing until we expire
@@ -268,13 +310,18 @@ class EnforcementChain:
 
     def _fail(self, tool: Tool, timings: StepTimings, began: float, code: str, message: str, *,
               dependency: str | None = None, obo: OboToken | None = None,
-              emit: bool = True) -> ToolOutcome:
+              trail: _Trail | None = None, emit: bool = True) -> ToolOutcome:
         timings.steps["total"] = round((time.perf_counter() - began) * 1000, 2)
         if emit:
+            correlation = trail.correlation() if trail else {}
+            if obo is not None:
+                correlation["oboJti"] = obo.jti
             self.events.emit("agent:tool_error", outcome="error", reason=message,
                              duration_ms=round(timings.steps["total"]),
+                             spiffe_id=trail.spiffe_id if trail else None,
                              details={"error": code,
-                                      **({"dependency": dependency} if dependency else {})})
+                                      **({"dependency": dependency} if dependency else {})},
+                             correlation=correlation)
         return ToolOutcome(tool.name, False, error=message, code=code, timings=timings,
                            obo_claims=dict(obo.claims) if obo else None)
 

@@ -103,29 +103,36 @@ class CibaApprovalChannel:
 
 
 class ConsentCache:
-    """Tier-2 consent per session: given at `approved_at`, valid for `ttl` seconds."""
+    """Tier-2 consent per session: given at `approved_at`, valid for `ttl` seconds, remembered
+    with the id of the approval that gave it (events of later writes correlate to it)."""
 
     def __init__(self, ttl: float = 1800.0, clock: Callable[[], float] = time.time) -> None:
         self.ttl = ttl
         self.clock = clock
         self._lock = threading.Lock()
-        self._consents: dict[str, float] = {}
+        self._consents: dict[str, tuple[float, str | None]] = {}
 
-    def remember(self, session_id: str) -> None:
+    def remember(self, session_id: str, approval_id: str | None = None) -> None:
         with self._lock:
-            self._consents[session_id] = self.clock()
+            self._consents[session_id] = (self.clock(), approval_id)
 
-    def age(self, session_id: str) -> float | None:
-        """Seconds since consent in this session, or None when there is none valid."""
+    def consent(self, session_id: str) -> tuple[float, str | None] | None:
+        """(seconds since consent, approval id) in this session, or None when none is valid."""
         with self._lock:
-            at = self._consents.get(session_id)
-            if at is None:
+            entry = self._consents.get(session_id)
+            if entry is None:
                 return None
+            at, approval_id = entry
             age = self.clock() - at
             if age > self.ttl:
                 del self._consents[session_id]
                 return None
-            return age
+            return age, approval_id
+
+    def age(self, session_id: str) -> float | None:
+        """Seconds since consent in this session, or None when there is none valid."""
+        consent = self.consent(session_id)
+        return None if consent is None else consent[0]
 
     def clear(self) -> None:
         with self._lock:

@@ -4,12 +4,20 @@
 
 `WorkloadIdentity` ties the pieces together from `IdentitySettings`; `iia` imports nothing from
 the lab harness, so the same code runs against a real SPIRE agent and a real Vault.
+
+`WorkloadIdentity.established(audience)` is step 3 of the enforcement chain (DESIGN.md §2): it
+gets the JWT-SVID *and* reads the Vault-held credential before anyone is asked to approve
+anything, so a dependency that is down fails the call first. Inside the block, the credential
+it read serves the block's first `with_credential` use, so establishing costs no extra Vault read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 
 from iia.events import EventBus
@@ -27,6 +35,7 @@ from iia.identity.errors import (
 from iia.identity.settings import IdentitySettings, read_env_file
 from iia.identity.svid import JwtSvidSource, Svid
 from iia.identity.vault import ClientCredential, VaultCredentialSource
+from iia.oauth.errors import InvalidClientError
 
 __all__ = [
     "ClientCredential",
@@ -40,6 +49,7 @@ __all__ = [
     "VaultSealedError",
     "VaultSecretMissingError",
     "VaultUnavailableError",
+    "Workload",
     "WorkloadApiError",
     "WorkloadApiUnavailableError",
     "WorkloadIdentity",
@@ -48,6 +58,40 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Who this workload is for one tool call: its JWT-SVID for the IdP (the actor token), the
+    version of the client credential read from Vault (never the secret itself), and the
+    milliseconds each took."""
+
+    svid: Svid
+    credential_version: int
+    svid_ms: float = 0.0
+    vault_ms: float = 0.0
+
+    @property
+    def spiffe_id(self) -> str:
+        return self.svid.spiffe_id
+
+
+class _Held:
+    """The credential read while establishing, until its first use takes it."""
+
+    __slots__ = ("credential",)
+
+    def __init__(self, credential: ClientCredential) -> None:
+        self.credential: ClientCredential | None = credential
+
+    def take(self) -> ClientCredential | None:
+        credential, self.credential = self.credential, None
+        return credential
+
+
+# per context (a tool call runs in one worker thread, with its own copy of the context)
+_HELD: contextvars.ContextVar[_Held | None] = contextvars.ContextVar("iia_held_credential",
+                                                                    default=None)
 
 
 class WorkloadIdentity:
@@ -74,7 +118,39 @@ class WorkloadIdentity:
         return self.vault.read()
 
     def with_credential(self, use: Callable[[ClientCredential], T]) -> T:
-        return self.vault.with_credential(use)
+        """Call `use` with the client credential: inside `established`, the first use takes the
+        credential read there; every other use reads it from Vault (it rotates after each use).
+        A stale one (`invalid_client`) is read again and retried once (`vault:rotation_retry`)."""
+        held = _HELD.get()
+        credential = held.take() if held is not None else None
+        if credential is None:
+            return self.vault.with_credential(use)
+        try:
+            return use(credential)
+        except InvalidClientError as exc:
+            if self.events is not None:
+                self.events.emit("vault:rotation_retry", outcome="retry",
+                                 reason=exc.description,
+                                 details={"staleVersion": credential.version})
+            return use(self.vault.read())
+
+    @contextlib.contextmanager
+    def established(self, audience: str) -> Iterator[Workload]:
+        """Step 3 of a tool call: a JWT-SVID for `audience` (SPIFFE Workload API), then the
+        client credential (Vault JWT login when the token is cold, kv-v2 read). Raises the
+        typed error naming SPIRE or Vault; nothing else has happened by then."""
+        started = time.perf_counter()
+        svid = self.svid(audience)
+        fetched = time.perf_counter()
+        credential = self.vault.read()
+        workload = Workload(svid=svid, credential_version=credential.version,
+                            svid_ms=round((fetched - started) * 1000, 2),
+                            vault_ms=round((time.perf_counter() - fetched) * 1000, 2))
+        token = _HELD.set(_Held(credential))
+        try:
+            yield workload
+        finally:
+            _HELD.reset(token)
 
     def close(self) -> None:
         self.svids.close()
