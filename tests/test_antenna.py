@@ -337,3 +337,101 @@ def test_an_unanswered_push_neither_counts_as_a_denial_nor_resets_the_streak() -
                         "anomaly: 3 push approvals denied in a row")]  # ...nor reset the streak
     push("reset", "denied", "denied", "approved", "denied", "expired", "denied")
     assert [sid for sid, _, _ in revoked] == ["mixed"]  # an approval does reset it
+
+
+# CAEP 1.0 event-specific claims, from the spec (openid-caep-1_0, §3), written out here rather
+# than taken from iia.antenna.caep so the check does not grade its own homework.
+CAEP_REQUIRED = {
+    CAEP["session-revoked"]: {},
+    CAEP["token-claims-change"]: {"claims": dict},
+    CAEP["credential-change"]: {"credential_type": str, "change_type": str},
+    CAEP["assurance-level-change"]: {"namespace": str, "current_level": str},
+}
+
+
+def assert_caep_1_0(event_type: str, payload: dict) -> None:
+    for name, kind in CAEP_REQUIRED[event_type].items():
+        assert isinstance(payload.get(name), kind) and payload[name], (event_type, name)
+    assert isinstance(payload.get("event_timestamp", 0), int)
+    assert payload.get("initiating_entity", "policy") in ("admin", "user", "policy", "system")
+    for reason in ("reason_admin", "reason_user"):
+        assert reason not in payload or (isinstance(payload[reason], dict) and payload[reason])
+    if event_type == CAEP["credential-change"]:
+        assert payload["change_type"] in ("create", "revoke", "update", "delete")
+    if event_type == CAEP["assurance-level-change"]:
+        assert payload.get("change_direction", "increase") in ("increase", "decrease")
+        if "previous_level" in payload:  # SHOULD say which way it went
+            assert "change_direction" in payload
+
+
+def test_antenna_transmits_every_caep_event_type_it_advertises(world: World) -> None:
+    from iia.antenna import caep
+
+    assert set(CAEP.values()) <= set(SUPPORTED)
+    world.stream(list(CAEP.values()))
+    user = {"format": "email", "email": "alice@example.com"}
+    sent = {
+        CAEP["session-revoked"]: caep.session_revoked(reason_admin="anomaly: test"),
+        CAEP["token-claims-change"]: caep.token_claims_change(
+            {"groups": ["Sales"]}, initiating_entity="admin", reason_admin="group removed"),
+        CAEP["credential-change"]: caep.credential_change(
+            "password", "update", initiating_entity="user", friendly_name="password"),
+        CAEP["assurance-level-change"]: caep.assurance_level_change(
+            "NIST-AAL", "nist-aal2", previous_level="nist-aal1", change_direction="increase",
+            initiating_entity="user"),
+    }
+    jtis = {t: world.antenna.publish(t, payload, user, txn="t-caep")
+            for t, payload in sent.items()}
+    eventually(lambda: len(world.receiver.events()) == 4, what="the four CAEP SETs")
+    for got in world.receiver.events():
+        assert [got.jti] == jtis[got.event_type]
+        assert list(got.claims["events"]) == [got.event_type]  # one event per SET
+        payload = got.claims["events"][got.event_type]
+        assert payload == sent[got.event_type]
+        assert_caep_1_0(got.event_type, payload)
+        assert got.claims["sub_id"] == user and got.claims["txn"] == "t-caep"
+
+
+@pytest.mark.parametrize("event_type,payload", [
+    (CAEP["credential-change"], {"credential_type": "password"}),  # no change_type
+    (CAEP["credential-change"], {"credential_type": "password", "change_type": "rotate"}),
+    (CAEP["assurance-level-change"], {"namespace": "NIST-AAL"}),  # no current_level
+    (CAEP["assurance-level-change"], {"namespace": "NIST-AAL", "current_level": "nist-aal2",
+                                      "change_direction": "sideways"}),
+    (CAEP["token-claims-change"], {"claims": {}}),
+    (CAEP["session-revoked"], {"initiating_entity": "robot"}),
+])
+def test_antenna_refuses_to_sign_a_caep_event_the_spec_does_not_allow(
+        world: World, event_type: str, payload: dict) -> None:
+    from iia.antenna.caep import CaepEventError
+
+    stream_id = world.stream(list(CAEP.values()))
+    with pytest.raises(CaepEventError) as err:
+        world.antenna.publish(event_type, payload, {"format": "opaque", "id": "x"})
+    assert err.value.code == "invalid_event"
+    assert world.antenna.store.counts(stream_id) == {}
+
+
+def test_a_stale_client_secret_becomes_one_credential_change_set(world: World) -> None:
+    """The one natural CAEP credential-change in the product: the MCP server's Vault-held Verify
+    client secret was found stale and re-read (`vault:rotation_retry`). Ordinary reads, logins
+    and SVID fetches are not SETs."""
+    world.stream(list(CAEP.values()))
+    with_session = {"session_id": "s-2", "user_email": "alice@example.com", "call_id": "c-rot"}
+    world.bus.emit("spiffe:svid_fetched", duration_ms=4, **with_session)
+    world.bus.emit("vault:login", duration_ms=6, **with_session)
+    world.bus.emit("vault:secret_read", duration_ms=2, details={"version": 7}, **with_session)
+    world.bus.emit("vault:rotation_retry", outcome="retry", duration_ms=9,
+                   reason="the client secret of mcp-server is stale",
+                   details={"staleVersion": 7, "clientId": "mcp-server"}, **with_session)
+    eventually(lambda: world.receiver.events(), what="the credential-change SET")
+    time.sleep(0.2)
+    [got] = world.receiver.events()
+    assert got.event_type == CAEP["credential-change"]
+    payload = got.claims["events"][CAEP["credential-change"]]
+    assert_caep_1_0(CAEP["credential-change"], payload)
+    assert payload["credential_type"] == "client-secret" and payload["change_type"] == "update"
+    assert payload["initiating_entity"] == "system" and "version 7" in payload["reason_admin"]["en"]
+    # about the client whose secret changed, not about the user's session
+    assert got.claims["sub_id"] == {"format": "opaque", "id": "mcp-server"}
+    assert got.claims["txn"] == "c-rot"

@@ -31,7 +31,9 @@ VERIFICATION = "https://schemas.openid.net/secevent/ssf/event-type/verification"
 
 SUPPORTED = sorted([*CAEP.values(), *AGENT.values(), VERIFICATION])
 
-# bus event type -> SET event type (the decisions; passive identity events are not SETs)
+# bus event type -> SET event type: the decisions, and one identity event that is a CAEP
+# credential change (a stale Vault-held client secret re-read); other passive identity events
+# (SVID fetched, Vault login, secret read) are not SETs
 FOR_BUS_EVENT = {
     "agent:token_exchange_success": AGENT["token-exchange-issued"],
     "agent:token_exchange_denied": AGENT["token-exchange-denied"],
@@ -40,4 +42,5 @@ FOR_BUS_EVENT = {
     "agent:hitl_expired": AGENT["approval-expired"],  # the push timed out, nobody answered
     "agent:hitl_cached": AGENT["approval-reused"],
     "caep:session_revoked": CAEP["session-revoked"],
+    "vault:rotation_retry": CAEP["credential-change"],
 }

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from iia.antenna import caep
 from iia.antenna.anomaly import AnomalyDetector, AnomalyRules
 from iia.antenna.delivery import PushWorker
 from iia.antenna.event_types import CAEP, FOR_BUS_EVENT, SUPPORTED, VERIFICATION
@@ -202,7 +203,10 @@ class Antenna:
 
     def publish(self, event_type: str, event: Mapping[str, Any], subject: Mapping[str, Any], *,
                 txn: str | None = None) -> list[str]:
-        """Enqueue one SET per stream that asked for `event_type`; returns their jtis."""
+        """Enqueue one SET per stream that asked for `event_type`; returns their jtis.
+        A CAEP payload must hold the claims CAEP 1.0 requires (`caep.check`, else
+        `caep.CaepEventError`); `caep`'s builders make such payloads."""
+        event = caep.check(event_type, event)
         jtis = []
         for stream_id, config, status in self.store.streams():
             if status == "disabled" or event_type not in config["events_delivered"]:
@@ -236,9 +240,12 @@ class Antenna:
             if key in wire:
                 payload[key] = wire[key]
         if event.type == "caep:session_revoked":
-            payload = {"event_timestamp": int(self._clock()), "initiating_entity": "policy",
-                       "reason_admin": {"en": event.reason or "session revoked"},
-                       "reason_user": {"en": "Your session was ended by a security policy."}}
+            payload = caep.session_revoked(
+                reason_admin=event.reason or "session revoked", at=self._clock(),
+                reason_user="Your session was ended by a security policy.")
+        elif event.type == "vault:rotation_retry":
+            self._credential_changed(event, wire)
+            return
         subject: dict[str, Any] = {"format": "complex"}
         if event.session_id:
             subject["session"] = {"format": "opaque", "id": event.session_id}
@@ -247,6 +254,20 @@ class Antenna:
         if len(subject) == 1:
             subject = {"format": "uri", "uri": event.spiffe_id or self.issuer}
         self.publish(set_type, payload, subject, txn=event.call_id)
+
+    def _credential_changed(self, event: SecurityEvent, wire: Mapping[str, Any]) -> None:
+        """The MCP server found its Vault-held Verify client secret stale (rotated by another
+        use) and re-read it: CAEP credential-change, `update`, about that client. Rare by
+        construction (only a stale secret triggers it), so not a per-call SET."""
+        client_id = wire.get("clientId")
+        subject = ({"format": "opaque", "id": str(client_id)} if client_id else
+                   {"format": "uri", "uri": event.spiffe_id or self.issuer})
+        payload = caep.credential_change(
+            "client-secret", "update", initiating_entity="system", at=self._clock(),
+            friendly_name="Verify client secret of the MCP server (held in Vault)",
+            reason_admin=f"client secret version {wire.get('staleVersion', '?')} was stale; "
+                         "the current version was read from Vault and the call retried")
+        self.publish(CAEP["credential-change"], payload, subject, txn=event.call_id)
 
     def revoke_session(self, sid: str, email: str | None, reason: str) -> None:
         """Revoke a user session everywhere: a CAEP session-revoked SET to every subscriber."""
@@ -257,9 +278,8 @@ class Antenna:
             self.events.emit("agent:session_killed", outcome="denied", reason=reason,
                              session_id=sid, user_email=email, duration_ms=0)
         else:
-            self.publish(CAEP["session-revoked"], {
-                "event_timestamp": int(self._clock()), "initiating_entity": "policy",
-                "reason_admin": {"en": reason}},
+            self.publish(CAEP["session-revoked"],
+                caep.session_revoked(reason_admin=reason, at=self._clock()),
                 {"format": "complex", "session": {"format": "opaque", "id": sid},
                  **({"user": {"format": "email", "email": email}} if email else {})})
 
