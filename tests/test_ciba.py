@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -91,19 +93,46 @@ def test_unanswered_push_expires(lab: Lab, identity: WorkloadIdentity) -> None:
         lab.verify.ciba.answer(approval.id, approve=True)
 
 
+@contextmanager
+def extra_client(lab: Lab, client_id: str, grant_types: set[str]) -> Iterator[str]:
+    """A second confidential client registered at the shared lab's tenant, its secret in Vault;
+    yields the secret and unregisters the client (and deletes the secret) on exit."""
+    root = lab.openbao.root_client()
+    secret = RotatingClientSecret(root, client_id=client_id, kv_mount="ibm-verify",
+                                  path=client_id)
+    secret.initialize()
+    lab.verify.clients.add(Client(client_id=client_id, public=False,
+                                  grant_types=frozenset(grant_types), secret=secret))
+    try:
+        yield root.secrets.kv.v2.read_secret_version(
+            path=client_id, mount_point="ibm-verify",
+            raise_on_deleted_version=True)["data"]["data"]["client_secret"]
+    finally:
+        lab.verify.clients.remove(client_id)
+        root.secrets.kv.v2.delete_metadata_and_all_versions(path=client_id,
+                                                            mount_point="ibm-verify")
+    assert lab.verify.clients.get(client_id) is None
+
+
 def test_another_client_cannot_poll_my_request(lab: Lab, identity: WorkloadIdentity) -> None:
-    other_secret = RotatingClientSecret(lab.openbao.root_client(), client_id="other-agent",
-                                        kv_mount="ibm-verify", path="other-agent")
-    other_secret.initialize()
-    lab.verify.clients.add(Client(client_id="other-agent", public=False,
-                                  grant_types=frozenset({CIBA}), secret=other_secret))
     response = push(lab, identity)
-    secret = lab.openbao.root_client().secrets.kv.v2.read_secret_version(
-        path="other-agent", mount_point="ibm-verify",
-        raise_on_deleted_version=True)["data"]["data"]["client_secret"]
-    stolen = httpx.post(f"{lab.verify.issuer}/token", auth=("other-agent", secret), data={
-        "grant_type": CIBA, "auth_req_id": response.json()["auth_req_id"]})
-    assert stolen.json()["error"] == "invalid_grant"
+    auth_req_id = response.json()["auth_req_id"]
+    mine = lab.verify.approvals.by_auth_req_id(auth_req_id)
+    assert mine is not None
+    with extra_client(lab, "other-agent", {CIBA}) as secret:
+        stolen = httpx.post(f"{lab.verify.issuer}/token", auth=("other-agent", secret), data={
+            "grant_type": CIBA, "auth_req_id": auth_req_id})
+        assert stolen.status_code == 400 and stolen.json()["error"] == "invalid_grant"
+        assert "access_token" not in stolen.json()
+    # nothing changed: still pending, never polled (no slow_down for its owner), unredeemed
+    assert (mine.status, mine.redeemed, mine.last_poll) == ("pending", False, None)
+    assert mine in lab.verify.approvals.pending("alice@example.com")
+    # the owning client can still poll it, and redeem it once the user approves
+    assert poll(lab, identity, auth_req_id).json()["error"] == "authorization_pending"
+    lab.verify.ciba.answer(mine.id, approve=True)
+    tokens = poll(lab, identity, auth_req_id)
+    assert tokens.status_code == 200, tokens.text
+    assert tokens.json()["authorization_details"] == mine.authorization_details
 
 
 @pytest.mark.parametrize("case,error", [
@@ -135,20 +164,14 @@ def test_bad_push_requests(lab: Lab, identity: WorkloadIdentity, case: str, erro
 
 
 def test_a_client_not_registered_for_ciba_cannot_push(lab: Lab) -> None:
-    secret = RotatingClientSecret(lab.openbao.root_client(), client_id="no-ciba-agent",
-                                  kv_mount="ibm-verify", path="no-ciba-agent")
-    secret.initialize()
-    lab.verify.clients.add(Client(client_id="no-ciba-agent", public=False,
-                                  grant_types=frozenset({"authorization_code"}), secret=secret))
-    value = lab.openbao.root_client().secrets.kv.v2.read_secret_version(
-        path="no-ciba-agent", mount_point="ibm-verify",
-        raise_on_deleted_version=True)["data"]["data"]["client_secret"]
     pending_before = len(lab.verify.approvals.pending())
-    response = httpx.post(f"{lab.verify.issuer}/bc-authorize", auth=("no-ciba-agent", value),
-                          data={"scope": "openid", "login_hint": "alice@example.com",
-                                "binding_message": "Deactivate Laura?",
-                                "authorization_details": json.dumps(
-                                    [rar(lab, "verify_deactivate_user", target="u-laura")])})
+    with extra_client(lab, "no-ciba-agent", {"authorization_code"}) as value:
+        response = httpx.post(
+            f"{lab.verify.issuer}/bc-authorize", auth=("no-ciba-agent", value),
+            data={"scope": "openid", "login_hint": "alice@example.com",
+                  "binding_message": "Deactivate Laura?",
+                  "authorization_details": json.dumps(
+                      [rar(lab, "verify_deactivate_user", target="u-laura")])})
     assert response.status_code == 400 and response.json()["error"] == "unauthorized_client"
     assert len(lab.verify.approvals.pending()) == pending_before
 
@@ -156,9 +179,12 @@ def test_a_client_not_registered_for_ciba_cannot_push(lab: Lab) -> None:
 def test_session_consent_must_name_a_live_session_of_that_user(
         lab: Lab, identity: WorkloadIdentity) -> None:
     bob_sid = sid_of(user_token(lab, "bob@example.com")["access_token"])
+    pending_before = len(lab.verify.approvals.pending())
     response = push(lab, identity, details=rar(lab, "agent_write_consent", session=bob_sid,
                                                duration=1800))
+    assert response.status_code == 400
     assert response.json()["error"] == "invalid_authorization_details"
+    assert len(lab.verify.approvals.pending()) == pending_before  # nothing reached a phone
 
 
 def test_phone_page_renders(lab: Lab) -> None:

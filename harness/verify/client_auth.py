@@ -41,6 +41,10 @@ class ClientRegistry:
     def add(self, client: Client) -> None:
         self._clients[client.client_id] = client
 
+    def remove(self, client_id: str) -> Client | None:
+        """Unregister a client (its tokens and pushes stay as they are); None if unknown."""
+        return self._clients.pop(client_id, None)
+
 
 def _basic_credentials(request: Request) -> tuple[str, str] | None:
     header = request.headers.get("authorization")
