@@ -435,3 +435,43 @@ def test_a_stale_client_secret_becomes_one_credential_change_set(world: World) -
     # about the client whose secret changed, not about the user's session
     assert got.claims["sub_id"] == {"format": "opaque", "id": "mcp-server"}
     assert got.claims["txn"] == "c-rot"
+
+
+def test_a_bus_events_id_leads_to_the_sets_the_receiver_got(world: World,
+                                                             tmp_path: Path) -> None:
+    """One record joins user, agent, operation, approval, token and SET: the bus event carries
+    userEmail, spiffeId, rarType, correlation.approvalId and .oboJti; `antenna.sets_for(eventId)`
+    gives the jti of each SET it became; each SET names the event back (`bus_event_id`) and
+    shares `txn` (the callId) with the other SETs of the same tool call."""
+    from iia.antenna.store import Store
+
+    streams = {world.stream([AGENT["token-exchange-issued"]]) for _ in range(2)}
+    world.stream([AGENT["approval-given"]])  # wants something else: no SET from this event
+    other = world.bus.emit("agent:token_exchange_success", session_id="s-1", call_id="c-0",
+                           user_email="bob@example.com", tool_name="list_groups", tier=1)
+    event = world.bus.emit(
+        "agent:token_exchange_success", session_id="s-1", call_id="c-1",
+        user_email="alice@example.com", tool_name="create_user", tier=2,
+        rar_type="verify_write_users", duration_ms=12,
+        spiffe_id="spiffe://iia.lab/agentic-workload",
+        correlation={"approvalId": "req-7", "oboJti": "obo-jti-1"})
+    issued = world.antenna.sets_for(event.event_id)
+    assert {stream for stream, _ in issued} == streams and len(issued) == 2
+    eventually(lambda: len(world.receiver.events()) == 4, what="two SETs per event")
+    received = {e.jti: e for e in world.receiver.events()}
+    for _, jti in issued:
+        got = received[jti]  # the receiver got exactly these jtis...
+        payload = got.claims["events"][AGENT["token-exchange-issued"]]
+        assert payload["bus_event_id"] == event.event_id and got.claims["txn"] == "c-1"
+        assert payload["correlation"] == {"approvalId": "req-7", "oboJti": "obo-jti-1"}
+        assert payload["userEmail"] == "alice@example.com"
+        assert payload["spiffeId"] == "spiffe://iia.lab/agentic-workload"
+    others = {jti for _, jti in world.antenna.sets_for(other.event_id)}
+    assert others == set(received) - {jti for _, jti in issued}  # ...and the rest are the other's
+    assert world.antenna.sets_for("no-such-event") == []
+    # the index is durable: it is in the outbox's database, not in memory
+    reopened = Store(tmp_path / "a.sqlite")
+    try:
+        assert reopened.sets_for(event.event_id) == issued
+    finally:
+        reopened.close()

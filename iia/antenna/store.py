@@ -4,6 +4,8 @@ their owner) and the outbox of SETs to deliver.
 The outbox keeps the SET's *claims*, not the signed token: a SET is signed when it is sent (with
 the same `jti` on every attempt), so nothing token-shaped rests on disk. Rows move
 pending -> delivered (or failed: refused by the receiver; dropped: the stream was disabled).
+`sets_by_event` indexes every SET issued by the bus event it came from (the event's `eventId`),
+so an audit record joins the SETs that told the world about it (`sets_for`).
 The database holds stream configurations (a push endpoint's Authorization header among them) and
 who-did-what claims, so it is created readable by its owner only (0600; SQLite gives its WAL and
 shared-memory files the same mode).
@@ -34,6 +36,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, created_at REAL NOT NULL,
     delivered_at REAL, last_error TEXT);
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (stream_id, state, next_at, id);
+CREATE TABLE IF NOT EXISTS sets_by_event (
+    event_id TEXT NOT NULL, stream_id TEXT NOT NULL, jti TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS sets_by_event_id ON sets_by_event (event_id);
 """
 
 
@@ -119,12 +124,23 @@ class Store:
     # -- the outbox -------------------------------------------------------------------------
 
     def enqueue(self, stream_id: str, jti: str, event_type: str,
-                claims: dict[str, Any]) -> None:
+                claims: dict[str, Any], event_id: str | None = None) -> None:
+        """Queue a SET; `event_id` (the bus event it reports) indexes it for `sets_for`."""
         now = self._clock()
         with self._tx() as db:
             db.execute("INSERT INTO outbox (stream_id, jti, event_type, claims, state, next_at, "
                        "created_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
                        (stream_id, jti, event_type, json.dumps(claims), now, now))
+            if event_id is not None:
+                db.execute("INSERT INTO sets_by_event VALUES (?, ?, ?)",
+                           (event_id, stream_id, jti))
+
+    def sets_for(self, event_id: str) -> list[tuple[str, str]]:
+        """(stream id, SET jti) of every SET issued for the bus event `event_id`."""
+        with self._lock:
+            rows = self._db.execute("SELECT stream_id, jti FROM sets_by_event WHERE event_id = ? "
+                                    "ORDER BY rowid", (event_id,)).fetchall()
+        return [(r[0], r[1]) for r in rows]
 
     def due(self, stream_id: str, limit: int = 50) -> list[OutboxRow]:
         with self._lock:

@@ -202,8 +202,9 @@ class Antenna:
     # -- events -----------------------------------------------------------------------------
 
     def publish(self, event_type: str, event: Mapping[str, Any], subject: Mapping[str, Any], *,
-                txn: str | None = None) -> list[str]:
+                txn: str | None = None, event_id: str | None = None) -> list[str]:
         """Enqueue one SET per stream that asked for `event_type`; returns their jtis.
+        `event_id` (the bus event this reports) makes them findable with `sets_for`.
         A CAEP payload must hold the claims CAEP 1.0 requires (`caep.check`, else
         `caep.CaepEventError`); `caep`'s builders make such payloads."""
         event = caep.check(event_type, event)
@@ -211,14 +212,22 @@ class Antenna:
         for stream_id, config, status in self.store.streams():
             if status == "disabled" or event_type not in config["events_delivered"]:
                 continue
-            jtis.append(self._enqueue(stream_id, config, event_type, event, subject, txn))
+            jtis.append(self._enqueue(stream_id, config, event_type, event, subject, txn,
+                                      event_id))
         return jtis
 
+    def sets_for(self, event_id: str) -> list[tuple[str, str]]:
+        """(stream id, SET jti) of each SET issued for the bus event `event_id`, in the order
+        they were issued; empty when the event was not a SET type or no stream wanted it.
+        Read from the durable store, so it survives a restart."""
+        return self.store.sets_for(event_id)
+
     def _enqueue(self, stream_id: str, config: Mapping[str, Any], event_type: str,
-                 event: Mapping[str, Any], subject: Mapping[str, Any], txn: str | None) -> str:
+                 event: Mapping[str, Any], subject: Mapping[str, Any], txn: str | None,
+                 event_id: str | None = None) -> str:
         claims = self.signer.claims(audience=config["aud"], event_type=event_type, event=event,
                                     subject=subject, txn=txn)
-        self.store.enqueue(stream_id, claims["jti"], event_type, claims)
+        self.store.enqueue(stream_id, claims["jti"], event_type, claims, event_id)
         self._wake(stream_id)
         return str(claims["jti"])
 
@@ -253,7 +262,7 @@ class Antenna:
             subject["user"] = {"format": "email", "email": event.user_email}
         if len(subject) == 1:
             subject = {"format": "uri", "uri": event.spiffe_id or self.issuer}
-        self.publish(set_type, payload, subject, txn=event.call_id)
+        self.publish(set_type, payload, subject, txn=event.call_id, event_id=event.event_id)
 
     def _credential_changed(self, event: SecurityEvent, wire: Mapping[str, Any]) -> None:
         """The MCP server found its Vault-held Verify client secret stale (rotated by another
@@ -267,7 +276,8 @@ class Antenna:
             friendly_name="Verify client secret of the MCP server (held in Vault)",
             reason_admin=f"client secret version {wire.get('staleVersion', '?')} was stale; "
                          "the current version was read from Vault and the call retried")
-        self.publish(CAEP["credential-change"], payload, subject, txn=event.call_id)
+        self.publish(CAEP["credential-change"], payload, subject, txn=event.call_id,
+                     event_id=event.event_id)
 
     def revoke_session(self, sid: str, email: str | None, reason: str) -> None:
         """Revoke a user session everywhere: a CAEP session-revoked SET to every subscriber."""
