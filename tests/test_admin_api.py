@@ -386,15 +386,23 @@ def test_a_token_must_carry_exactly_one_object(world: AdminWorld, http: httpx.Cl
 
 def test_locations_must_name_this_api(world: AdminWorld, http: httpx.Client) -> None:
     elsewhere = {**world.rar("verify_read_users"), "locations": ["https://other.example/v2.0"]}
-    scim_error(http.get("/Users", headers=bearer(world.obo(details=[elsewhere]))), 403,
-               "locations must be")
+    with nothing_changes(world):
+        response = http.get("/Users", headers=bearer(world.obo(details=[elsewhere])))
+    scim_error(response, 403, "locations must be")
+    assert world.api.requests[-1].outcome == "refused"
 
 
 def test_a_target_is_one_path_segment(world: AdminWorld, http: httpx.Client) -> None:
+    """A read token whose target smuggles a second segment (`<id>/sessions`) does not cover
+    `DELETE /Users/<id>/sessions`: refused, and judy's sessions are still alive."""
     judy = world.user_id("judy@example.com")
+    theirs = [world.login("judy@example.com"), world.login("judy@example.com", "iia-mcp-server")]
     token = world.obo("verify_read_user", target=f"{judy}/sessions")
-    scim_error(http.delete(f"/Users/{judy}/sessions", headers=bearer(token)), 403,
-               "is not one path segment")
+    with nothing_changes(world):
+        response = http.delete(f"/Users/{judy}/sessions", headers=bearer(token))
+    scim_error(response, 403, "is not one path segment")
+    assert world.api.requests[-1].outcome == "refused"
+    assert all(world.sessions.alive(s.sid) for s in theirs)
 
 
 # -- refused: the token itself ------------------------------------------------------------------
