@@ -1,13 +1,18 @@
 """A CAEP receiver (the SSF receiving side of some other system in the enterprise): accepts SETs
 pushed per RFC 8935, validates them (signature via the transmitter's JWKS, iss, aud, typ, jti;
 `harness.ssf.SetValidator`), answers RFC 8935 §2.3 errors, acknowledges a duplicate `jti` again
-while storing it once, and keeps what it received for notebooks and tests (`GET /received`)."""
+while storing it once, and keeps what it received for notebooks and tests (`GET /received`).
+
+Each `ReceivedEvent` also keeps the SET exactly as it came over the wire (`token`), so a test can
+check the token the transmitter actually sent with a JOSE library of its own. It lives in memory
+only: it is left out of the record's repr, out of `GET /received`, and out of every log line.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
@@ -26,6 +31,7 @@ class ReceivedEvent:
     event_type: str
     claims: dict[str, Any]
     received_at: float
+    token: str = field(default="", repr=False, compare=False)  # the SET as sent; never shown
 
 
 class CaepReceiver:
@@ -54,11 +60,13 @@ class CaepReceiver:
             with self._lock:
                 self.refusals.append(exc.err)
             return exc.response()
+        token = (await request.body()).decode().strip()  # read_push read it; Starlette cached it
         jti = str(claims["jti"])
         event_type = next(iter(claims["events"]))
         with self._lock:
             self.deliveries += 1
-            self._events.setdefault(jti, ReceivedEvent(jti, event_type, claims, time.time()))
+            self._events.setdefault(jti, ReceivedEvent(jti, event_type, claims, time.time(),
+                                                       token=token))
         return Response(status_code=202)
 
     async def received(self, request: Request) -> JSONResponse:

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from joserfc import jwt as jose_jwt
+from joserfc.errors import BadSignatureError
 from joserfc.jwk import KeySet
 
 from harness.caep_receiver import CaepReceiver
@@ -88,24 +89,45 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 
 def test_sets_follow_the_ssf_profile_checked_with_an_independent_library(world: World) -> None:
+    """The SET the receiver got over the wire (not one re-signed here), checked with joserfc
+    against the JWKS Antenna publishes over HTTP."""
     world.stream([AGENT["token-exchange-issued"]])
     world.decision()
     eventually(lambda: world.receiver.events(), what="a SET")
     received = world.receiver.events()[0]
-    keys = KeySet.import_key_set(httpx.get(f"{world.antenna.issuer}/jwks").json())
-    token = world.antenna.signer.sign(received.claims)
-    decoded = jose_jwt.decode(token, keys, algorithms=["ES256"])
-    assert decoded.header["typ"] == "secevent+jwt" and decoded.header["kid"]
+    wire = received.token
+    assert wire.count(".") == 2  # a compact JWS, as pushed
+    meta = httpx.get(f"{world.antenna.issuer}/.well-known/ssf-configuration").json()
+    jwks = httpx.get(meta["jwks_uri"]).json()
+    keys = KeySet.import_key_set(jwks)
+    decoded = jose_jwt.decode(wire, keys, algorithms=["ES256"])  # verifies the signature
+    assert decoded.header["typ"] == "secevent+jwt" and decoded.header["alg"] == "ES256"
+    assert decoded.header["kid"] in {k["kid"] for k in jwks["keys"]}
     claims = decoded.claims
-    assert claims["iss"] == world.antenna.issuer and claims["aud"] == world.receiver.audience
-    assert claims["jti"] and claims["iat"] and claims["txn"] == "c0"
-    assert "exp" not in claims and "sub" not in claims
+    jose_jwt.JWTClaimsRegistry(
+        iss={"essential": True, "value": world.antenna.issuer},
+        aud={"essential": True, "value": world.receiver.audience},
+        jti={"essential": True, "value": received.jti},
+        iat={"essential": True}).validate(claims)
+    assert isinstance(claims["iat"], int) and abs(claims["iat"] - time.time()) < 60
+    assert claims["txn"] == "c0"
+    assert "exp" not in claims and "sub" not in claims  # SSF: sub_id instead; SETs never expire
     assert claims["sub_id"] == {"format": "complex",
                                 "session": {"format": "opaque", "id": "s-1"},
                                 "user": {"format": "email", "email": "alice@example.com"}}
-    [(event_type, payload)] = claims["events"].items()
+    [(event_type, payload)] = claims["events"].items()  # exactly one event
     assert event_type == AGENT["token-exchange-issued"]
     assert payload["toolName"] == "list_users" and payload["tier"] == 1
+    assert claims == received.claims  # what the receiver stored is what was signed
+    # the check has teeth: one flipped byte in the signature and joserfc refuses the token
+    head, body, sig = wire.split(".")
+    forged = ".".join([head, body, ("A" if sig[0] != "A" else "B") + sig[1:]])
+    with pytest.raises(BadSignatureError):
+        jose_jwt.decode(forged, keys, algorithms=["ES256"])
+    # the raw SET stays in memory: not in the record's repr, not in GET /received
+    assert wire not in repr(received)
+    listed = httpx.get(world.receiver.audience.rsplit("/events", 1)[0] + "/received")
+    assert listed.status_code == 200 and wire not in listed.text and sig not in listed.text
 
 
 def test_transmitter_metadata(world: World) -> None:
@@ -191,8 +213,7 @@ def test_duplicate_jti_is_acknowledged_and_stored_once(world: World) -> None:
     world.stream([AGENT["token-exchange-issued"]])
     world.decision()
     eventually(lambda: world.receiver.events(), what="a SET")
-    claims = world.receiver.events()[0].claims
-    token = world.antenna.signer.sign(claims)
+    token = world.receiver.events()[0].token  # replay exactly what was pushed
     for _ in range(2):
         again = httpx.post(world.receiver.audience, content=token,
                            headers={"Content-Type": "application/secevent+jwt"})
