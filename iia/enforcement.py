@@ -98,13 +98,16 @@ def _correlation(handle: str) -> str:
 @dataclass
 class _Trail:
     """What one call has established so far, for the events that join it up: the actor
-    (after step 3) and the approval that authorizes the call (after step 4)."""
+    (after step 3), the approval that authorizes the call (after step 4) and the on-behalf-of
+    token's jti (after step 5)."""
 
     spiffe_id: str | None = None
     approval_id: str | None = None
+    obo_jti: str | None = None
 
     def correlation(self) -> dict[str, str]:
-        return {"approvalId": self.approval_id} if self.approval_id else {}
+        ids = {"approvalId": self.approval_id, "oboJti": self.obo_jti}
+        return {k: v for k, v in ids.items() if v}
 
 
 class EnforcementChain:
@@ -211,11 +214,12 @@ class EnforcementChain:
             timings.add("exchange", t)
             return self._denied(tool, exc, caller, timings, began, t, trail)
         timings.add("exchange", t)
+        trail.obo_jti = obo.jti
         self.events.emit(
             "agent:token_exchange_success", outcome="success",
             duration_ms=round((time.perf_counter() - t) * 1000),
             actor_token_type=JWT, obo_token_expires_in=obo.expires_in,
-            correlation={"oboJti": obo.jti, **trail.correlation()})
+            correlation=trail.correlation())
 
         # 6. the admin API
         t = time.perf_counter()
@@ -313,15 +317,12 @@ class EnforcementChain:
               trail: _Trail | None = None, emit: bool = True) -> ToolOutcome:
         timings.steps["total"] = round((time.perf_counter() - began) * 1000, 2)
         if emit:
-            correlation = trail.correlation() if trail else {}
-            if obo is not None:
-                correlation["oboJti"] = obo.jti
             self.events.emit("agent:tool_error", outcome="error", reason=message,
                              duration_ms=round(timings.steps["total"]),
                              spiffe_id=trail.spiffe_id if trail else None,
                              details={"error": code,
                                       **({"dependency": dependency} if dependency else {})},
-                             correlation=correlation)
+                             correlation=trail.correlation() if trail else {})
         return ToolOutcome(tool.name, False, error=message, code=code, timings=timings,
                            obo_claims=dict(obo.claims) if obo else None)
 
