@@ -92,8 +92,6 @@ class AgentLoop:
     async def run(self, messages: list[dict[str, Any]], mcp: McpToolClient, *,
                   on_text: OnText | None = None, on_tool: OnTool | None = None) -> AgentResult:
         """Continue `messages` (ending with the user's message) until Claude answers."""
-        import anthropic
-
         history = list(messages)
         calls: list[dict[str, Any]] = []
         try:
@@ -102,20 +100,11 @@ class AgentLoop:
             return self._ended(exc, calls, history)
         for _ in range(self.settings.max_steps):
             try:
-                async with self.model.messages.stream(
-                        model=self.settings.model, max_tokens=self.settings.max_tokens,
-                        system=self.system, messages=history, tools=tools) as stream:
-                    async for text in stream.text_stream:
-                        if on_text is not None:
-                            await _maybe(on_text(text))
-                    message = await stream.get_final_message()
-            except anthropic.APIError as exc:
-                status = getattr(exc, "status_code", None)
-                reason = f"the model is unavailable: {exc.__class__.__name__}"
-                return AgentResult(text=f"I cannot answer right now ({reason}).",
+                message = await self._turn(history, tools, on_text)
+            except ModelUnavailableError as exc:
+                return AgentResult(text=f"I cannot answer right now ({exc.description}).",
                                    stop="model_unavailable", tool_calls=calls,
-                                   messages=history, reason=reason + (f" ({status})"
-                                                                      if status else ""))
+                                   messages=history, reason=exc.description)
             history.append({"role": "assistant", "content": [_block(b) for b in message.content]})
             uses = [b for b in message.content if b.type == "tool_use"]
             if message.stop_reason != "tool_use" or not uses:
@@ -149,6 +138,27 @@ class AgentLoop:
         return AgentResult(text=f"I stopped after {self.settings.max_steps} steps without "
                                 "finishing; please narrow the request.", stop="max_steps",
                            tool_calls=calls, messages=history)
+
+    async def _turn(self, history: list[dict[str, Any]], tools: list[dict[str, Any]],
+                    on_text: OnText | None) -> anthropic.types.Message:
+        """One model turn, its text streamed to `on_text`. The Messages API's failures become
+        `ModelUnavailableError` here, once, keeping the upstream status."""
+        import anthropic
+
+        try:
+            async with self.model.messages.stream(
+                    model=self.settings.model, max_tokens=self.settings.max_tokens,
+                    system=self.system, messages=history, tools=tools) as stream:
+                async for text in stream.text_stream:
+                    if on_text is not None:
+                        await _maybe(on_text(text))
+                return await stream.get_final_message()
+        except anthropic.APIError as exc:
+            status = getattr(exc, "status_code", None)
+            raise ModelUnavailableError(
+                f"the model is unavailable: {exc.__class__.__name__}"
+                + (f" ({status})" if status else ""),
+                upstream_code=str(status) if status else None) from exc
 
     @staticmethod
     def _ended(exc: SessionEndedError, calls: list[dict[str, Any]],
