@@ -123,14 +123,24 @@ def test_every_decision_becomes_a_set(lab: Lab) -> None:
                         {"user_id": user_id(lab, "oscar@example.com")}).is_error
     assert mcp_call(lab, token, "delete_user", {"user_id": user_id(lab, "ivan@example.com")}
                     ).is_error
+    # a push nobody answered: published straight on the bus, as the chain reports a timeout
+    expired = lab.events.emit("agent:hitl_expired", outcome="expired", session_id=sid,
+                              user_email="alice@example.com", tool_name="deactivate_user",
+                              tier=3, reason="the push expired unanswered", duration_ms=0,
+                              correlation={"approvalId": "req-expired"})
 
-    def mine() -> set[str]:
-        return {e.event_type for e in lab.caep.events()
-                if e.claims["sub_id"].get("session", {}).get("id") == sid}
+    def mine() -> list:
+        return [e for e in lab.caep.events()
+                if e.claims["sub_id"].get("session", {}).get("id") == sid]
 
     wanted = {AGENT["token-exchange-issued"], AGENT["token-exchange-denied"],
-              AGENT["approval-given"], AGENT["approval-denied"], AGENT["approval-reused"]}
-    eventually(lambda: wanted <= mine())
+              AGENT["approval-given"], AGENT["approval-denied"], AGENT["approval-reused"],
+              AGENT["approval-expired"]}
+    eventually(lambda: wanted <= {e.event_type for e in mine()})
+    # the expiry became exactly one SET on the CAEP receiver's stream, the one sets_for names
+    [got] = [e for e in mine() if e.event_type == AGENT["approval-expired"]]
+    assert lab.antenna.sets_for(expired.event_id) == [(lab.streams["caep_receiver"], got.jti)]
+    assert got.claims["events"][AGENT["approval-expired"]]["outcome"] == "expired"
 
 
 def test_the_chat_route_tells_the_user_why(lab: Lab) -> None:
