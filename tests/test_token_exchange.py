@@ -203,6 +203,7 @@ def test_rar_validation(lab: Lab, identity: WorkloadIdentity, alice: dict) -> No
         "wrong tier claimed": {**rar(lab, "verify_delete_user", target="u-1"), "tier": 1},
         "wrong actions": {**good, "actions": ["read", "delete"]},
         "wrong location": {**good, "locations": ["https://other.example/v2.0"]},
+        "target mismatch": {**good, "locations": [f"{lab.verify.admin_api_url}/Users/u-2"]},
         "approval-only type": rar(lab, "agent_write_consent", session="s", duration=1800),
     }
     for case, obj in cases.items():
@@ -215,6 +216,45 @@ def test_rar_validation(lab: Lab, identity: WorkloadIdentity, alice: dict) -> No
             "invalid_authorization_details", lab, before)
     refused(exchange(lab, identity, alice["access_token"], "not json"),
             "invalid_authorization_details", lab, before)
+
+
+def test_rar_target_mismatch(lab: Lab, identity: WorkloadIdentity, alice: dict) -> None:
+    """RFC 9396 §2.2: `locations` may name the admin API or exactly the resource the object
+    covers; a location naming another user than `target` is refused, and so is a target that
+    is not one path segment (it would name another resource once filled into the path)."""
+    api = lab.verify.admin_api_url
+    good = rar(lab, "verify_read_user", target="u-1")
+    exact = {**good, "locations": [f"{api}/Users/u-1"]}
+    cases = {
+        "target mismatch": ({**good, "locations": [f"{api}/Users/u-2"]},
+                            f"verify_read_user: target mismatch: locations name {api}/Users/u-2, "
+                            f"but the object's target 'u-1' names {api}/Users/u-1"),
+        "group mismatch": ({**rar(lab, "verify_add_group_member", target="u-1", group="g-1"),
+                            "locations": [f"{api}/Groups/g-2"]},
+                           "verify_add_group_member: target mismatch: locations name "
+                           f"{api}/Groups/g-2, but the object's group 'g-1' names "
+                           f"{api}/Groups/g-1"),
+        "target is two segments": (rar(lab, "verify_read_user", target="u-1/sessions"),
+                                   "verify_read_user: target 'u-1/sessions' is not one path "
+                                   "segment"),
+        "resource of another type": ({**rar(lab, "verify_read_users"),
+                                      "locations": [f"{api}/Users/u-1"]},
+                                     f"verify_read_users: locations must be [{api!r}] or "
+                                     f"[{api + '/Users'!r}]"),
+    }
+    for case, (obj, description) in cases.items():
+        before = issued_count(lab)
+        decisions = len(lab.verify.audit.decisions("token_exchange"))
+        response = exchange(lab, identity, alice["access_token"], obj)
+        assert refused(response, "invalid_authorization_details", lab, before) == description, \
+            case
+        refusal = lab.verify.audit.decisions("token_exchange")[decisions:]
+        assert [(d.outcome, d.error, d.reason) for d in refusal] == [
+            ("denied", "invalid_authorization_details", description)], case
+    # the exact resource is a valid location: the token carries it unchanged
+    issued = exchange(lab, identity, alice["access_token"], exact)
+    assert issued.status_code == 200, issued.text
+    assert issued.json()["authorization_details"] == [exact]
 
 
 def test_audience_must_be_the_admin_api(lab: Lab, identity: WorkloadIdentity,

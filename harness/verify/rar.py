@@ -5,8 +5,11 @@ Types live in `fixtures/policy/rar_types.json`: for each, its tier, its allowed 
 type-specific fields and the one admin-API request it covers. Every object also carries the
 common fields `type`, `actions`, `locations`, `tier`, `summary` and `digest`. An object is valid
 when its type is registered, it has every field and no other, each field has its type, its
-`actions` and `tier` are the registered ones (the client does not get to choose its tier), and its
-`locations` name the admin API (RFC 9396 §2.2). Anything else is `invalid_authorization_details`.
+`actions` and `tier` are the registered ones (the client does not get to choose its tier), its
+`target` and `group` are each one path segment, and its `locations` (RFC 9396 §2.2) are either the
+admin API or exactly the resource the object covers (the type's path template filled with the
+object's `target`, `group`): a location naming another resource is a target mismatch. Anything
+else is `invalid_authorization_details`.
 """
 
 from __future__ import annotations
@@ -101,9 +104,47 @@ class RarRegistry:
         if obj["tier"] != spec.tier:
             raise InvalidAuthorizationDetails(f"{name} is a tier {spec.tier} operation, not tier "
                                               f"{obj['tier']}")
-        if not spec.approval_only and obj["locations"] != [location]:
-            raise InvalidAuthorizationDetails(f"{name}: locations must be [{location!r}]")
+        if not spec.approval_only:
+            self._check_locations(spec, obj, location)
         if not _DIGEST.match(obj["digest"]):
             raise InvalidAuthorizationDetails(f"{name}: digest must be 'sha256:' and 64 hex "
                                               "digits")
         return spec
+
+    def resource_path(self, spec: RarType, obj: Mapping[str, Any]) -> str | None:
+        """The path (relative to the admin API) of the one resource `obj` covers: the type's
+        template with `{target}`, `{group}` from the object and `{admin_group}` from here."""
+        if spec.path is None:
+            return None
+        values = {"target": obj.get("target"), "group": obj.get("group"),
+                  "admin_group": self.admin_group}
+        path = spec.path
+        for field, value in values.items():
+            placeholder = "{" + field + "}"
+            if placeholder not in path:
+                continue
+            if not isinstance(value, str) or value in ("", ".", "..") or \
+                    any(c in value for c in "/?#"):
+                raise InvalidAuthorizationDetails(f"{spec.name}: {field} {value!r} is not one "
+                                                  "path segment")
+            path = path.replace(placeholder, value)
+        return path
+
+    def _check_locations(self, spec: RarType, obj: Mapping[str, Any], location: str) -> None:
+        """RFC 9396 §2.2: `locations` is `[<the admin API>]` or `[<the resource covered>]`."""
+        path = self.resource_path(spec, obj)
+        resource = location + path if path is not None else None
+        allowed = [location] if resource is None else [location, resource]
+        locations = obj["locations"]
+        if len(locations) == 1 and locations[0] in allowed:
+            return
+        named = locations[0] if len(locations) == 1 else None
+        fields = [f for f in ("target", "group") if spec.path and "{" + f + "}" in spec.path]
+        if named is not None and named.startswith(location + "/") and fields:
+            which = ", ".join(f"{f} {obj[f]!r}" for f in fields)
+            raise InvalidAuthorizationDetails(
+                f"{spec.name}: target mismatch: locations name {named}, but the object's "
+                f"{which} names {resource}")
+        raise InvalidAuthorizationDetails(
+            f"{spec.name}: locations must be [{location!r}]"
+            + (f" or [{resource!r}]" if resource is not None else ""))
