@@ -12,6 +12,7 @@ import httpx
 from harness.lab import Lab
 from harness.verify.login import login
 from iia.identity import WorkloadIdentity
+from iia.resource_server import Caller
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
@@ -106,3 +107,13 @@ def sid_of(token: str) -> str:
     import jwt
 
     return jwt.decode(token, options={"verify_signature": False})["sid"]
+
+
+def caller_of(token: str) -> Caller:
+    """The `Caller` the MCP server's resource server makes of a verified user token (for tests
+    that drive `EnforcementChain.call` directly)."""
+    import jwt
+
+    claims = jwt.decode(token, options={"verify_signature": False})
+    return Caller(token=token, sub=claims["sub"], email=claims["email"], sid=claims["sid"],
+                  claims=claims)

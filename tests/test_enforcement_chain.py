@@ -4,16 +4,20 @@ streamable HTTP, our resource server), the workload identity (SPIFFE + Vault), p
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import jwt
 import pytest
 
 from harness.lab import Lab
-from iia.events import looks_like_secret
+from iia.events import EventBus, looks_like_secret
+from iia.identity import WorkloadIdentity
+from iia.mcp_server import McpServer
+from iia.settings import McpSettings
 from tests.agent_helpers import group_id, mcp_call, phone, user_id
 from tests.conftest import FakeClock
-from tests.helpers import user_token
+from tests.helpers import caller_of, user_token
 
 
 @pytest.fixture
@@ -101,12 +105,130 @@ def test_consent_expires_after_30_minutes(lab: Lab, alice: str) -> None:
 
 
 def test_tier3_asks_every_time(lab: Lab, alice: str) -> None:
+    """The identical call twice: two pushes, two approvals, never a cached one."""
+    target = user_id(lab, "heidi@example.com")
+    pushes = len(lab.verify.approvals.all())
+    start = mark(lab)
     with phone(lab) as p:
-        for email in ("heidi@example.com", "peggy@example.com"):
-            result = mcp_call(lab, alice, "revoke_user_sessions", {"user_id": user_id(lab, email)})
+        for _ in range(2):
+            result = mcp_call(lab, alice, "revoke_user_sessions", {"user_id": target})
             assert not result.is_error, result.text
     assert [a.tier for a in p.answered] == [3, 3]
     assert "Revoke all sessions of user" in p.answered[0].summary
+    assert p.answered[0].id != p.answered[1].id
+    assert len(lab.verify.approvals.all()) == pushes + 2  # two pushes reached the IdP
+    mine = events_of(lab, alice, start)
+    types = [e.type for e in mine]
+    assert types.count("agent:hitl_required") == 2 and types.count("agent:hitl_approved") == 2
+    assert "agent:hitl_cached" not in types
+    exchanged = [e for e in mine if e.type == "agent:token_exchange_success"]
+    assert len(exchanged) == 2
+    assert exchanged[0].correlation["approvalId"] != exchanged[1].correlation["approvalId"]
+
+
+def test_a_push_nobody_answers_expires(lab: Lab, lab_env: dict[str, str],
+                                       identity: WorkloadIdentity, events: EventBus,
+                                       alice: str) -> None:
+    """The MCP server's chain with a 2 s approval timeout (IIA_APPROVAL_TIMEOUT) and no phone:
+    the call ends with `approval_timeout` and `agent:hitl_expired`; nothing else runs."""
+    server = McpServer(McpSettings.from_env({**lab_env, "IIA_APPROVAL_TIMEOUT": "2"}),
+                       identity, events)
+    target = user_id(lab, "judy@example.com")
+    exchanges = len(lab.verify.audit.decisions("token_exchange"))
+    requests = len(lab.verify.admin_api.requests)
+    try:
+        outcome = server.chain.call("deactivate_user", {"user_id": target}, caller_of(alice))
+    finally:
+        server.close()
+    assert not outcome.ok and outcome.code == "approval_timeout"
+    assert "did not answer" in outcome.error
+    types = [e.type for e in events.recent() if e.type.startswith(("agent:", "spiffe:",
+                                                                   "vault:"))]
+    assert "agent:hitl_expired" in types and "agent:hitl_denied" not in types
+    assert not [t for t in types if t.startswith("agent:token_exchange")]
+    expired = events.recent(type="agent:hitl_expired")[0]
+    pending = events.recent(type="agent:push_pending")[0]
+    assert expired.outcome == "expired" and "did not answer" in expired.reason
+    assert expired.duration_ms >= 1000
+    assert expired.correlation["approvalId"] == pending.correlation["approvalId"]
+    assert expired.spiffe_id == "spiffe://iia.lab/agentic-workload"
+    error = events.recent(type="agent:tool_error")[-1].to_dict()
+    assert error["error"] == "approval_timeout"
+    assert len(lab.verify.audit.decisions("token_exchange")) == exchanges  # no exchange
+    assert len(lab.verify.admin_api.requests) == requests  # the admin API saw nothing
+    assert lab.verify.directory.user(target).active is True
+
+
+def _approval_handle(lab: Lab, push_id: str) -> str:
+    """The approval id events carry for the IdP's push `push_id` (a digest of its
+    auth_req_id, which never travels itself)."""
+    push = lab.verify.approvals.get(push_id)
+    assert push is not None
+    return hashlib.sha256(push.auth_req_id.encode()).hexdigest()[:16]
+
+
+def test_one_exchange_record_joins_user_agent_operation_approval_and_token(
+        lab: Lab, alice: str) -> None:
+    workload = "spiffe://iia.lab/agentic-workload"
+    target = user_id(lab, "peggy@example.com")
+    start = mark(lab)
+    with phone(lab) as p:
+        assert not mcp_call(lab, alice, "revoke_user_sessions", {"user_id": target}).is_error
+    mine = events_of(lab, alice, start)
+    approved = next(e for e in mine if e.type == "agent:hitl_approved")
+    record = next(e for e in mine if e.type == "agent:token_exchange_success").to_dict()
+    assert record["userEmail"] == "alice@example.com"  # user
+    assert record["spiffeId"] == workload  # agent
+    assert record["rarType"] == "verify_revoke_user_sessions"  # operation
+    obo = next(o.obo_claims for _, o in reversed(lab.mcp.chain.history)
+               if o.obo_claims and o.obo_claims["jti"] == record["correlation"]["oboJti"])
+    assert obo["authorization_details"][0]["digest"] == record["correlation"]["rarDigest"]
+    assert obo["authorization_details"][0]["target"] == target
+    assert record["correlation"]["approvalId"] == approved.correlation["approvalId"]  # approval
+    issued = lab.verify.audit.decisions("token_exchange")[-1]
+    assert record["correlation"]["oboJti"] == issued.jti  # token, as the IdP minted it
+    assert issued.approval_id == p.answered[0].id  # the IdP's own record of the approval...
+    assert _approval_handle(lab, issued.approval_id) == record["correlation"]["approvalId"]
+    for event in mine:  # the actor is named on every agent decision after step 3
+        if event.type.startswith("agent:"):
+            assert event.spiffe_id == workload, event.type
+
+
+def test_tier2_writes_carry_the_session_consents_approval(lab: Lab, alice: str) -> None:
+    start = mark(lab)
+    with phone(lab):
+        assert not mcp_call(lab, alice, "create_user", {
+            "user_name": "rita@example.com", "given_name": "Rita", "family_name": "R"}
+        ).is_error
+        assert not mcp_call(lab, alice, "add_user_to_group", {
+            "user_id": user_id(lab, "rita@example.com"),
+            "group_id": group_id(lab, "Engineering")}).is_error
+    mine = events_of(lab, alice, start)
+    consent = next(e for e in mine if e.type == "agent:hitl_approved").correlation["approvalId"]
+    cached = next(e for e in mine if e.type == "agent:hitl_cached")
+    assert cached.correlation["approvalId"] == consent
+    exchanged = [e for e in mine if e.type == "agent:token_exchange_success"]
+    assert [e.correlation["approvalId"] for e in exchanged] == [consent, consent]
+    assert len({e.correlation["oboJti"] for e in exchanged}) == 2
+
+
+def test_refusals_name_the_actor(lab: Lab, alice: str) -> None:
+    workload = "spiffe://iia.lab/agentic-workload"
+    start = mark(lab)
+    with phone(lab, plan=False):
+        assert mcp_call(lab, alice, "deactivate_user", {
+            "user_id": user_id(lab, "laura@example.com")}).is_error
+    assert mcp_call(lab, alice, "delete_user", {"user_id": user_id(lab, "ivan@example.com")}
+                    ).is_error
+    mine = events_of(lab, alice, start)
+    denied = next(e for e in mine if e.type == "agent:hitl_denied")
+    pending = next(e for e in mine if e.type == "agent:push_pending")
+    assert denied.spiffe_id == workload
+    assert denied.correlation["approvalId"] == pending.correlation["approvalId"]
+    refused = next(e for e in mine if e.type == "agent:token_exchange_denied")
+    assert refused.spiffe_id == workload and "approvalId" not in refused.correlation
+    errors = [e for e in mine if e.type == "agent:tool_error"]
+    assert errors and all(e.spiffe_id == workload for e in errors)
 
 
 def test_a_denied_tier3_push_changes_nothing(lab: Lab, alice: str) -> None:

@@ -23,23 +23,15 @@ from iia.events import EventBus, SecurityEvent
 from iia.hitl import CibaApprovalChannel, ConsentCache
 from iia.identity import IdentitySettings, WorkloadIdentity
 from iia.oauth.client import AuthorizationServerClient
-from iia.resource_server import Caller
 from iia.sessions import SessionRevocations
 from tests.agent_helpers import ask, group_id, mcp_call, phone, user_id
-from tests.helpers import user_token
+from tests.helpers import caller_of, user_token
 
 
 def dead_url() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"http://127.0.0.1:{s.getsockname()[1]}"
-
-
-def caller(lab: Lab) -> Caller:
-    token = user_token(lab)["access_token"]
-    claims = jwt.decode(token, options={"verify_signature": False})
-    return Caller(token=token, sub=claims["sub"], email=claims["email"], sid=claims["sid"],
-                  claims=claims)
 
 
 _OPEN: list = []
@@ -169,7 +161,7 @@ def test_vault_down_fails_before_anyone_is_asked(lab: Lab, quiet: Quiet, name: s
 
 def test_idp_down(lab: Lab, quiet: Quiet) -> None:
     built, events = chain(lab, issuer=dead_url() + "/oidc/endpoint/default")
-    outcome = built.call("list_users", {}, caller(lab))
+    outcome = built.call("list_users", {}, caller_of(user_token(lab)["access_token"]))
     assert not outcome.ok and outcome.code == "idp_unavailable"
     assert "unreachable" in outcome.error
     assert events.recent(type="agent:tool_error")[0].to_dict()["dependency"] == "idp"
