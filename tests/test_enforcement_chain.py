@@ -350,3 +350,28 @@ def test_removing_a_member_can_be_the_first_write(lab: Lab, alice: str) -> None:
     assert len(p.answered) == 1
     members = lab.verify.directory.group(group_id(lab, "Sales")).members or []
     assert user_id(lab, "frank@example.com") not in {m.value for m in members}
+
+
+def test_the_warm_path_reads_vault_once_per_call(lab: Lab, alice: str) -> None:
+    """Step 3 reads the credential before any approval; the exchange uses that read, so a warm
+    tier-1 call still costs one Vault read, and no login or SVID fetch."""
+    assert not mcp_call(lab, alice, "list_groups", {}).is_error  # warm everything up
+    logins, fetches = lab.mcp_identity.vault.logins, lab.mcp_identity.svids.fetches
+    start = mark(lab)
+    assert not mcp_call(lab, alice, "list_groups", {}).is_error
+    mine = events_of(lab, alice, start)
+    assert [e.type for e in mine if e.type.startswith("vault:")] == ["vault:secret_read"]
+    assert (lab.mcp_identity.vault.logins, lab.mcp_identity.svids.fetches) == (logins, fetches)
+    assert set(lab.mcp.chain.last.timings.steps) >= {"svid", "vault", "exchange", "admin_api"}
+
+
+def test_a_tier3_call_uses_each_credential_read_once(lab: Lab, alice: str) -> None:
+    """The credential read in step 3 serves the push itself; no use meets a stale secret."""
+    start = mark(lab)
+    with phone(lab):
+        assert not mcp_call(lab, alice, "revoke_user_sessions", {
+            "user_id": user_id(lab, "heidi@example.com")}).is_error
+    types = [e.type for e in events_of(lab, alice, start)]
+    assert "vault:rotation_retry" not in types
+    first_read = types.index("vault:secret_read")
+    assert first_read < types.index("agent:hitl_required")
