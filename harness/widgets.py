@@ -1,9 +1,9 @@
 """The lab's notebook widgets (ipywidgets). The logic lives in `LabClient`; these only show it.
 
 * `ChatBox`       ask the agent; the answer streams in, tool calls listed as they happen
-* `PhoneCard`     the user's phone: pending pushes with Approve / Deny and the binding message
-                  (the lab phone page, which works even while a cell is running); in scripted
-                  mode (`IIA_PHONE=scripted`, set by `make test`) `expect()` answers for you
+* `PhoneCard`     the user's phone: appears when a push is pending, with the binding message,
+                  what is asked, the time left and Approve / Deny (over the lab phone's API); in
+                  scripted mode (`IIA_PHONE=scripted`, set by `make test`) `expect()` answers
 * `EventTable`    live security events, denials in red with their reason; mine / all
 * `TokenInspector` the decoded on-behalf-of token of the last call (`act`,
                   `authorization_details`, `exp`): never the token itself
@@ -16,6 +16,7 @@ HTML still shows what happened.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import os
@@ -23,13 +24,14 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import ipywidgets as w
 from IPython.display import HTML, display
 
-from harness.lab_client import LabClient, Turn
+from harness.lab_client import LabClient, PhoneApi, Turn
 
 __all__ = ["ChatBox", "EventTable", "LabConsole", "PhoneCard", "SequenceView", "TokenInspector",
-           "explain"]
+           "details_summary", "explain"]
 
 RED, GREEN, AMBER, BLUE = "#ffebee", "#e8f5e9", "#fff8e1", "#e3f2fd"
 _ROW = {"denied": RED, "error": RED, "success": GREEN, "pending": AMBER, "retry": AMBER}
@@ -154,34 +156,230 @@ class SequenceView:
 
 
 class PhoneCard:
-    def __init__(self, client: LabClient, scripted: bool | None = None) -> None:
-        self.client = client
+    """The user's phone as widgets over the lab phone's API (`PhoneApi`).
+
+    A background thread (`start()` / `stop()`; it sleeps on an Event between polls) lists the
+    pending pushes of `client.user`. While one is pending the card shows who is asked, the binding
+    message, what its authorization_details say, the seconds left, and Approve / Deny buttons that
+    answer it at the IdP. Otherwise it shows "no pending push" and the last answers.
+
+    Clicks reach the kernel while it is idle or while a cell *awaits*: ipykernel dispatches widget
+    messages during an awaiting cell, not during a blocking one. So a notebook waits with
+    `await console.phone.expect(...)`. In scripted mode (`IIA_PHONE=scripted`, CI) `expect()`
+    answers the next push itself, through the same path as the buttons, and the card lists each
+    push with who answered it ("scripted phone").
+    """
+
+    YOU, SCRIPTED, ELSEWHERE = "you (phone card)", "scripted phone", "elsewhere"
+
+    def __init__(self, client: LabClient, scripted: bool | None = None, *,
+                 interval: float = 0.25) -> None:
+        self.phone: PhoneApi = client.phone
+        self.user = client.user
         self.scripted = os.environ.get("IIA_PHONE") == "scripted" if scripted is None \
             else scripted
-        page = client.endpoints["verify"] + "/lab/phone"
-        self.widget = w.HTML(
-            f"<iframe src='{_esc(page)}' style='width:100%;height:260px;border:1px solid #ccc;"
-            f"border-radius:12px'></iframe>" if not self.scripted else
-            "<i>scripted phone: pushes are answered by the notebook</i>")
-        self.answered: list[dict[str, Any]] = []
+        self.interval = interval
+        self.pending: list[dict[str, Any]] = []  # the API's view, oldest first
+        self.answered: list[dict[str, Any]] = []  # every push seen leaving, with who answered
+        self.error: str | None = None
+        self._seen_at = 0.0  # monotonic time of the last poll (for the countdown)
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.approve_button = w.Button(description="Approve", button_style="success",
+                                       icon="check")
+        self.deny_button = w.Button(description="Deny", button_style="danger", icon="times")
+        self.approve_button.on_click(lambda _: self.tap(approve=True))
+        self.deny_button.on_click(lambda _: self.tap(approve=False))
+        self.request = w.HTML()
+        self.card = w.VBox([self.request, w.HBox([self.approve_button, self.deny_button])],
+                           layout=w.Layout(border="2px solid #1565c0", border_radius="12px",
+                                           padding="6px", display="none"))
+        self.status = w.HTML()
+        self.widget = w.VBox([self.card, self.status])
+        self.render()
 
-    def expect(self, approve: bool = True, timeout: float = 120.0) -> dict[str, Any]:
-        """Wait for the next push. Scripted: answer it (approve or deny). Otherwise: wait for
-        the person to tap it on the phone card, and return what they answered."""
-        push = self.client.wait_for_push(timeout=timeout if not self.scripted else 30)
+    # -- the poller ---------------------------------------------------------------------------
+
+    def start(self) -> PhoneCard:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, daemon=True, name="lab-phone")
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll()
+            except httpx.HTTPError as exc:  # the lab went away: say so, keep trying
+                with self._lock:
+                    self.error = f"phone API unreachable ({exc.__class__.__name__})"
+                self.render()
+            self._stop.wait(self.interval)
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Read the pending pushes once; pushes that left without our answer are recorded as
+        answered elsewhere (the lab phone page, `iia-lab approve`) or expired."""
+        pending = self.phone.pending(self.user)
+        with self._changed:
+            current = {p["id"] for p in pending}
+            gone = [p for p in self.pending if p["id"] not in current
+                    and not any(a["id"] == p["id"] for a in self.answered)]
+            for push in gone:
+                self.answered.append(self._record(push, "gone", self.ELSEWHERE))
+            self.pending, self._seen_at, self.error = pending, time.monotonic(), None
+            self._changed.notify_all()
+        self.render()
+        return pending
+
+    # -- answering ----------------------------------------------------------------------------
+
+    def tap(self, approve: bool, push_id: str | None = None, *, by: str | None = None
+            ) -> dict[str, Any] | None:
+        """Answer a pending push (the shown one by default) at the IdP, as a tap on the card
+        would. Returns what was recorded, or None when nothing was pending."""
+        with self._lock:
+            push = next((p for p in self.pending if push_id in (None, p["id"])), None)
+        if push is None:
+            return None
+        response = self.phone.answer(push["id"], approve)
+        body = response.json()
+        outcome = body.get("status", "approved" if approve else "denied") \
+            if response.status_code == 200 else f"not answered: {body.get('error_description')}"
+        with self._changed:
+            record = self._record(push, outcome, by or (self.SCRIPTED if self.scripted
+                                                        else self.YOU))
+            self.answered.append(record)
+            self.pending = [p for p in self.pending if p["id"] != push["id"]]
+            self._changed.notify_all()
+        self.render()
+        return record
+
+    def wait_for_push(self, timeout: float = 30.0) -> dict[str, Any]:
+        """The next pending push (as the poller sees it); polls itself if the poller is off."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self.pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no push reached {self.user}'s phone in {timeout:.0f} s")
+                if self._thread is None:
+                    self._lock.release()
+                    try:
+                        self.poll()
+                    finally:
+                        self._lock.acquire()
+                    if not self.pending:
+                        self._changed.wait(min(left, self.interval))
+                else:
+                    self._changed.wait(left)
+            return self.pending[0]
+
+    def wait_for_answer(self, push_id: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                record = next((a for a in self.answered if a["id"] == push_id), None)
+                if record is not None:
+                    return record
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"nobody answered push {push_id} in {timeout:.0f} s")
+                self._changed.wait(left)
+
+    def expect_now(self, approve: bool = True, timeout: float = 30.0) -> dict[str, Any]:
+        """Blocking form of `expect()` for scripts and tests (a person cannot click while a
+        cell blocks, so in a notebook use `await expect()`)."""
+        push = self.wait_for_push(timeout)
         if self.scripted:
-            time.sleep(0.2)
-            answered = self.client.answer(push["id"], approve)
+            record = self.tap(approve, push["id"], by=self.SCRIPTED)
+            if record is not None:
+                return record
+        return self.wait_for_answer(push["id"], timeout)
+
+    async def expect(self, approve: bool = True, timeout: float | None = None
+                     ) -> dict[str, Any]:
+        """Wait for the next push. Scripted: answer it (approve or deny). Otherwise: wait while
+        the person taps `Approve` or `Deny` on the card (the cell awaits, so the tap gets through)
+        and return what they answered."""
+        if timeout is None:
+            timeout = 30.0 if self.scripted else 300.0
+        if self.scripted:
+            return await asyncio.to_thread(self.expect_now, approve, timeout)
+        push = await asyncio.to_thread(self.wait_for_push, timeout)
+        display(HTML(f"<b>Tap {'Approve' if approve else 'Deny'} on the phone card: "
+                     f"{_esc(push['binding_message'])}</b>"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # short sleeps on the kernel loop let clicks in
+            record = next((a for a in self.answered if a["id"] == push["id"]), None)
+            if record is not None:
+                return record
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"nobody answered push {push['id']} in {timeout:.0f} s")
+
+    # -- what it shows ------------------------------------------------------------------------
+
+    def _record(self, push: dict[str, Any], outcome: str, by: str) -> dict[str, Any]:
+        return {"id": push["id"], "user": push["user"], "tier": push.get("tier"),
+                "binding_message": push["binding_message"],
+                "summary": details_summary(push.get("authorization_details") or []),
+                "outcome": outcome, "by": by, "at": time.strftime("%H:%M:%S")}
+
+    def render(self) -> None:
+        with self._lock:
+            push = self.pending[0] if self.pending else None
+            more = len(self.pending) - 1
+            left = 0
+            if push is not None:
+                left = max(0, int(push.get("expires_in", 0) - (time.monotonic() - self._seen_at)))
+            status = self.snapshot_html()
+        if push is None:
+            self.card.layout.display = "none"
         else:
-            display(HTML(f"<b>Tap {'Approve' if approve else 'Deny'} on the phone: "
-                         f"{_esc(push['binding_message'])}</b>"))
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and any(
-                    p["id"] == push["id"] for p in self.client.pending_pushes()):
-                time.sleep(0.3)
-            answered = {**push, "status": "answered"}
-        self.answered.append(answered)
-        return answered
+            self.request.value = (
+                f"<div><b>IBM Verify</b> - approval requested for <b>{_esc(push['user'])}</b> "
+                f"(tier {_esc(push.get('tier'))})</div>"
+                f"<div style='font-size:1.15em;margin:.4em 0'>{_esc(push['binding_message'])}"
+                f"</div><div><code>{_esc(details_summary(push['authorization_details']))}"
+                f"</code></div><div>expires in <b>{left} s</b>"
+                f"{f' - {more} more waiting' if more > 0 else ''}</div>")
+            self.card.layout.display = "flex"
+        self.status.value = status
+
+    def snapshot_html(self, limit: int = 6) -> str:
+        """What the phone saw: "no pending push" (or the pending one) and the last answers."""
+        with self._lock:
+            head = ("<i>no pending push</i>" if not self.pending else
+                    f"<b>{len(self.pending)} push(es) pending</b>")
+            if self.error:
+                head += f" <span style='color:#c62828'>{_esc(self.error)}</span>"
+            rows = "".join(
+                f"<tr style='background:{GREEN if a['outcome'] == 'approved' else RED}'>"
+                f"<td>{_esc(a['at'])}</td><td>{_esc(a['binding_message'])}</td>"
+                f"<td>{_esc(a['outcome'])}</td><td>{_esc(a['by'])}</td></tr>"
+                for a in self.answered[-limit:])
+        mode = " (scripted phone)" if self.scripted else ""
+        table = (f"<table style='font-size:.85em'><tr><th>time</th><th>push</th><th>answer</th>"
+                 f"<th>answered by</th></tr>{rows}</table>" if rows else "")
+        return f"<div><b>Phone of {_esc(self.user)}</b>{mode}: {head}{table}</div>"
+
+
+def details_summary(details: list[dict[str, Any]]) -> str:
+    """One line per authorization_details object: its summary, else type and target."""
+    lines = []
+    for obj in details:
+        text = obj.get("summary") or " ".join(str(obj[k]) for k in ("type", "target") if k in obj)
+        actions = obj.get("actions")
+        lines.append(f"{text} [{', '.join(map(str, actions))}]" if actions else str(text))
+    return "; ".join(lines) or "(no details)"
 
 
 class ChatBox:
@@ -232,7 +430,7 @@ class LabConsole:
         self.client = LabClient(endpoints, user)
         self.trainer = trainer
         self.chat = ChatBox(self.client)
-        self.phone = PhoneCard(self.client, scripted_phone)
+        self.phone = PhoneCard(self.client, scripted_phone).start()
         self.events = EventTable(self.client)
         self.inspector = TokenInspector(self.client)
         self.sequence = SequenceView(self.client)
@@ -275,6 +473,7 @@ class LabConsole:
         """A static picture of the panels, kept in the notebook's output."""
         self.refresh()
         display(HTML("<div style='border:1px solid #ddd;padding:.5em'>"
+                     f"{self.phone.snapshot_html()}"
                      f"{self.sequence.snapshot_html()}{self.inspector.snapshot_html()}"
                      f"<h4>Security events (this session)</h4>{self.events.snapshot_html()}"
                      "</div>"))
@@ -282,4 +481,5 @@ class LabConsole:
     def close(self) -> None:
         self._stop.set()
         self._poller.join(timeout=5)
+        self.phone.stop()
         self.client.close()
