@@ -194,8 +194,8 @@ class PhoneCard:
         self.deny_button.on_click(lambda _: self.tap(approve=False))
         self.request = w.HTML()
         self.card = w.VBox([self.request, w.HBox([self.approve_button, self.deny_button])],
-                           layout=w.Layout(border="2px solid #1565c0", border_radius="12px",
-                                           padding="6px", display="none"))
+                           layout=w.Layout(border="2px solid #1565c0", padding="6px",
+                                           display="none"))
         self.status = w.HTML()
         self.widget = w.VBox([self.card, self.status])
         self.render()
