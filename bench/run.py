@@ -65,21 +65,49 @@ def counters(lab: Lab) -> dict[str, int]:
 
 
 def breakdown(lab: Lab, since: int, client_p50: float) -> dict[str, float]:
-    """Median milliseconds per step of the enforced calls made after event index `since`."""
-    events = lab.events.recent()[since:]
-    vault: dict[str, float] = {}
-    for e in events:
-        if e.type == "vault:secret_read" and e.call_id:
-            vault[e.call_id] = vault.get(e.call_id, 0) + (e.duration_ms or 0)
-    calls = [(cid, steps) for cid, steps in list(lab.mcp.chain.timings) if cid in vault]
-    med = {k: statistics.median([s.get(k, 0.0) for _, s in calls])
-           for k in ("svid", "exchange", "admin_api", "total")}
-    vault_ms = statistics.median([vault[cid] for cid, _ in calls])
-    return {"svid": round(med["svid"], 2), "vault": round(vault_ms, 2),
-            "exchange": round(med["exchange"] - vault_ms, 2),
-            "admin_api": round(med["admin_api"], 2),
+    """Median milliseconds per step of the enforced calls made after event index `since`
+    (the chain times each step: SVID, Vault read, token exchange, admin API)."""
+    known = {e.call_id for e in lab.events.recent()[since:] if e.call_id}
+    calls = [steps for cid, steps in list(lab.mcp.chain.timings) if cid in known]
+    med = {k: statistics.median([s.get(k, 0.0) for s in calls])
+           for k in ("svid", "vault", "exchange", "admin_api", "total")}
+    return {"svid": round(med["svid"], 2), "vault": round(med["vault"], 2),
+            "exchange": round(med["exchange"], 2), "admin_api": round(med["admin_api"], 2),
             "mcp_and_rest": round(client_p50 - med["total"], 2),
             "chain_total": round(med["total"], 2), "calls": len(calls)}
+
+
+def hop_floor(lab: Lab, calls: int = 400) -> dict[str, float]:
+    """The least one extra request can cost here: a no-op endpoint served like every lab service
+    (uvicorn on the lab's loop), called the way the chain calls the IdP (a pooled sync httpx
+    client, from a worker thread of the lab process). A warm enforced call adds two such hops
+    to the unenforced path (the Vault read and the token exchange) before doing any work."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx as sync_httpx
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    noop = HttpService("bench-noop", Starlette(routes=[Route(
+        "/noop", lambda _request: PlainTextResponse("ok"), methods=["POST"])]))
+    lab._run(noop.start())
+
+    def run() -> list[float]:
+        out = []
+        with sync_httpx.Client(timeout=10) as http:
+            for i in range(calls + 40):
+                started = time.perf_counter()
+                http.post(noop.url + "/noop", data={"x": "y"}).raise_for_status()
+                if i >= 40:
+                    out.append((time.perf_counter() - started) * 1000)
+        return out
+
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            return summary(pool.submit(run).result())
+    finally:
+        lab._run(noop.stop())
 
 
 def revocation_latency(lab: Lab, trials: int = 15) -> dict[str, float]:
@@ -226,6 +254,8 @@ def _measure(lab: Lab, baseline_url: str, cold_url: str) -> int:
                                        "calls": out["calls"], **summary(out["latencies"])}
     print("revocation latency ...", flush=True)
     revocation = revocation_latency(lab)
+    print("one loopback hop (floor) ...", flush=True)
+    floor = hop_floor(lab)
     warm_delta = {k: after[k] - before[k] for k in after}
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
@@ -237,6 +267,7 @@ def _measure(lab: Lab, baseline_url: str, cold_url: str) -> int:
         "breakdown": steps,
         "warm_path_counts": warm_delta,
         "revocation": revocation,
+        "hop_floor": floor,
     }
     p50_gap = results["latency"]["enforced_warm"]["p50_ms"] - \
         results["latency"]["unenforced"]["p50_ms"]
@@ -254,6 +285,7 @@ def _measure(lab: Lab, baseline_url: str, cold_url: str) -> int:
     print(json.dumps(results["latency"], indent=2))
     print(json.dumps(results["targets"], indent=2))
     print(json.dumps(results["revocation"], indent=2))
+    print("one no-op loopback hop:", json.dumps(floor))
     return 0
 
 
