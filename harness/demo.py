@@ -51,7 +51,7 @@ class Trail:
     progress line while a push waits."""
 
     COLORS: ClassVar[dict[str, str]] = {"success": "32", "denied": "31", "error": "31",
-                                        "pending": "33", "retry": "33"}
+                                        "pending": "33", "retry": "33", "expired": "31"}
     QUIET: ClassVar[set[str]] = {"spiffe:svid_cached", "vault:secret_read"}
 
     def __init__(self, client: LabClient, verbose: bool) -> None:
@@ -83,7 +83,7 @@ class Trail:
         self.events.append(event)
         if event["type"] == "agent:push_pending":
             self.waiting_since = time.monotonic()
-        if event["type"] in ("agent:hitl_approved", "agent:hitl_denied"):
+        if event["type"] in ("agent:hitl_approved", "agent:hitl_denied", "agent:hitl_expired"):
             self.waiting_since = None
             if sys.stdout.isatty():
                 say("\r" + " " * 70 + "\r", end="")
