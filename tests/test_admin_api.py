@@ -224,17 +224,33 @@ def test_access_policy_get_covers_exactly_one_policy(world: AdminWorld,
 
 
 def test_discovery(world: AdminWorld, http: httpx.Client) -> None:
-    """RFC 7643 §5: /ServiceProviderConfig needs no token; /ResourceTypes and /Schemas are
-    authenticated (scim2-server's rule) and no RAR type covers them."""
+    """RFC 7644 §4: /ServiceProviderConfig, /ResourceTypes and /Schemas are schema metadata, no
+    tenant data, and need no token; they are read-only (405), and the exemption covers one
+    resource under each, nothing deeper."""
     config = http.get("/ServiceProviderConfig")
     assert config.status_code == 200
     body = config.json()
     assert [s["type"] for s in body["authenticationSchemes"]] == ["oauthbearertoken"]
     assert body["bulk"]["supported"] is False and body["patch"]["supported"] is True
-    for path in ("/Schemas", "/ResourceTypes"):
-        scim_error(http.get(path), 401)
-        scim_error(http.get(path, headers=bearer(world.obo("verify_read_users"))), 403,
-                   f"the request is GET {path}")
+    types = http.get("/ResourceTypes")
+    assert types.status_code == 200, types.text
+    assert {r["id"] for r in types.json()["Resources"]} == {"User", "Group"}
+    assert http.get("/ResourceTypes/User").json()["endpoint"] == "/Users"
+    schemas = http.get("/Schemas")
+    assert schemas.status_code == 200, schemas.text
+    user_schema = "urn:ietf:params:scim:schemas:core:2.0:User"
+    assert user_schema in {s["id"] for s in schemas.json()["Resources"]}
+    assert http.get(f"/Schemas/{user_schema}").json()["name"] == "User"
+    scim_error(http.get("/Schemas/urn:nope"), 404)
+    assert all(r.outcome == "allowed" and r.reason.endswith("(RFC 7644 §4)")
+               for r in world.api.requests[-6:])
+    with nothing_changes(world):
+        for method in ("POST", "PUT", "PATCH", "DELETE"):
+            scim_error(http.request(method, "/Schemas", json={}), 405)
+            scim_error(http.request(method, "/ResourceTypes/User", json={}), 405)
+    # deeper paths are not discovery: they need a token like everything else
+    scim_error(http.get("/Schemas/a/b"), 401)
+    scim_error(http.get("/ResourceTypes/User/x"), 401)
 
 
 # -- refused: the token does not cover the request --------------------------------------------

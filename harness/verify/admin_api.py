@@ -2,9 +2,10 @@
 7644) served by scim2-server, Verify-style JSON for applications and access policies, and
 `DELETE /Users/{id}/sessions`.
 
-Every request but `GET /ServiceProviderConfig` (RFC 7643 §5; scim2-server's rule, which leaves
-`/ResourceTypes` and `/Schemas` authenticated) must carry an on-behalf-of token from token exchange
-whose one `authorization_details` object covers exactly this request:
+Every request but the discovery endpoints (RFC 7644 §4: `/ServiceProviderConfig`, `/ResourceTypes`,
+`/Schemas` and the resources under them, which are schema metadata and hold no tenant data) must
+carry an on-behalf-of token from token exchange whose one `authorization_details` object covers
+exactly this request:
 
 1. `Authorization: Bearer` (RFC 6750 §2.1), a token this tenant signed, unexpired, not revoked,
    its session alive; else 401 with `WWW-Authenticate` (RFC 6750 §3);
@@ -50,9 +51,18 @@ __all__ = ["AdminApi", "AdminRequestRecord", "InvalidToken", "MissingToken", "No
            "NotCovered"]
 
 _BEARER = re.compile(r"^Bearer +([A-Za-z0-9\-._~+/]+=*) *$", re.IGNORECASE)
-PUBLIC_PATHS = frozenset({"/ServiceProviderConfig"})
+# RFC 7644 §4 discovery: what the service provider supports and the schemas it serves.
+PUBLIC_PATHS = frozenset({"/ServiceProviderConfig", "/ResourceTypes", "/Schemas"})
 _ENDS_SESSIONS = {"verify_deactivate_user": "user deactivated through the admin API",
                   "verify_delete_user": "user deleted through the admin API"}
+
+
+def _is_public(path: str) -> bool:
+    """A discovery endpoint or one resource under it (`/Schemas/<urn>`), any method:
+    scim2-server answers 405 to anything but GET there, and 404 to a deeper path."""
+    segments = path.strip("/").split("/")
+    return "/" + segments[0] in PUBLIC_PATHS and len(segments) <= 2 \
+        and not {".", ".."} & set(segments)
 
 
 # -- records ---------------------------------------------------------------------------------
@@ -119,9 +129,10 @@ class _AdminApplication(ASGIApplication):
 
     async def dispatch_request(self, request: ScimRequest) -> ScimResponse:
         admission = cast(_Admission, request.subject)
-        if request.path.rstrip("/") in PUBLIC_PATHS:
+        if _is_public(request.path):
             admission.public = True
-            admission.reason = "discovery needs no token (RFC 7643 §5)"
+            admission.reason = ("discovery is schema metadata, no tenant data, and needs no "
+                                "token (RFC 7644 §4)")
             return await self.handler.handle(request)
         self.api._admit(request, admission)
         segments = request.path.strip("/").split("/")

@@ -71,10 +71,14 @@ class AdminScimService(ScimService):
         if getattr(request.subject, "static", False):
             return  # a static API-client token (configured for the benchmark baseline only)
         grant = getattr(request.subject, "grant", None)
-        segments = grant.path.strip("/").split("/") if isinstance(grant, Grant) else []
+        segments = grant.path.strip("/").split("/") if isinstance(grant, Grant) else [""]
+        if target.endpoint is None:  # a search at the root (RFC 7644 §3.4.3): `POST /.search`
+            covered = segments == [".search"]
+        else:
+            covered = segments[0] == target.endpoint and (
+                target.resource_id is None or segments[1:2] == [target.resource_id])
         if not isinstance(grant, Grant) or grant.rar.method != request.method.upper() or \
-                segments[0] != target.endpoint or \
-                (target.resource_id is not None and segments[1:2] != [target.resource_id]):
+                not covered:
             raise ForbiddenException(detail="no accepted authorization_details covers this "
                                             "operation")
 
