@@ -1,21 +1,26 @@
 """`python -m iia.serve`: the product as a deployment runs it (the docker-compose `iia` service):
 the MCP server, the chat route, Antenna and the security console, configured by `IIA_*`
-variables only (IDs, URLs, ports; the Anthropic key, if any, from `ANTHROPIC_API_KEY`).
+variables only (IDs, URLs, ports; the Anthropic key, if any, from `ANTHROPIC_API_KEY`). The
+variables come from the environment, over an env file if one is named (`--env-file PATH` or
+`IIA_ENV_FILE`; IDs and URLs only, see `iia.settings.load_env`).
 
-    IIA_BIND (0.0.0.0 in a container), IIA_MCP_PORT, IIA_CHAT_PORT, IIA_ANTENNA_PORT,
+    IIA_BIND (127.0.0.1 by default), IIA_MCP_PORT, IIA_CHAT_PORT, IIA_ANTENNA_PORT,
     IIA_CONSOLE_PORT; IIA_ANTENNA_URL (as receivers reach it), IIA_ANTENNA_DB (SQLite path),
     IIA_ANOMALY_RULES (a JSON file like fixtures/antenna/anomaly.json), IIA_SSF_RECEIVERS (a
-    JSON list: name, endpoint_url, aud, events, authorization_header; Antenna creates one push
-    stream for each at start), plus the settings of `iia.identity`, `McpSettings`,
-    `ChatSettings` and `AgentSettings`.
+    JSON list: name, endpoint_url, aud, events, authorization_file; Antenna creates one push
+    stream for each at start, sending the header read from the receiver's file), plus the
+    settings of `iia.identity`, `McpSettings`, `ChatSettings` and `AgentSettings`.
+
+docs/real-services.md lists every setting.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import json
-import os
 import socket
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import uvicorn
@@ -24,10 +29,18 @@ from iia.agent import model_client
 from iia.antenna import SUPPORTED, AnomalyRules, Antenna, antenna_app
 from iia.chat import ChatApp
 from iia.console import console_app
+from iia.errors import ConfigurationError
 from iia.events import EventBus
 from iia.identity import IdentitySettings, WorkloadIdentity
 from iia.mcp_server import McpServer
-from iia.settings import AgentSettings, ChatSettings, McpSettings
+from iia.settings import (
+    AgentSettings,
+    ChatSettings,
+    McpSettings,
+    SsfReceiver,
+    load_env,
+    ssf_receivers,
+)
 
 __all__ = ["main"]
 
@@ -41,38 +54,35 @@ def _socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def subscribe_receivers(antenna: Antenna, receivers: list[dict[str, object]]) -> None:
+def subscribe_receivers(antenna: Antenna, receivers: Sequence[SsfReceiver]) -> None:
     """Create the configured push streams (idempotent per receiver name)."""
     existing = {owner for owner in (c.get("description") for _, c, _ in antenna.store.streams())}
     for receiver in receivers:
-        name = str(receiver["name"])
-        if f"subscription of {name}" in existing:
+        if f"subscription of {receiver.name}" in existing:
             continue
-        antenna.create_stream(name, {
-            "delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": receiver["endpoint_url"],
-                         "authorization_header": receiver.get("authorization_header")},
-            "events_requested": receiver["events"], "aud": receiver["aud"],
-            "description": f"subscription of {name}"})
+        events = list(SUPPORTED) if receiver.events == "ALL" else list(receiver.events)
+        antenna.create_stream(receiver.name, {
+            "delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": receiver.endpoint_url,
+                         "authorization_header": receiver.authorization_header()},
+            "events_requested": events, "aud": receiver.aud,
+            "description": f"subscription of {receiver.name}"})
 
 
-async def run() -> None:
-    env = os.environ
+async def run(env: Mapping[str, str]) -> None:
     host = env.get("IIA_BIND", "127.0.0.1")
+    receivers = ssf_receivers(env)  # configuration errors first, before anything starts
     events = EventBus()
-    identity = WorkloadIdentity(IdentitySettings.from_env(), events=events)
-    mcp = McpServer(McpSettings.from_env(), identity, events)
-    agent = AgentSettings.from_env()
-    chat = ChatApp(ChatSettings.from_env(), agent, events, model=lambda: model_client(agent))
+    identity = WorkloadIdentity(IdentitySettings.from_env(env), events=events)
+    mcp = McpServer(McpSettings.from_env(env), identity, events)
+    agent = AgentSettings.from_env(env)
+    chat = ChatApp(ChatSettings.from_env(env), agent, events, model=lambda: model_client(agent))
     rules = Path(env["IIA_ANOMALY_RULES"]) if env.get("IIA_ANOMALY_RULES") else None
     antenna = Antenna(env["IIA_ANTENNA_URL"], env.get("IIA_ANTENNA_DB", "antenna.sqlite"),
                       events=events, rules=AnomalyRules.load(rules) if rules else None).start()
-    receivers = json.loads(env.get("IIA_SSF_RECEIVERS", "[]"))
     for receiver in receivers:
-        if receiver["events"] == "ALL":
-            receiver["events"] = list(SUPPORTED)
-        if receiver["name"] == "mcp":  # this very process: trust Antenna, demand the header
+        if receiver.name == "mcp":  # this very process: trust Antenna, demand the header
             mcp.ssf.subscribe(antenna.issuer, antenna.issuer + "/jwks",
-                              receiver.get("authorization_header"))
+                              receiver.authorization_header())
     subscribe_receivers(antenna, receivers)
     apps = [(mcp.app(), int(env.get("IIA_MCP_PORT", "8000")), True),
             (chat.app(), int(env.get("IIA_CHAT_PORT", "8001")), False),
@@ -91,8 +101,19 @@ async def run() -> None:
         identity.close()
 
 
-def main() -> None:
-    asyncio.run(run())
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m iia.serve",
+        description="the MCP server, chat route, Antenna and security console of iia")
+    parser.add_argument("--env-file", metavar="PATH",
+                        help="KEY=VALUE settings (IDs and URLs only) under the environment; "
+                             "default: $IIA_ENV_FILE, else none")
+    args = parser.parse_args(argv)
+    try:
+        env = load_env(args.env_file)
+        asyncio.run(run(env))
+    except ConfigurationError as exc:
+        sys.exit(f"iia.serve: {exc}")
 
 
 if __name__ == "__main__":

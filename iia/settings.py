@@ -1,19 +1,26 @@
 """Settings of the MCP server, the agent loop and the chat route: arguments first, then `IIA_*`
-environment variables. IDs, URLs and numbers only; the one secret that may come from the
-environment is the Anthropic API key, read from `ANTHROPIC_API_KEY` and never written anywhere.
+environment variables (optionally read from an env file: `load_env`). IDs, URLs and numbers
+only; the one secret that may come from the environment is the Anthropic API key, read from
+`ANTHROPIC_API_KEY` and never written anywhere. The SSF receivers' bearer credentials are read
+from files the configuration names (`SsfReceiver.authorization_file`).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlparse
 
 from iia.errors import ConfigurationError
+from iia.identity.settings import read_env_file
 
-__all__ = ["AgentSettings", "ChatSettings", "McpSettings"]
+__all__ = ["AgentSettings", "ChatSettings", "McpSettings", "SsfReceiver", "load_env",
+           "ssf_receivers"]
 
 S = TypeVar("S")
 
@@ -118,3 +125,103 @@ class ChatSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ChatSettings:
         return _load(cls, cls.ENV, env, overrides)
+
+
+# -- one settings surface: the environment over an env file -----------------------------------
+
+_SECRET_NAME = re.compile(r"(?:^|_)(?:SECRET|PASSWORD|TOKEN|API_KEY|PRIVATE_KEY)$")
+
+
+def load_env(env_file: str | Path | None = None,
+             environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The settings `iia` runs with: `environ` (default: the process environment) over the env
+    file `env_file`, else `IIA_ENV_FILE`, else none (the format of `.lab/iia.env`).
+
+    The file is configuration: IDs, URLs, paths and ports. A name that looks like a secret
+    (`*_TOKEN`, `*_SECRET`, `*_PASSWORD`, `*_API_KEY`, `*_PRIVATE_KEY`) is refused there; secrets
+    come from the environment (`ANTHROPIC_API_KEY`), Vault, or files a secret store provides.
+    """
+    source = dict(os.environ if environ is None else environ)
+    path = env_file or source.get("IIA_ENV_FILE")
+    if not path:
+        return source
+    try:
+        values = read_env_file(path)
+    except OSError as exc:
+        raise ConfigurationError(f"env file {path}: {exc.strerror or exc}") from exc
+    secret = sorted(k for k in values if _SECRET_NAME.search(k))
+    if secret:
+        raise ConfigurationError(
+            f"env file {path} sets {', '.join(secret)}: an env file holds IDs and URLs only; "
+            "pass secrets in the environment or from a secret store")
+    return {**values, **source}
+
+
+# -- the SSF receivers Antenna pushes to (IIA_SSF_RECEIVERS) ----------------------------------
+
+@dataclass(frozen=True)
+class SsfReceiver:
+    """One receiver of Antenna's push streams (RFC 8935). IDs and URLs only: the Authorization
+    header the receiver demands is read from `authorization_file` (a file a secret store
+    provides: a Docker or Kubernetes secret, a Vault Agent template), never from configuration.
+    `events` is a list of event-type URIs, or "ALL"."""
+
+    name: str
+    endpoint_url: str
+    aud: str
+    events: tuple[str, ...] | str
+    authorization_file: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "endpoint_url",
+                           _url(f"IIA_SSF_RECEIVERS[{self.name}].endpoint_url",
+                                self.endpoint_url))
+        if self.events != "ALL":
+            if isinstance(self.events, str) or not all(isinstance(e, str) for e in self.events):
+                raise ConfigurationError(
+                    f"IIA_SSF_RECEIVERS[{self.name}].events must be a list of URIs or \"ALL\"")
+            object.__setattr__(self, "events", tuple(self.events))
+
+    def authorization_header(self) -> str | None:
+        """The header value from `authorization_file` (read now: a rotated file is re-read)."""
+        if not self.authorization_file:
+            return None
+        try:
+            value = Path(self.authorization_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"IIA_SSF_RECEIVERS[{self.name}].authorization_file "
+                f"{self.authorization_file}: {exc.strerror or exc}") from exc
+        if not value:
+            raise ConfigurationError(f"{self.authorization_file} is empty")
+        return value
+
+
+_RECEIVER_KEYS = {f.name for f in fields(SsfReceiver)}
+
+
+def ssf_receivers(env: Mapping[str, str] | None = None) -> list[SsfReceiver]:
+    """`IIA_SSF_RECEIVERS`: a JSON list of {name, endpoint_url, aud, events,
+    authorization_file?}."""
+    raw = (os.environ if env is None else env).get("IIA_SSF_RECEIVERS") or "[]"
+    try:
+        items = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"IIA_SSF_RECEIVERS is not JSON: {exc}") from exc
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise ConfigurationError("IIA_SSF_RECEIVERS must be a JSON list of objects")
+    receivers = []
+    for item in items:
+        name = item.get("name", "?")
+        if "authorization_header" in item:
+            raise ConfigurationError(
+                f"IIA_SSF_RECEIVERS[{name}] carries authorization_header: a bearer credential "
+                "is a secret, not configuration; put it in a file and name the file in "
+                "authorization_file")
+        unknown = set(item) - _RECEIVER_KEYS
+        missing = {"name", "endpoint_url", "aud", "events"} - set(item)
+        if unknown or missing:
+            raise ConfigurationError(f"IIA_SSF_RECEIVERS[{name}]: unknown {sorted(unknown)}, "
+                                     f"missing {sorted(missing)}")
+        receivers.append(SsfReceiver(**item))
+    return receivers
