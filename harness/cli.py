@@ -152,9 +152,6 @@ def _up_detached(directory: Path, timeout: float) -> int:
     return 1
 
 
-_SECRET_ENV = ("ANTHROPIC_API_KEY", "IIA_SSF_RECEIVERS", "IIA_VAULT_ROOT_TOKEN")
-
-
 def _up_docker(directory: Path) -> int:
     from harness.docker_lab import DockerLab, DockerUnavailableError, runtime_env
     from harness.paths import project_root
@@ -162,9 +159,9 @@ def _up_docker(directory: Path) -> int:
     running = _running_state(directory)
     if running is not None:
         return _already_running(directory, running)
-    env = {**os.environ, **runtime_env()}  # the run's secrets: in memory and in containers only
+    env = {**os.environ, **runtime_env(directory)}  # Vault's root token: memory + containers
     try:
-        lab = DockerLab(project_root(), env)
+        lab = DockerLab(project_root(), directory, env)
         endpoints = lab.up()
     except DockerUnavailableError as exc:
         print(f"iia-lab: {exc}", file=sys.stderr)
@@ -172,9 +169,7 @@ def _up_docker(directory: Path) -> int:
     except HarnessError as exc:
         print(f"iia-lab: the docker lab did not start: {exc}", file=sys.stderr)
         return 1
-    service_env = lab.compose["services"]["iia"]["environment"]
-    settings = {k: str(v) for k, v in service_env.items() if k not in _SECRET_ENV}
-    write_state(directory, endpoints, settings, {"mode": "docker", "pid": None})
+    write_state(directory, endpoints, lab.iia_env(), {"mode": "docker", "pid": None})
     _print_table(probe_all(endpoints))
     return 0
 
@@ -278,7 +273,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         from harness.paths import project_root
 
         try:
-            removed = DockerLab(project_root(), None).down()
+            removed = DockerLab(project_root(), directory, None).down()
         except DockerUnavailableError as exc:
             print(f"iia-lab: {exc}", file=sys.stderr)
             return 1

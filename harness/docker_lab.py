@@ -1,18 +1,26 @@
 """`iia-lab up --docker`: the lab with real SPIRE and a real Vault, from docker-compose.yml,
 driven through the Docker SDK (no `docker compose` binary needed).
 
-The compose file holds no secret. At start we generate what the run needs (Vault's root token,
-the SSF push authorization headers) and pass it in the containers' environment only; then the
-services start in `depends_on` order, each waited for (`service_healthy`,
-`service_completed_successfully`, `service_started`), and `.lab/endpoints.json` is written with the
-same keys as the in-process lab, so the notebooks run unchanged.
+The compose file holds no secret. At start we generate what the run needs: Vault's root token
+(a compose variable, in the containers' environment only) and the SSF push authorization
+headers (the file's top-level `secrets`, copied as files into the containers that declare them,
+with the uid and mode they declare; never written to the host). Then the services start in
+`depends_on` order, each waited for (`service_healthy`, `service_completed_successfully`,
+`service_started`), and `.lab/endpoints.json` is written with the same keys as the in-process
+lab, so the notebooks run unchanged.
+
+The lab directory is mounted at its own absolute path (`IIA_LAB_DIR`), and the SPIRE agent's
+socket directory `<lab dir>/spire-agent` too, so the Workload API socket has one path on the host
+and in every container, like the URLs on 127.0.0.1 (host networking).
 """
 
 from __future__ import annotations
 
-import json
+import io
 import re
 import secrets
+import shutil
+import tarfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,20 +31,26 @@ import yaml
 from harness.errors import HarnessError
 
 __all__ = [
-    "ENDPOINTS",
+    "HTTP_ENDPOINTS",
+    "SOCKET_DIR",
     "DockerLab",
     "DockerUnavailableError",
+    "container_options",
+    "endpoints",
+    "iia_env",
     "interpolate",
     "load_compose",
     "plan",
     "runtime_env",
+    "secret_archive",
 ]
 
 PROJECT = "iia-lab"
 LABEL = {"org.iia.lab": PROJECT}
+SOCKET_DIR = "spire-agent"  # under the lab directory: the SPIRE agent's Workload API socket
 
-# where each service answers on 127.0.0.1 (host networking): the same keys as the lab's
-ENDPOINTS = {
+# where each HTTP service answers on 127.0.0.1 (host networking); `jupyter` is extra
+HTTP_ENDPOINTS = {
     "spiffe_oidc": "http://127.0.0.1:18084",
     "vault": "http://127.0.0.1:18200",
     "verify": "http://127.0.0.1:18300",
@@ -49,6 +63,9 @@ ENDPOINTS = {
     "jupyter": "http://127.0.0.1:18888",
 }
 
+# settings of the `iia` service that are not for `.lab/iia.env` (a secret, from the caller)
+_NOT_SETTINGS = ("ANTHROPIC_API_KEY",)
+
 
 class DockerUnavailableError(HarnessError):
     """No Docker engine answers: `--docker` needs one (the in-process lab does not)."""
@@ -58,24 +75,39 @@ def load_compose(root: Path) -> dict[str, Any]:
     return yaml.safe_load((root / "docker-compose.yml").read_text())
 
 
-def runtime_env() -> dict[str, str]:
-    """The run's secrets and the receivers Antenna subscribes: generated now, never written."""
-    auth = {name: "Bearer " + secrets.token_urlsafe(24) for name in ("verify", "caep", "mcp")}
-    session_revoked = "https://schemas.openid.net/secevent/caep/event-type/session-revoked"
-    receivers = [
-        {"name": "verify", "endpoint_url": "http://127.0.0.1:18300/v1.0/ssf/events",
-         "aud": "http://127.0.0.1:18300/oidc/endpoint/default", "events": [session_revoked],
-         "authorization_header": auth["verify"]},
-        {"name": "mcp", "endpoint_url": "http://127.0.0.1:18400/ssf/events",
-         "aud": "http://127.0.0.1:18400/mcp", "events": [session_revoked],
-         "authorization_header": auth["mcp"]},
-        {"name": "caep_receiver", "endpoint_url": "http://127.0.0.1:18320/events",
-         "aud": "http://127.0.0.1:18320/events", "events": "ALL",
-         "authorization_header": auth["caep"]},
-    ]
-    return {"IIA_VAULT_ROOT_TOKEN": secrets.token_urlsafe(32),
-            "IIA_SSF_AUTH_VERIFY": auth["verify"], "IIA_SSF_AUTH_CAEP": auth["caep"],
-            "IIA_SSF_RECEIVERS": json.dumps(receivers)}
+def endpoints(lab_dir: Path) -> dict[str, str]:
+    """`.lab/endpoints.json` of the docker lab: the in-process lab's keys (and `jupyter`)."""
+    socket = lab_dir.resolve() / SOCKET_DIR / "agent.sock"
+    return {"spiffe_socket": f"unix://{socket}", **HTTP_ENDPOINTS}
+
+
+def runtime_env(lab_dir: Path) -> dict[str, str]:
+    """The compose file's required variables for one run: the lab directory (absolute, as the
+    containers mount it) and Vault's root token (generated now, never written)."""
+    return {"IIA_LAB_DIR": str(lab_dir.resolve()),
+            "IIA_VAULT_ROOT_TOKEN": secrets.token_urlsafe(32)}
+
+
+def iia_env(compose: Mapping[str, Any]) -> dict[str, str]:
+    """`.lab/iia.env` of the docker lab: the (interpolated) `iia` service's settings, which hold
+    IDs, URLs and paths valid on the host too; never a secret."""
+    env = compose["services"]["iia"]["environment"]
+    return {k: str(v) for k, v in env.items() if k not in _NOT_SETTINGS}
+
+
+def secret_archive(files: list[tuple[str, bytes, int, int]]) -> bytes:
+    """A tar of (absolute target, content, uid, mode) for `put_archive` at `/`."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for directory in sorted({str(Path(t).parent).lstrip("/") for t, *_ in files}):
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        for target, data, uid, mode in files:
+            info = tarfile.TarInfo(target.lstrip("/"))
+            info.size, info.uid, info.gid, info.mode = len(data), uid, uid, mode
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
@@ -131,15 +163,20 @@ def _duration_ns(text: str) -> int:
     return value * {"ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000}[unit]
 
 
+def _is_bind(source: str) -> bool:
+    """A host path (bind mount); anything else names a volume of this project."""
+    return source.startswith((".", "/"))
+
+
 def container_options(name: str, spec: Mapping[str, Any], root: Path) -> dict[str, Any]:
-    """The Docker SDK's `containers.run` keyword arguments for one (interpolated) service."""
+    """The Docker SDK's `containers.create` keyword arguments for one (interpolated) service."""
     volumes: dict[str, dict[str, str]] = {}
     for entry in spec.get("volumes") or []:
         source, target, *mode = entry.split(":")
-        key = str((root / source).resolve()) if source.startswith(".") else f"{PROJECT}_{source}"
+        key = str((root / source).resolve()) if _is_bind(source) else f"{PROJECT}_{source}"
         volumes[key] = {"bind": target, "mode": mode[0] if mode else "rw"}
     options: dict[str, Any] = {
-        "image": spec["image"], "name": f"{PROJECT}-{name}", "detach": True,
+        "image": spec["image"], "name": f"{PROJECT}-{name}",
         "labels": {**LABEL, "org.iia.lab.service": name},
         "network_mode": spec.get("network_mode", "host"), "volumes": volumes,
         "environment": dict(spec.get("environment") or {}),
@@ -160,7 +197,7 @@ def container_options(name: str, spec: Mapping[str, Any], root: Path) -> dict[st
 
 
 class DockerLab:
-    def __init__(self, root: Path, env: Mapping[str, str] | None) -> None:
+    def __init__(self, root: Path, lab_dir: Path, env: Mapping[str, str] | None) -> None:
         """`env` fills the compose file's variables (None: only stopping, nothing to fill)."""
         try:
             import docker
@@ -176,11 +213,17 @@ class DockerLab:
                 "--docker` needs one; `iia-lab up` runs the same lab in-process without it.") \
                 from exc
         self.root = root
+        self.lab_dir = lab_dir
         raw = load_compose(root)
         self.compose = interpolate(raw, env) if env is not None else raw
+        # the SSF push authorization headers: in memory, then files in the containers only
+        self._secrets = {name: "Bearer " + secrets.token_urlsafe(24)
+                         for name in self.compose.get("secrets") or {}}
 
     def up(self, timeout: float = 300.0) -> dict[str, str]:
         services = self.compose["services"]
+        # the agent's socket directory exists before Docker would create it (owned by root)
+        (self.lab_dir / SOCKET_DIR).mkdir(mode=0o755, parents=True, exist_ok=True)
         built = False
         for name in plan(self.compose):
             spec = services[name]
@@ -193,12 +236,21 @@ class DockerLab:
                 self.client.images.pull(spec["image"])
             for entry in spec.get("volumes") or []:
                 source = entry.split(":")[0]
-                if not source.startswith("."):
+                if not _is_bind(source):
                     self.client.volumes.create(name=f"{PROJECT}_{source}", labels=LABEL)
             for dependency, condition in (spec.get("depends_on") or {}).items():
                 self._wait(dependency, condition["condition"], timeout)
-            self.client.containers.run(**container_options(name, spec, self.root))
-        return dict(ENDPOINTS)
+            container = self.client.containers.create(**container_options(name, spec,
+                                                                          self.root))
+            files = [(s["target"], self._secrets[s["source"]].encode(), int(s.get("uid", 0)),
+                      int(s.get("mode", 0o400))) for s in spec.get("secrets") or []]
+            if files:
+                container.put_archive("/", secret_archive(files))
+            container.start()
+        return endpoints(self.lab_dir)
+
+    def iia_env(self) -> dict[str, str]:
+        return iia_env(self.compose)
 
     def _wait(self, name: str, condition: str, timeout: float) -> None:
         container = self.client.containers.get(f"{PROJECT}-{name}")
@@ -226,4 +278,5 @@ class DockerLab:
             removed += 1
         for volume in self.client.volumes.list(filters={"label": "org.iia.lab"}):
             volume.remove(force=True)
+        shutil.rmtree(self.lab_dir / SOCKET_DIR, ignore_errors=True)
         return removed

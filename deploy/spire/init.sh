@@ -1,13 +1,24 @@
 #!/bin/sh
 # One-shot: a join token for the agent, and the registration entry of the MCP server workload
-# (the same SPIFFE ID as fixtures/spire/entries.json; uid 1000 runs `iia` in its container).
+# (the same SPIFFE ID as fixtures/spire/entries.json).
+#
+# Selectors, like the lab's (uid + executable path), read from this very image:
+#   unix:uid:10001                        the `iia-mcp` user; only the `iia` container runs as it
+#                                         (the developer and JupyterLab run as uid 1000)
+#   unix:path:/usr/local/bin/python3.X    the image's Python, the executable of `python -m iia.serve`
+# Both must match: another process of uid 10001, or the image's Python run by anyone else, gets
+# no identity.
 set -eu
 SOCKET=/tmp/spire-server/private/api.sock
+MCP_UID=$(id -u iia-mcp)
+PYTHON=$(readlink -f "$(command -v python)")
 spire-server token generate -socketPath "$SOCKET" -spiffeID spiffe://iia.lab/agent \
   | sed -n 's/^Token: //p' > /run/spire/shared/join_token
 spire-server entry create -socketPath "$SOCKET" \
   -parentID spiffe://iia.lab/agent \
   -spiffeID spiffe://iia.lab/agentic-workload \
-  -selector unix:uid:1000 \
+  -selector "unix:uid:$MCP_UID" \
+  -selector "unix:path:$PYTHON" \
   -jwtSVIDTTL 300
-echo "spire-init: join token written, spiffe://iia.lab/agentic-workload registered"
+echo "spire-init: join token written, spiffe://iia.lab/agentic-workload registered for" \
+  "unix:uid:$MCP_UID + unix:path:$PYTHON"
