@@ -21,7 +21,8 @@ CIBA = "urn:openid:params:grant-type:ciba"
 
 TIERS = {"verify_read_users": 1, "verify_read_user": 1, "verify_read_groups": 1,
          "verify_read_applications": 1, "verify_read_application": 1,
-         "verify_read_access_policies": 1, "verify_create_user": 2,
+         "verify_read_access_policies": 1, "verify_read_access_policy": 1,
+         "verify_create_user": 2,
          "verify_add_group_member": 2, "verify_remove_group_member": 2,
          "verify_deactivate_user": 3, "verify_revoke_user_sessions": 3,
          "verify_delete_user": 4, "verify_grant_admin_role": 4, "agent_write_consent": 2}
