@@ -15,6 +15,9 @@ __all__ = ["HttpService", "ServiceLoop", "bind_loopback", "free_port_pair", "res
 HOST = "127.0.0.1"
 
 
+KEEP_ALIVE_S = 30  # seconds an idle keep-alive connection stays open on our servers
+
+
 def bind_loopback(port: int = 0, host: str = HOST) -> socket.socket:
     """A listening TCP socket on 127.0.0.1 (port 0 = the kernel picks a free one); containers
     pass `host="0.0.0.0"` to be reachable on their network.
@@ -67,9 +70,11 @@ class HttpService:
         self.sock = sock or bind_loopback()
         self.port: int = self.sock.getsockname()[1]
         self.url = f"http://{HOST}:{self.port}"
+        # keep idle connections open longer than clients pool them (httpx: 5 s), so a client
+        # never reuses a connection at the instant the server closes it (a reset under load)
         config = uvicorn.Config(app, log_level="warning", access_log=False,
                                 lifespan="on" if lifespan else "off",
-                                timeout_graceful_shutdown=2)
+                                timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=2)
         self._server = uvicorn.Server(config)
         self._task: asyncio.Task[None] | None = None
 
