@@ -29,6 +29,7 @@ import hvac.exceptions
 
 from harness.caep_receiver import CaepReceiver
 from harness.claude import MessagesApi, ScriptedModel
+from harness.lab import LabSettings
 from harness.net import HttpService, bind_loopback, serve_until_signalled
 from harness.openbao import VaultLayout, bootstrap
 from harness.paths import fixtures_dir
@@ -43,7 +44,7 @@ _VAULT = frozenset({"IIA_VAULT_ADDR", "IIA_VAULT_ROOT_TOKEN", "IIA_SPIFFE_OIDC_U
 # service -> (the settings it requires, the settings it may read)
 SETTINGS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "verify": (_VAULT | {"IIA_VERIFY_PUBLIC_URL", "IIA_MCP_RESOURCE"},
-               _HTTP | {"IIA_ANTENNA_URL", "IIA_SSF_AUTHORIZATION_FILE"}),
+               _HTTP | {"IIA_ANTENNA_URL", "IIA_SSF_AUTHORIZATION_FILE", "IIA_LAB_OBO_TTL"}),
     "caep-receiver": (frozenset({"IIA_CAEP_RECEIVER_AUDIENCE", "IIA_ANTENNA_URL"}),
                       _HTTP | {"IIA_SSF_AUTHORIZATION_FILE"}),
     "model": (frozenset(), _HTTP),
@@ -129,7 +130,8 @@ def services(name: str) -> list[HttpService]:
         secret.initialize()  # a fresh tenant starts with a fresh secret
         tenant = VerifyTenant(cfg["IIA_VERIFY_PUBLIC_URL"], fixtures=fixtures_dir(),
                               mcp_client_secret=secret, mcp_resource=cfg["IIA_MCP_RESOURCE"],
-                              spiffe_keys_url=cfg["IIA_SPIFFE_OIDC_URL"] + "/keys")
+                              spiffe_keys_url=cfg["IIA_SPIFFE_OIDC_URL"] + "/keys",
+                              obo_token_ttl=LabSettings.from_env(cfg).obo_ttl)  # validated
         if "IIA_ANTENNA_URL" in cfg:
             antenna = cfg["IIA_ANTENNA_URL"]
             tenant.ssf.trust(antenna, antenna + "/jwks", _authorization(cfg))
