@@ -31,7 +31,14 @@ from typing import IO
 
 from harness.errors import HarnessError
 from harness.health import ServiceHealth, probe_all
-from harness.lab_state import ENDPOINTS, STATE, STATE_FILES, read_json, write_state
+from harness.lab_state import (
+    ENDPOINTS,
+    STATE,
+    STATE_FILES,
+    process_alive,
+    read_json,
+    write_state,
+)
 from harness.paths import lab_dir
 
 __all__ = ["main"]
@@ -224,40 +231,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 # -- down -------------------------------------------------------------------------------------
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours counts as gone once reaped
-        return os.waitpid(pid, os.WNOHANG) == (0, 0)
-    except ChildProcessError:
-        return Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid)
-
-
-def _proc_state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
-
-
 def _stop_pid(pid: int, directory: Path, grace: float = 10.0) -> None:
     """SIGTERM the lab, wait for it to exit (it removes what it made), SIGKILL it if it hangs."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not process_alive(pid):
             return
         time.sleep(0.05)
     # It did not stop in time: kill it; OpenBao dies with it (parent-death signal).
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while _alive(pid) and time.monotonic() < deadline:
+    while process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 

@@ -10,13 +10,15 @@ Each file is replaced atomically, so a reader never sees half of one.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from iia.identity.settings import read_env_file
 
-__all__ = ["ENDPOINTS", "ENV", "STATE", "STATE_FILES", "read_json", "read_state", "write_state"]
+__all__ = ["ENDPOINTS", "ENV", "STATE", "STATE_FILES", "process_alive", "read_json", "read_state",
+           "write_state"]
 
 ENDPOINTS, ENV, STATE = "endpoints.json", "iia.env", "lab.json"
 STATE_FILES = (ENDPOINTS, ENV, STATE)
@@ -52,3 +54,25 @@ def read_state(directory: Path) -> tuple[dict[str, str], dict[str, str], dict[st
     except OSError:
         return None
     return endpoints, env, state
+
+
+def process_alive(pid: int) -> bool:
+    """Whether the process that wrote a state file still runs (a reaped or zombie child of
+    ours counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as gone once reaped
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""

@@ -25,7 +25,7 @@ from typing import Any
 from harness.errors import HarnessError
 from harness.health import probe_all
 from harness.lab import Lab, LabSettings
-from harness.lab_state import ENDPOINTS, read_state
+from harness.lab_state import ENDPOINTS, process_alive, read_state
 from harness.paths import fixtures_dir, lab_dir
 
 __all__ = ["LabSession", "LabUnhealthyError", "attach_or_start", "events_html"]
@@ -148,7 +148,7 @@ def restore_policy_backup(directory: Path) -> list[Path]:
     restored = []
     for backup in directory.glob(POLICY_BACKUP.format(pid="*")):
         pid = backup.name.split(".")[1]
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and process_alive(int(pid)):
             continue  # that kernel is still editing: its own `finally` restores it
         try:
             saved = json.loads(backup.read_text())
@@ -161,16 +161,6 @@ def restore_policy_backup(directory: Path) -> list[Path]:
             restored.append(policy)
         backup.unlink(missing_ok=True)
     return restored
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 _COLORS = {"success": "#e8f5e9", "denied": "#ffebee", "error": "#ffebee", "retry": "#fff8e1",
