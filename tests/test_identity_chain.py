@@ -162,6 +162,29 @@ def test_stale_secret_is_reread_and_retried_once(
     assert retries[0].to_dict()["clientId"] == identity.credential().client_id
 
 
+def test_a_held_credential_that_went_stale_is_retried_the_same_way(
+        lab: Lab, identity: WorkloadIdentity, events: EventBus,
+        idp: AuthorizationServerClient, grace: None) -> None:
+    """Inside `established` (step 3 of a tool call) the first use takes the credential read
+    there; when that one went stale meanwhile, the retry and its event are the ordinary ones."""
+    lab.client_secret.grace_seconds = 0
+    used_versions: list[int] = []
+
+    def use(cred):
+        used_versions.append(cred.version)
+        return use_once(idp, cred)
+
+    with identity.established(lab.verify.issuer) as workload:
+        use_once(idp, identity.credential())  # another replica used the same secret first
+        events.clear()
+        assert identity.with_credential(use) == {"active": False}
+    assert used_versions == [workload.credential_version, workload.credential_version + 1]
+    [retry] = events.recent(type="vault:rotation_retry")
+    assert retry.to_dict()["clientId"] == identity.credential().client_id
+    assert retry.to_dict()["staleVersion"] == workload.credential_version
+    assert isinstance(retry.duration_ms, int)
+
+
 def test_a_second_invalid_client_is_not_retried_again(
         identity: WorkloadIdentity, events: EventBus, idp: AuthorizationServerClient) -> None:
     calls = []

@@ -35,7 +35,6 @@ from iia.identity.errors import (
 from iia.identity.settings import IdentitySettings, read_env_file
 from iia.identity.svid import JwtSvidSource, Svid
 from iia.identity.vault import ClientCredential, VaultCredentialSource
-from iia.oauth.errors import InvalidClientError
 
 __all__ = [
     "ClientCredential",
@@ -77,14 +76,17 @@ class Workload:
 
 
 class _Held:
-    """The credential read while establishing, until its first use takes it."""
+    """The credential `owner` read while establishing, until its first use takes it."""
 
-    __slots__ = ("credential",)
+    __slots__ = ("credential", "owner")
 
-    def __init__(self, credential: ClientCredential) -> None:
+    def __init__(self, owner: WorkloadIdentity, credential: ClientCredential) -> None:
+        self.owner = owner
         self.credential: ClientCredential | None = credential
 
-    def take(self) -> ClientCredential | None:
+    def take(self, owner: WorkloadIdentity) -> ClientCredential | None:
+        if owner is not self.owner:  # another identity's credential is not ours to use
+            return None
         credential, self.credential = self.credential, None
         return credential
 
@@ -122,17 +124,7 @@ class WorkloadIdentity:
         credential read there; every other use reads it from Vault (it rotates after each use).
         A stale one (`invalid_client`) is read again and retried once (`vault:rotation_retry`)."""
         held = _HELD.get()
-        credential = held.take() if held is not None else None
-        if credential is None:
-            return self.vault.with_credential(use)
-        try:
-            return use(credential)
-        except InvalidClientError as exc:
-            if self.events is not None:
-                self.events.emit("vault:rotation_retry", outcome="retry",
-                                 reason=exc.description,
-                                 details={"staleVersion": credential.version})
-            return use(self.vault.read())
+        return self.vault.with_credential(use, first=held.take(self) if held else None)
 
     @contextlib.contextmanager
     def established(self, audience: str) -> Iterator[Workload]:
@@ -146,7 +138,7 @@ class WorkloadIdentity:
         workload = Workload(svid=svid, credential_version=credential.version,
                             svid_ms=round((fetched - started) * 1000, 2),
                             vault_ms=round((time.perf_counter() - fetched) * 1000, 2))
-        token = _HELD.set(_Held(credential))
+        token = _HELD.set(_Held(self, credential))
         try:
             yield workload
         finally:

@@ -222,10 +222,12 @@ class VaultCredentialSource:
         return ClientCredential(client_id=str(data["client_id"]),
                                 client_secret=str(data["client_secret"]), version=version)
 
-    def with_credential(self, use: Callable[[ClientCredential], T]) -> T:
-        """Call `use` with a freshly read credential; when the IdP answers `invalid_client`
-        (a stale secret), read it again and retry exactly once."""
-        credential = self.read()
+    def with_credential(self, use: Callable[[ClientCredential], T], *,
+                        first: ClientCredential | None = None) -> T:
+        """Call `use` with `first` (a credential read moments ago for this call) or a freshly
+        read one; when the IdP answers `invalid_client` (a stale secret), read it again and
+        retry exactly once."""
+        credential = first if first is not None else self.read()
         started = time.perf_counter()
         try:
             return use(credential)
