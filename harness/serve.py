@@ -22,7 +22,6 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
 import hvac
 import hvac.exceptions
@@ -35,6 +34,8 @@ from harness.openbao import VaultLayout, bootstrap
 from harness.paths import fixtures_dir
 from harness.verify import VerifyTenant
 from harness.verify.rotation import RotatingClientSecret
+from iia.errors import ConfigurationError
+from iia.settings import read_authorization_file
 
 __all__ = ["SETTINGS", "main", "settings"]
 
@@ -68,9 +69,9 @@ def _authorization(cfg: Mapping[str, str]) -> str | None:
     if not path:
         return None
     try:
-        return Path(path).read_text().strip() or None
-    except OSError as exc:
-        sys.exit(f"harness.serve: IIA_SSF_AUTHORIZATION_FILE {path}: {exc.strerror}")
+        return read_authorization_file(path, "IIA_SSF_AUTHORIZATION_FILE")
+    except ConfigurationError as exc:
+        sys.exit(f"harness.serve: {exc.description}")
 
 
 def _vault(cfg: Mapping[str, str]) -> tuple[hvac.Client, VaultLayout]:

@@ -55,17 +55,22 @@ def _socket(host: str, port: int) -> socket.socket:
 
 
 def subscribe_receivers(antenna: Antenna, receivers: Sequence[SsfReceiver]) -> None:
-    """Create the configured push streams (idempotent per receiver name)."""
-    existing = {owner for owner in (c.get("description") for _, c, _ in antenna.store.streams())}
+    """Create the configured push streams, one per receiver name; a stream that survives from
+    an earlier run (the outbox is durable) is updated to this run's configuration, so a
+    receiver's new credential file or URL takes effect and its held events still go out."""
+    existing = {c.get("description"): stream_id for stream_id, c, _ in antenna.store.streams()}
     for receiver in receivers:
-        if f"subscription of {receiver.name}" in existing:
-            continue
         events = list(SUPPORTED) if receiver.events == "ALL" else list(receiver.events)
-        antenna.create_stream(receiver.name, {
-            "delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": receiver.endpoint_url,
-                         "authorization_header": receiver.authorization_header()},
-            "events_requested": events, "aud": receiver.aud,
-            "description": f"subscription of {receiver.name}"})
+        body = {"delivery": {"method": "urn:ietf:rfc:8935",
+                             "endpoint_url": receiver.endpoint_url,
+                             "authorization_header": receiver.authorization_header()},
+                "events_requested": events, "aud": receiver.aud,
+                "description": f"subscription of {receiver.name}"}
+        stream_id = existing.get(body["description"])
+        if stream_id is None:
+            antenna.create_stream(receiver.name, body)
+        else:
+            antenna.update_stream(receiver.name, {**body, "stream_id": stream_id})
 
 
 async def run(env: Mapping[str, str]) -> None:

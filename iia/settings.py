@@ -20,7 +20,7 @@ from iia.errors import ConfigurationError
 from iia.identity.settings import read_env_file
 
 __all__ = ["AgentSettings", "ChatSettings", "McpSettings", "SsfReceiver", "load_env",
-           "ssf_receivers"]
+           "read_authorization_file", "ssf_receivers"]
 
 S = TypeVar("S")
 
@@ -183,18 +183,24 @@ class SsfReceiver:
             object.__setattr__(self, "events", tuple(self.events))
 
     def authorization_header(self) -> str | None:
-        """The header value from `authorization_file` (read now: a rotated file is re-read)."""
+        """The header value from `authorization_file`, read when the stream is configured."""
         if not self.authorization_file:
             return None
-        try:
-            value = Path(self.authorization_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigurationError(
-                f"IIA_SSF_RECEIVERS[{self.name}].authorization_file "
-                f"{self.authorization_file}: {exc.strerror or exc}") from exc
-        if not value:
-            raise ConfigurationError(f"{self.authorization_file} is empty")
-        return value
+        return read_authorization_file(self.authorization_file,
+                                       f"IIA_SSF_RECEIVERS[{self.name}].authorization_file")
+
+
+def read_authorization_file(path: str, setting: str) -> str:
+    """An HTTP Authorization header value kept in a file (a credential never sits in
+    configuration). An unreadable or empty file is an error: a receiver that demands a header
+    must never be configured as one that demands none."""
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigurationError(f"{setting} {path}: {exc.strerror or exc}") from exc
+    if not value:
+        raise ConfigurationError(f"{setting} {path} is empty")
+    return value
 
 
 _RECEIVER_KEYS = {f.name for f in fields(SsfReceiver)}
