@@ -163,8 +163,9 @@ def restore_policy_backup(directory: Path) -> list[Path]:
     return restored
 
 
-_COLORS = {"success": "#e8f5e9", "denied": "#ffebee", "error": "#ffebee", "retry": "#fff8e1",
-           "pending": "#e3f2fd"}
+# background of an event row by its outcome (the notebooks' tables and the widgets' event table)
+OUTCOME_COLORS = {"success": "#e8f5e9", "denied": "#ffebee", "error": "#ffebee",
+                  "expired": "#ffebee", "retry": "#fff8e1", "pending": "#e3f2fd"}
 
 
 def events_html(events: Iterable[Any], columns: tuple[str, ...] = (
@@ -177,7 +178,7 @@ def events_html(events: Iterable[Any], columns: tuple[str, ...] = (
                  if k not in columns and k not in ("eventId", "timestamp", "correlation")}
         cells = "".join(f"<td>{html.escape(str(wire.get(c, '')))}</td>" for c in columns)
         cells += f"<td><code>{html.escape(json.dumps(extra))}</code></td>"
-        color = _COLORS.get(str(wire.get("outcome")), "#ffffff")
+        color = OUTCOME_COLORS.get(str(wire.get("outcome")), "#ffffff")
         rows.append(f'<tr style="background:{color}">{cells}</tr>')
     head = "".join(f"<th>{html.escape(c)}</th>" for c in (*columns, "details"))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"

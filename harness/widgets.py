@@ -29,12 +29,13 @@ import ipywidgets as w
 from IPython.display import HTML, display
 
 from harness.lab_client import LabClient, PhoneApi, Turn
+from harness.notebook import OUTCOME_COLORS
 
 __all__ = ["ChatBox", "EventTable", "LabConsole", "PhoneCard", "SequenceView", "TokenInspector",
            "details_summary", "explain"]
 
 RED, GREEN, AMBER, BLUE = "#ffebee", "#e8f5e9", "#fff8e1", "#e3f2fd"
-_ROW = {"denied": RED, "error": RED, "success": GREEN, "pending": AMBER, "retry": AMBER}
+_ROW = {**OUTCOME_COLORS, "pending": AMBER}  # a pending push stands out amber here
 
 
 def _esc(value: Any) -> str:
@@ -123,8 +124,8 @@ class TokenInspector:
 
 
 class SequenceView:
-    STEPS = (("svid", "JWT-SVID"), ("approval", "human approval"), ("exchange",
-             "token exchange (incl. Vault read)"), ("admin_api", "admin API"))
+    STEPS = (("svid", "JWT-SVID"), ("vault", "Vault credential"), ("approval", "human approval"),
+             ("exchange", "token exchange"), ("admin_api", "admin API"))
 
     def __init__(self, client: LabClient) -> None:
         self.client = client
@@ -187,6 +188,7 @@ class PhoneCard:
         self._changed = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._answering: set[str] = set()  # push ids a tap is answering right now
         self.approve_button = w.Button(description="Approve", button_style="success",
                                        icon="check")
         self.deny_button = w.Button(description="Deny", button_style="danger", icon="times")
@@ -232,12 +234,14 @@ class PhoneCard:
         with self._changed:
             current = {p["id"] for p in pending}
             gone = [p for p in self.pending if p["id"] not in current
+                    and p["id"] not in self._answering
                     and not any(a["id"] == p["id"] for a in self.answered)]
             for push in gone:
                 self.answered.append(self._record(push, "gone", self.ELSEWHERE))
-            self.pending, self._seen_at, self.error = pending, time.monotonic(), None
+            self.pending = [p for p in pending if p["id"] not in self._answering]
+            self._seen_at, self.error = time.monotonic(), None
+            self.render()  # before waiters wake: what they read is what the card shows
             self._changed.notify_all()
-        self.render()
         return pending
 
     # -- answering ----------------------------------------------------------------------------
@@ -247,41 +251,42 @@ class PhoneCard:
         """Answer a pending push (the shown one by default) at the IdP, as a tap on the card
         would. Returns what was recorded, or None when nothing was pending."""
         with self._lock:
-            push = next((p for p in self.pending if push_id in (None, p["id"])), None)
-        if push is None:
-            return None
-        response = self.phone.answer(push["id"], approve)
-        body = response.json()
-        outcome = body.get("status", "approved" if approve else "denied") \
-            if response.status_code == 200 else f"not answered: {body.get('error_description')}"
+            push = next((p for p in self.pending if push_id in (None, p["id"])
+                         and p["id"] not in self._answering), None)
+            if push is None:
+                return None
+            self._answering.add(push["id"])  # the poller must not record it as gone meanwhile
+        try:
+            response = self.phone.answer(push["id"], approve)
+            body = response.json()
+            outcome = body.get("status", "approved" if approve else "denied") \
+                if response.status_code == 200 else \
+                f"not answered: {body.get('error_description')}"
+        except httpx.HTTPError as exc:
+            outcome = f"not answered: phone API unreachable ({exc.__class__.__name__})"
         with self._changed:
+            self._answering.discard(push["id"])
             record = self._record(push, outcome, by or (self.SCRIPTED if self.scripted
                                                         else self.YOU))
             self.answered.append(record)
             self.pending = [p for p in self.pending if p["id"] != push["id"]]
+            self.render()
             self._changed.notify_all()
-        self.render()
         return record
 
     def wait_for_push(self, timeout: float = 30.0) -> dict[str, Any]:
         """The next pending push (as the poller sees it); polls itself if the poller is off."""
         deadline = time.monotonic() + timeout
-        with self._changed:
-            while not self.pending:
+        while True:
+            if self._thread is None:  # no poller: look ourselves
+                self.poll()
+            with self._changed:
+                if self.pending:
+                    return self.pending[0]
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"no push reached {self.user}'s phone in {timeout:.0f} s")
-                if self._thread is None:
-                    self._lock.release()
-                    try:
-                        self.poll()
-                    finally:
-                        self._lock.acquire()
-                    if not self.pending:
-                        self._changed.wait(min(left, self.interval))
-                else:
-                    self._changed.wait(left)
-            return self.pending[0]
+                self._changed.wait(min(left, self.interval))
 
     def wait_for_answer(self, push_id: str, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
