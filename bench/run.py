@@ -64,11 +64,9 @@ def counters(lab: Lab) -> dict[str, int]:
             "svid_fetches": lab.mcp_identity.svids.fetches}
 
 
-def breakdown(lab: Lab, since: int, client_p50: float) -> dict[str, float]:
-    """Median milliseconds per step of the enforced calls made after event index `since`
-    (the chain times each step: SVID, Vault read, token exchange, admin API)."""
-    known = {e.call_id for e in lab.events.recent()[since:] if e.call_id}
-    calls = [steps for cid, steps in list(lab.mcp.chain.timings) if cid in known]
+def breakdown(calls: list[dict[str, float]], client_p50: float) -> dict[str, float]:
+    """Median milliseconds per step of `calls` (the chain's own timings: SVID, Vault read,
+    token exchange, admin API)."""
     med = {k: statistics.median([s.get(k, 0.0) for s in calls])
            for k in ("svid", "vault", "exchange", "admin_api", "total")}
     return {"svid": round(med["svid"], 2), "vault": round(med["vault"], 2),
@@ -237,11 +235,11 @@ def _measure(lab: Lab, baseline_url: str, cold_url: str) -> int:
     print("latency: enforced warm ...", flush=True)
     load({"kind": "latency", "url": enforced, "token": tokens[0], "calls": 1, "warmup": 40})
     before = counters(lab)
-    since = len(lab.events.recent())
+    timed = len(lab.mcp.chain.timings)  # (call id, steps) per call, up to 10,000 kept
     warm = load({"kind": "latency", "url": enforced, "token": tokens[0], "calls": 400,
                  "warmup": 0})
     after = counters(lab)
-    steps = breakdown(lab, since, pct(warm, 50))
+    steps = breakdown([s for _, s in list(lab.mcp.chain.timings)[timed:]], pct(warm, 50))
     print("latency: enforced cold ...", flush=True)
     cold = load({"kind": "cold", "url": enforced, "token": tokens[0], "cold_url": cold_url,
                  "samples": 15})

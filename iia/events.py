@@ -237,6 +237,11 @@ class EventBus:
             items = [e for _, e in self._history if type is None or e.type == type]
         return items if limit is None else items[-limit:]
 
+    def cursor(self) -> int:
+        """Where the stream is now: pass it to `since` later to get what came after."""
+        with self._lock:
+            return self._seq
+
     def since(self, cursor: int) -> tuple[list[SecurityEvent], int]:
         """Events published after `cursor` (still in the history), and the new cursor."""
         with self._lock:

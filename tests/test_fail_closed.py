@@ -89,7 +89,7 @@ class Quiet:
         self.ciba = len(lab.verify.audit.decisions("ciba"))
         self.exchanges = len(lab.verify.audit.decisions("token_exchange"))
         self.admin = len(lab.verify.admin_api.requests)
-        self.events = len(lab.events.recent())
+        self.events = lab.events.cursor()  # the bus history is bounded: a cursor, not an index
 
     def assert_nothing_happened(self, *, exchanges: int = 0) -> None:
         verify = self.lab.verify
@@ -100,7 +100,7 @@ class Quiet:
 
     def events_of(self, token: str) -> list[SecurityEvent]:
         sid = jwt.decode(token, options={"verify_signature": False})["sid"]
-        return [e for e in self.lab.events.recent()[self.events:] if e.session_id == sid]
+        return [e for e in self.lab.events.since(self.events)[0] if e.session_id == sid]
 
 
 @pytest.fixture
