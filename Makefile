@@ -28,7 +28,9 @@ demo: install
 
 ## test: lint, the test suite, and every notebook executed (nbval; a scripted phone answers)
 test: install lint
-	IIA_PHONE=scripted $(BIN)/pytest tests notebooks --nbval-lax
+	@# a private lab directory: the suite never attaches to (or answers pushes in) a running lab
+	d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT && \
+	  IIA_LAB_DIR=$$d IIA_PHONE=scripted $(BIN)/pytest tests notebooks --nbval-lax
 
 ## bench: what enforcement costs, against an unenforced baseline (bench/results.json, .png)
 bench: install

@@ -129,11 +129,6 @@ class ConsentCache:
                 return None
             return age, approval_id
 
-    def age(self, session_id: str) -> float | None:
-        """Seconds since consent in this session, or None when there is none valid."""
-        consent = self.consent(session_id)
-        return None if consent is None else consent[0]
-
     def clear(self) -> None:
         with self._lock:
             self._consents.clear()

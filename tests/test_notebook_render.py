@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,9 @@ class Rendered:
 
 async def _execute(path: Path, gate: asyncio.Semaphore, env: dict[str, str]) -> Rendered:
     async with gate:
+        # its own lab directory: never attach to a lab a person runs, nor to the other kernel's
+        private = tempfile.mkdtemp(prefix=f"iia-render-{path.stem[:2]}-")
+        env = {**env, "IIA_LAB_DIR": private}
         nb = nbformat.read(path, as_version=4)
         client = NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True,
                                 store_widget_state=True,
@@ -63,6 +67,8 @@ async def _execute(path: Path, gate: asyncio.Semaphore, env: dict[str, str]) -> 
             await client.async_execute(env=env)
         except Exception as exc:  # a timeout or a dead kernel: reported by that notebook's test
             return Rendered(None, "", f"{exc.__class__.__name__}: {exc}")
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
     html, _ = HTMLExporter().from_notebook_node(nb)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / f"{path.stem}.html").write_text(html)
