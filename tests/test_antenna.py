@@ -174,8 +174,9 @@ def test_receiver_down_then_up_loses_nothing_and_acts_once(world: World) -> None
     time.sleep(0.3)
     assert world.antenna.store.counts(stream_id).get("pending") == 20
     world.receiver_up()
-    eventually(lambda: len(world.receiver.events()) == 20, timeout=40, what="all 20 SETs")
-    assert world.antenna.store.counts(stream_id) == {"delivered": 20}
+    eventually(lambda: len(world.receiver.events()) == 20
+               and world.antenna.store.counts(stream_id) == {"delivered": 20},
+               timeout=40, what="all 20 SETs received and marked delivered")
     assert len({e.jti for e in world.receiver.events()}) == 20  # none twice in effect
 
 
@@ -204,8 +205,10 @@ def test_a_fault_inside_the_worker_does_not_stop_delivery(world: World,
     monkeypatch.setattr(world.antenna.signer, "sign", flaky)
     stream_id = world.stream([AGENT["token-exchange-issued"]])
     world.decision(3)
-    eventually(lambda: len(world.receiver.events()) == 3, what="delivery after the fault")
-    assert world.antenna.store.counts(stream_id) == {"delivered": 3}
+    # the receiver stores a SET before its 202 reaches the worker: wait for the outbox too
+    eventually(lambda: len(world.receiver.events()) == 3
+               and world.antenna.store.counts(stream_id) == {"delivered": 3},
+               what="delivery after the fault")
     assert world.antenna._workers[stream_id].faults == 1 and len(calls) == 4
 
 

@@ -25,7 +25,7 @@ def test_a_restart_updates_the_surviving_stream(tmp_path: Path) -> None:
     subscribe_receivers(first, [_receiver(credential)])
     [(stream_id, config, _)] = first.store.streams()
     assert config["delivery"]["authorization_header"] == "Bearer first-run"
-    first.store.close()
+    first.stop()  # its push worker too, before the store closes
 
     credential.write_text("Bearer second-run\n")  # a new run, a new credential and URL
     second = Antenna("https://antenna.example", db)
@@ -44,4 +44,4 @@ def test_an_empty_credential_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="is empty"):
         subscribe_receivers(antenna, [_receiver(credential)])
     assert antenna.store.streams() == []  # no stream that would push without the header
-    antenna.store.close()
+    antenna.stop()
