@@ -323,13 +323,13 @@ def test_an_expired_approval_becomes_one_approval_expired_set_per_stream(world: 
                            user_email="alice@example.com", tool_name="deactivate_user", tier=3,
                            reason="no answer on the phone within 60 s", duration_ms=60000,
                            call_id="c-exp", correlation={"approvalId": "req-1"})
-    eventually(lambda: len(world.receiver.events(AGENT["approval-expired"])) == 2,
-               what="one approval-expired SET per stream")
+    eventually(lambda: len(world.receiver.events(AGENT["approval-expired"])) == 2
+               and world.antenna.store.counts(first) == {"delivered": 1}
+               and world.antenna.store.counts(second) == {"delivered": 1},
+               what="one approval-expired SET per stream, marked delivered")
     time.sleep(0.2)  # nothing else trickles in
     received = world.receiver.events()
     assert [e.event_type for e in received] == [AGENT["approval-expired"]] * 2
-    assert world.antenna.store.counts(first) == {"delivered": 1}
-    assert world.antenna.store.counts(second) == {"delivered": 1}
     assert world.antenna.store.counts(denied_only) == {}
     for got in received:
         payload = got.claims["events"][AGENT["approval-expired"]]
