@@ -5,14 +5,17 @@ screenshot the tier-2 and tier-4 notebooks with headless Chromium: the page must
 panels (the phone card's pushes and who answered them, the last call, the token inspector, the
 events) and not be blank. HTML and PNGs land in tests/artifacts/ (not committed).
 
-Why not a `jupyter lab` server: executing through a server's kernel means driving it over the
-server's websocket (`/api/kernels/<id>/channels`); nbclient only drives a local kernel over ZMQ,
-and a websocket kernel client is not a dependency. Its pixels would also need a browser driver
-(Playwright, Selenium or raw CDP) to open the notebook, run it and wait for the widgets, where
-`chromium --headless --screenshot` can only load a URL and take one picture. And the live widget
-views of the exported HTML need `@jupyter-widgets/html-manager` from a CDN, which a CI sandbox
-cannot reach, so the screenshot proves the static snapshots, and the widget views are proven from
-the saved state instead. The same kernel (ipykernel, `python3`) runs the notebooks as `make lab`.
+Then JupyterLab itself: a headless `jupyter lab` serves the executed 03 and 05, and headless
+Chromium opens each in the real JupyterLab app: the notebook opens, the lab's panels are on the
+page, no output is an error, and the page is screenshotted (`jupyterlab-*.png`).
+
+What is not shown live: widget views. The notebooks are executed by nbclient (a local kernel over
+ZMQ), not through the server's websocket; running them inside the browser would need a browser
+driver (Playwright, Selenium or raw CDP), where `chromium --headless` only loads a URL, waits and
+takes one picture; JupyterLab does not draw saved widget state once a new kernel attaches; and the
+exported HTML's live views need `@jupyter-widgets/html-manager` from a CDN a CI sandbox cannot
+reach. So the pictures show the panels' static snapshots, and the widget views are proven from the
+saved widget state instead. The same kernel (ipykernel, `python3`) runs the notebooks in `make lab`.
 
 The notebooks run two at a time (each one starts its own lab on loopback ports).
 """
@@ -23,19 +26,24 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nbformat
 import pytest
 from nbclient import NotebookClient
 from nbconvert import HTMLExporter
 from PIL import Image
 
+from harness.net import bind_loopback
 from harness.paths import project_root
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -161,10 +169,81 @@ def test_screenshot_shows_the_panels(name: str, rendered: dict[str, Rendered],
 
 
 def _screenshot(html_file: Path, png: Path, tmp: Path) -> None:
+    _chromium(tmp, "--window-size=1300,2600", f"--screenshot={png}", html_file.as_uri())
+
+
+# -- in JupyterLab itself ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def jupyterlab(rendered: dict[str, Rendered], tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[tuple[str, str, Path]]:
+    """A headless `jupyter lab` serving the executed notebooks (its token in memory only)."""
+    root = tmp_path_factory.mktemp("jupyterlab")
+    for name in ("03_tier2_write", "05_tier4_blocked"):
+        nb = rendered[name].nb
+        assert nb is not None
+        nbformat.write(nb, root / f"{name}.ipynb")
+    settings = root / ".settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False}))  # no network, no popup
+    token = secrets.token_hex(16)
+    sock = bind_loopback()
+    port = sock.getsockname()[1]
+    sock.close()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
+         f"--port={port}", f"--ServerApp.root_dir={root}", "--allow-root"],
+        env={**os.environ, "JUPYTER_TOKEN": token, "IIA_PHONE": "scripted",
+             "JUPYTERLAB_SETTINGS_DIR": str(root / ".settings")},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/api/status", params={"token": token}).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, "jupyter lab exited"
+            assert time.monotonic() < deadline, "jupyter lab did not answer in 60 s"
+            time.sleep(0.2)
+        yield url, token, root
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed: run "
+                    "`apt-get install chromium` (Debian) to enable this check; .ci/run does")
+@pytest.mark.parametrize("name", ["03_tier2_write", "05_tier4_blocked"])
+def test_jupyterlab_opens_the_executed_notebook(name: str, jupyterlab: tuple[str, str, Path],
+                                                tmp_path: Path) -> None:
+    """What a person sees in JupyterLab: the app loads, the notebook opens, its outputs are
+    there (the lab's panels) and none of them is an error."""
+    url, token, _ = jupyterlab
+    page = f"{url}/lab/tree/{name}.ipynb?token={token}"
+    png = ARTIFACTS / f"jupyterlab-{name}.png"
+    dom = _chromium(tmp_path, "--window-size=1300,2000", f"--screenshot={png}", "--dump-dom",
+                    "--virtual-time-budget=30000", page)
+    assert 'class="jp-Notebook' in dom or "jp-Notebook " in dom, "JupyterLab did not open it"
+    for panel in ("Phone of alice@example.com", "On-behalf-of token", "Security events"):
+        assert panel in dom, f"{panel!r} is not on the JupyterLab page"
+    assert 'data-mime-type="application/vnd.jupyter.stderr"' not in dom
+    assert "Traceback" not in dom
+    image = Image.open(png).convert("RGB").resize((130, 200))
+    assert len(set(image.get_flattened_data())) > 50, "JupyterLab's page looks blank"
+
+
+def _chromium(tmp: Path, *args: str) -> str:
     assert CHROMIUM is not None
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp / 'chromium'}", "--hide-scrollbars",
-                    "--window-size=1300,2600", f"--screenshot={png}", html_file.as_uri()],
-                   check=True, capture_output=True, timeout=120)
+    done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                           "--disable-quic", "--no-first-run", "--disable-background-networking",
+                           "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={tmp / 'chromium'}", "--hide-scrollbars", *args],
+                          check=True, capture_output=True, text=True, timeout=120)
+    return done.stdout
