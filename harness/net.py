@@ -9,28 +9,19 @@ import socket
 import uvicorn
 from starlette.types import ASGIApp
 
+from iia.net import KEEP_ALIVE_S, listening_socket
+
 __all__ = ["HttpService", "ServiceLoop", "bind_loopback", "free_port_pair", "reserve_loopback",
            "serve_until_signalled"]
 
 HOST = "127.0.0.1"
 
 
-KEEP_ALIVE_S = 30  # seconds an idle keep-alive connection stays open on our servers
-
-
 def bind_loopback(port: int = 0, host: str = HOST) -> socket.socket:
     """A listening TCP socket on 127.0.0.1 (port 0 = the kernel picks a free one); containers
-    pass `host="0.0.0.0"` to be reachable on their network.
-
-    The protocol is named (IPPROTO_TCP, not 0) so that asyncio sets TCP_NODELAY on the accepted
-    connections (`base_events._set_nodelay` checks `sock.proto`); otherwise Nagle's algorithm
-    and the peer's delayed ACK add about 40 ms to every response written in two parts."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
+    pass `host="0.0.0.0"` to be reachable on their network. Made like the product's
+    (`iia.net.listening_socket`: IPPROTO_TCP, so accepted connections get TCP_NODELAY)."""
+    return listening_socket(host, port)
 
 
 def reserve_loopback() -> socket.socket:
@@ -70,8 +61,6 @@ class HttpService:
         self.sock = sock or bind_loopback()
         self.port: int = self.sock.getsockname()[1]
         self.url = f"http://{HOST}:{self.port}"
-        # keep idle connections open longer than clients pool them (httpx: 5 s), so a client
-        # never reuses a connection at the instant the server closes it (a reset under load)
         config = uvicorn.Config(app, log_level="warning", access_log=False,
                                 lifespan="on" if lifespan else "off",
                                 timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=2)

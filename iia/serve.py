@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from iia.errors import ConfigurationError
 from iia.events import EventBus
 from iia.identity import IdentitySettings, WorkloadIdentity
 from iia.mcp_server import McpServer
+from iia.net import KEEP_ALIVE_S, listening_socket
 from iia.settings import (
     AgentSettings,
     ChatSettings,
@@ -43,15 +43,6 @@ from iia.settings import (
 )
 
 __all__ = ["main"]
-
-
-def _socket(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
 
 
 def subscribe_receivers(antenna: Antenna, receivers: Sequence[SsfReceiver]) -> None:
@@ -94,10 +85,11 @@ async def run(env: Mapping[str, str]) -> None:
             (antenna_app(antenna), int(env.get("IIA_ANTENNA_PORT", "8002")), False),
             (console_app(events, mcp.chain), int(env.get("IIA_CONSOLE_PORT", "8003")), False)]
     servers = [uvicorn.Server(uvicorn.Config(app, lifespan="on" if lifespan else "off",
-                                             log_level="info", timeout_graceful_shutdown=3))
+                                             log_level="info", timeout_keep_alive=KEEP_ALIVE_S,
+                                             timeout_graceful_shutdown=3))
                for app, _, lifespan in apps]
     try:
-        await asyncio.gather(*(server.serve(sockets=[_socket(host, port)])
+        await asyncio.gather(*(server.serve(sockets=[listening_socket(host, port)])
                                for server, (_, port, _) in zip(servers, apps, strict=True)))
     finally:
         antenna.stop()
