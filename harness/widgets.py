@@ -440,6 +440,9 @@ class LabConsole:
         self.inspector = TokenInspector(self.client)
         self.sequence = SequenceView(self.client)
         self._stop = threading.Event()
+        # one refresh at a time: the poller thread and snapshot() both advance the same cursors,
+        # and two polls from one cursor would append the same events twice
+        self._refreshing = threading.Lock()
         self._poller = threading.Thread(target=self._poll, daemon=True, name="lab-console")
         self._poller.start()
 
@@ -448,12 +451,21 @@ class LabConsole:
             self.refresh()
 
     def refresh(self) -> None:
-        try:
+        with self._refreshing:
+            try:
+                self.events.poll()
+                self.inspector.refresh()
+                self.sequence.refresh()
+            except Exception:  # noqa: S110 - a lab that is gone must not spam the notebook
+                pass
+
+    def settle(self) -> list[dict[str, Any]]:
+        """Everything this session's calls have emitted so far, read after them (not on the
+        poller's schedule): what a cell that counts events must look at. A failed read is an
+        error here, not a silently short list."""
+        with self._refreshing:
             self.events.poll()
-            self.inspector.refresh()
-            self.sequence.refresh()
-        except Exception:  # noqa: S110 - a lab that is gone must not spam the notebook
-            pass
+        return list(self.events.events)
 
     def ask(self, prompt: str) -> Turn:
         """Ask in the chat box; returns at once (answer pushes on the phone card meanwhile)."""
@@ -476,6 +488,7 @@ class LabConsole:
 
     def snapshot(self) -> None:
         """A static picture of the panels, kept in the notebook's output."""
+        self.settle()
         self.refresh()
         display(HTML("<div style='border:1px solid #ddd;padding:.5em'>"
                      f"{self.phone.snapshot_html()}"
