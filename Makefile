@@ -26,16 +26,18 @@ lab: install
 demo: install
 	$(BIN)/python -m harness.demo $(ARGS)
 
-## test: lint, the test suite, and every notebook executed (nbval; a scripted phone answers)
+## test: lint, the test suite, and every notebook executed once (a scripted phone answers)
 test: install lint
 	@# a private lab directory: the suite never attaches to (or answers pushes in) a running lab
 	d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT && \
-	  IIA_LAB_DIR=$$d IIA_PHONE=scripted $(BIN)/pytest tests notebooks --nbval-lax
+	  IIA_LAB_DIR=$$d IIA_PHONE=scripted $(BIN)/pytest tests
 
-## bench: what enforcement costs, against an unenforced baseline (bench/results.json, .png)
+## bench: what enforcement costs, against an unenforced baseline (bench/results.json, .png);
+##        then start-up and notebook durations against their goals (bench/timings.json)
 bench: install
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.timings
 
 lint: install
 	$(BIN)/ruff check .

@@ -17,7 +17,10 @@ exported HTML's live views need `@jupyter-widgets/html-manager` from a CDN a CI 
 reach. So the pictures show the panels' static snapshots, and the widget views are proven from the
 saved widget state instead. The same kernel (ipykernel, `python3`) runs the notebooks in `make lab`.
 
-The notebooks run two at a time (each one starts its own lab on loopback ports).
+Each notebook is executed once, by the first test that needs it, in its own lab on loopback ports
+(the result is shared by the later tests). This is the suite's one run of the notebooks: `make
+test` does not run them a second time through nbval. How long each takes is `make bench`'s
+business (`bench/notebooks.py`), never a test's.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +54,9 @@ ARTIFACTS = project_root() / "tests" / "artifacts"
 NOTEBOOKS = sorted((project_root() / "notebooks").glob("*.ipynb"))
 NAMES = [p.stem for p in NOTEBOOKS]
 WITH_CONSOLE = {n for n in NAMES if n[:2] in {"02", "03", "04", "05", "06", "07"}}
-WORKERS = 2
+# per cell (nbclient); a test that executes a notebook gets its own, larger pytest timeout
+NOTEBOOK_CELL_TIMEOUT_S = 240
+EXECUTES = pytest.mark.timeout(600)
 WIDGET_VIEW = re.compile(
     r'<script type="application/vnd\.jupyter\.widget-view\+json">\s*(\{.*?\})\s*</script>', re.S)
 STATE_KEY = "application/vnd.jupyter.widget-state+json"
@@ -62,44 +67,39 @@ class Rendered:
         self.nb, self.html, self.failure = nb, html, failure
 
 
-async def _execute(path: Path, gate: asyncio.Semaphore, env: dict[str, str]) -> Rendered:
-    async with gate:
-        # its own lab directory: never attach to a lab a person runs, nor to the other kernel's
-        private = tempfile.mkdtemp(prefix=f"iia-render-{path.stem[:2]}-")
-        env = {**env, "IIA_LAB_DIR": private}
-        nb = nbformat.read(path, as_version=4)
-        client = NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True,
-                                store_widget_state=True,
-                                resources={"metadata": {"path": str(path.parent)}})
-        try:
-            await client.async_execute(env=env)
-        except Exception as exc:  # a timeout or a dead kernel: reported by that notebook's test
-            return Rendered(None, "", f"{exc.__class__.__name__}: {exc}")
-        finally:
-            shutil.rmtree(private, ignore_errors=True)
+def _execute(path: Path) -> Rendered:
+    # its own lab directory: never attach to a lab a person runs, nor to another notebook's;
+    # a scripted phone answers the pushes (the kernel inherits this environment)
+    private = tempfile.mkdtemp(prefix=f"iia-render-{path.stem[:2]}-")
+    env = {**os.environ, "IIA_LAB_DIR": private, "IIA_PHONE": "scripted"}
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=NOTEBOOK_CELL_TIMEOUT_S, kernel_name="python3",
+                            allow_errors=True, store_widget_state=True,
+                            resources={"metadata": {"path": str(path.parent)}})
+    try:
+        asyncio.run(client.async_execute(env=env))
+    except Exception as exc:  # a timeout or a dead kernel: reported by that notebook's test
+        return Rendered(None, "", f"{exc.__class__.__name__}: {exc}")
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
     html, _ = HTMLExporter().from_notebook_node(nb)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / f"{path.stem}.html").write_text(html)
     return Rendered(nb, html, None)
 
 
-async def _execute_all(env: dict[str, str]) -> list[Rendered]:
-    gate = asyncio.Semaphore(WORKERS)
-    return list(await asyncio.gather(*(_execute(p, gate, env) for p in NOTEBOOKS)))
+_EXECUTED: dict[str, Rendered] = {}
 
 
-@pytest.fixture(scope="module")
-def rendered() -> Iterator[dict[str, Rendered]]:
-    old = os.environ.get("IIA_PHONE")
-    os.environ["IIA_PHONE"] = "scripted"  # the kernels inherit this process's environment
-    try:
-        results = asyncio.run(_execute_all(dict(os.environ)))
-    finally:
-        if old is None:
-            os.environ.pop("IIA_PHONE", None)
-        else:
-            os.environ["IIA_PHONE"] = old
-    yield dict(zip(NAMES, results, strict=True))
+@pytest.fixture(scope="session")
+def rendered() -> Callable[[str], Rendered]:
+    """`rendered(name)`: the notebook executed once, on first use, inside the test that first
+    asks for it (so each test's own timeout covers at most one notebook's run)."""
+    def get(name: str) -> Rendered:
+        if name not in _EXECUTED:
+            _EXECUTED[name] = _execute(project_root() / "notebooks" / f"{name}.ipynb")
+        return _EXECUTED[name]
+    return get
 
 
 def _errors(nb: nbformat.NotebookNode) -> list[str]:
@@ -108,16 +108,23 @@ def _errors(nb: nbformat.NotebookNode) -> list[str]:
             for o in c.get("outputs", []) if o.get("output_type") == "error"]
 
 
+def _tracebacks(nb: nbformat.NotebookNode) -> str:
+    return "\n".join("\n".join(o.get("traceback", [])) for c in nb.cells if c.cell_type == "code"
+                     for o in c.get("outputs", []) if o.get("output_type") == "error")
+
+
 def _widget_state(nb: nbformat.NotebookNode) -> dict[str, Any]:
     return nb.metadata.get("widgets", {}).get(STATE_KEY, {}).get("state", {})
 
 
+@EXECUTES
 @pytest.mark.parametrize("name", NAMES)
-def test_each_notebook_renders_without_errors(name: str, rendered: dict[str, Rendered]) -> None:
-    result = rendered[name]
+def test_each_notebook_renders_without_errors(name: str,
+                                              rendered: Callable[[str], Rendered]) -> None:
+    result = rendered(name)
     assert result.failure is None, f"{name} did not finish: {result.failure}"
     assert result.nb is not None
-    assert _errors(result.nb) == [], f"{name} has error outputs"
+    assert _errors(result.nb) == [], f"{name} has error outputs:\n" + _tracebacks(result.nb)
     assert "Traceback" not in result.html
     if name not in WITH_CONSOLE:
         return
@@ -130,10 +137,11 @@ def test_each_notebook_renders_without_errors(name: str, rendered: dict[str, Ren
     assert {"Approve", "Deny"} <= labels, "the phone card's buttons were not created"
 
 
+@EXECUTES
 @pytest.mark.parametrize(("name", "pushes"), [("03_tier2_write", 1), ("04_tier3_sensitive", 3)])
 def test_the_phone_card_kept_the_pushes_and_who_answered(
-        name: str, pushes: int, rendered: dict[str, Rendered]) -> None:
-    nb = rendered[name].nb
+        name: str, pushes: int, rendered: Callable[[str], Rendered]) -> None:
+    nb = rendered(name).nb
     assert nb is not None
     texts = [s["state"].get("value", "") for s in _widget_state(nb).values()
              if s["model_name"] == "HTMLModel"]
@@ -145,10 +153,11 @@ def test_the_phone_card_kept_the_pushes_and_who_answered(
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed: run "
                     "`apt-get install chromium` (Debian) to enable this check; .ci/run does")
+@EXECUTES
 @pytest.mark.parametrize("name", ["03_tier2_write", "05_tier4_blocked"])
-def test_screenshot_shows_the_panels(name: str, rendered: dict[str, Rendered],
+def test_screenshot_shows_the_panels(name: str, rendered: Callable[[str], Rendered],
                                      tmp_path: Path) -> None:
-    body = rendered[name].html
+    body = rendered(name).html
     for panel in ("Phone of alice@example.com", "Security events", "On-behalf-of token",
                   "Last call"):
         assert panel in body, panel
@@ -175,12 +184,12 @@ def _screenshot(html_file: Path, png: Path, tmp: Path) -> None:
 # -- in JupyterLab itself ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def jupyterlab(rendered: dict[str, Rendered], tmp_path_factory: pytest.TempPathFactory
+def jupyterlab(rendered: Callable[[str], Rendered], tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[tuple[str, str, Path]]:
     """A headless `jupyter lab` serving the executed notebooks (its token in memory only)."""
     root = tmp_path_factory.mktemp("jupyterlab")
     for name in ("03_tier2_write", "05_tier4_blocked"):
-        nb = rendered[name].nb
+        nb = rendered(name).nb
         assert nb is not None
         nbformat.write(nb, root / f"{name}.ipynb")
     settings = root / ".settings" / "@jupyterlab" / "apputils-extension"
@@ -220,6 +229,7 @@ def jupyterlab(rendered: dict[str, Rendered], tmp_path_factory: pytest.TempPathF
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed: run "
                     "`apt-get install chromium` (Debian) to enable this check; .ci/run does")
+@EXECUTES
 @pytest.mark.parametrize("name", ["03_tier2_write", "05_tier4_blocked"])
 def test_jupyterlab_opens_the_executed_notebook(name: str, jupyterlab: tuple[str, str, Path],
                                                 tmp_path: Path) -> None:
