@@ -9,7 +9,7 @@ import socket
 import uvicorn
 from starlette.types import ASGIApp
 
-from iia.net import KEEP_ALIVE_S, listening_socket
+from iia.net import listening_socket, server_config
 
 __all__ = ["HttpService", "ServiceLoop", "bind_loopback", "free_port_pair", "reserve_loopback",
            "serve_until_signalled"]
@@ -61,10 +61,7 @@ class HttpService:
         self.sock = sock or bind_loopback()
         self.port: int = self.sock.getsockname()[1]
         self.url = f"http://{HOST}:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", access_log=False,
-                                lifespan="on" if lifespan else "off",
-                                timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=2)
-        self._server = uvicorn.Server(config)
+        self._server = uvicorn.Server(server_config(app, lifespan=lifespan))
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import socket
 
-__all__ = ["KEEP_ALIVE_S", "listening_socket"]
+import uvicorn
+from starlette.types import ASGIApp
+
+from iia.http_edge import EdgeGuard
+
+__all__ = ["KEEP_ALIVE_S", "listening_socket", "server_config"]
 
 # seconds an idle keep-alive connection stays open on our servers: longer than clients pool
 # them (httpx: 5 s), so a client never reuses a connection at the instant the server closes it
@@ -25,3 +30,12 @@ def listening_socket(host: str, port: int) -> socket.socket:
     sock.listen(128)
     sock.setblocking(False)
     return sock
+
+
+def server_config(app: ASGIApp, *, lifespan: bool = False, log_level: str = "warning",
+                  graceful_shutdown_s: int = 2) -> uvicorn.Config:
+    """The uvicorn configuration every server of ours and of the lab runs with: the keep-alive
+    above, and the edge guard in front of the app (`iia.http_edge`)."""
+    return uvicorn.Config(EdgeGuard(app), log_level=log_level, access_log=False,
+                          lifespan="on" if lifespan else "off", timeout_keep_alive=KEEP_ALIVE_S,
+                          timeout_graceful_shutdown=graceful_shutdown_s)

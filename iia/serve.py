@@ -32,7 +32,7 @@ from iia.errors import ConfigurationError
 from iia.events import EventBus
 from iia.identity import IdentitySettings, WorkloadIdentity
 from iia.mcp_server import McpServer
-from iia.net import KEEP_ALIVE_S, listening_socket
+from iia.net import listening_socket, server_config
 from iia.settings import (
     AgentSettings,
     ChatSettings,
@@ -84,9 +84,8 @@ async def run(env: Mapping[str, str]) -> None:
             (chat.app(), int(env.get("IIA_CHAT_PORT", "8001")), False),
             (antenna_app(antenna), int(env.get("IIA_ANTENNA_PORT", "8002")), False),
             (console_app(events, mcp.chain), int(env.get("IIA_CONSOLE_PORT", "8003")), False)]
-    servers = [uvicorn.Server(uvicorn.Config(app, lifespan="on" if lifespan else "off",
-                                             log_level="info", timeout_keep_alive=KEEP_ALIVE_S,
-                                             timeout_graceful_shutdown=3))
+    servers = [uvicorn.Server(server_config(app, lifespan=lifespan, log_level="info",
+                                            graceful_shutdown_s=3))
                for app, _, lifespan in apps]
     try:
         await asyncio.gather(*(server.serve(sockets=[listening_socket(host, port)])
