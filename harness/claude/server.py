@@ -50,6 +50,35 @@ def _tokens(value: Any) -> int:
     return max(1, len(json.dumps(value)) // 4)
 
 
+def _invalid(body: Any) -> str | None:
+    """What the Messages API would refuse in this request body (its field errors), or None."""
+    if not isinstance(body, dict):
+        return "the body must be a JSON object"
+    for name in ("model", "max_tokens", "messages"):
+        if name not in body:
+            return f"{name}: Field required"
+    if not isinstance(body["model"], str):
+        return "model: Input should be a valid string"
+    if not isinstance(body["max_tokens"], int) or isinstance(body["max_tokens"], bool) \
+            or body["max_tokens"] < 1:
+        return "max_tokens: Input should be a positive integer"
+    messages = body["messages"]
+    if not isinstance(messages, list) or not messages:
+        return "messages: at least one message"
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            return f"messages.{index}: an object with role 'user' or 'assistant'"
+        content = message.get("content")
+        if not isinstance(content, str) and not (
+                isinstance(content, list) and all(isinstance(b, dict) for b in content)):
+            return f"messages.{index}.content: a string or a list of content blocks"
+    tools = body.get("tools")
+    if tools is not None and not (isinstance(tools, list)
+                                  and all(isinstance(t, dict) for t in tools)):
+        return "tools: a list of tool objects"
+    return None
+
+
 class MessagesApi:
     def __init__(self, model: ScriptedModel, *, model_name: str = "claude-lab-scripted") -> None:
         self.model = model
@@ -75,11 +104,9 @@ class MessagesApi:
             body = await request.json()
         except ValueError:
             return _error(400, "invalid_request_error", "the body is not valid JSON")
-        for name in ("model", "max_tokens", "messages"):
-            if name not in body:
-                return _error(400, "invalid_request_error", f"{name}: Field required")
-        if not isinstance(body["messages"], list) or not body["messages"]:
-            return _error(400, "invalid_request_error", "messages: at least one message")
+        problem = _invalid(body)
+        if problem:
+            return _error(400, "invalid_request_error", problem)
         with self._lock:
             self.requests.append(body)
         turn = self.model.respond(body["messages"])

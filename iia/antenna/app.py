@@ -102,10 +102,17 @@ def antenna_app(antenna: Antenna) -> Starlette:
         ack = data.get("ack") or []
         if not isinstance(ack, list):
             raise StreamError("ack must be a list of jti")
+        max_events = data.get("maxEvents", 10)
+        if not isinstance(max_events, int) or isinstance(max_events, bool) or max_events < 0:
+            raise StreamError("maxEvents must be a whole number of SETs, 0 or more "
+                              "(RFC 8936 §2.4)")
+        immediately = data.get("returnImmediately", True)
+        if not isinstance(immediately, bool):
+            raise StreamError("returnImmediately must be true or false (RFC 8936 §2.4)")
         result = await run_in_threadpool(
             antenna.poll, client, request.path_params["stream_id"],
-            max_events=max(0, min(int(data.get("maxEvents", 10)), 100)), ack=[str(a) for a in ack],
-            return_immediately=bool(data.get("returnImmediately", True)))
+            max_events=min(max_events, 100), ack=[str(a) for a in ack],
+            return_immediately=immediately)
         return JSONResponse(result)
 
     async def health(request: Request) -> JSONResponse:

@@ -109,6 +109,8 @@ class Antenna:
 
     def _validated(self, body: Mapping[str, Any], stream_id: str) -> dict[str, Any]:
         delivery = body.get("delivery") or {"method": POLL}
+        if not isinstance(delivery, Mapping):
+            raise StreamError("delivery must be an object with a method (SSF 1.0 §8.1.1)")
         method = delivery.get("method")
         if method not in (PUSH, POLL):
             raise StreamError(f"delivery method must be {PUSH} or {POLL}")
@@ -121,7 +123,8 @@ class Antenna:
         if not isinstance(requested, list) or not all(isinstance(e, str) for e in requested):
             raise StreamError("events_requested must be a list of event-type URIs")
         aud = body.get("aud")
-        if aud is not None and not isinstance(aud, str | list):
+        if aud is not None and not (isinstance(aud, str) or (
+                isinstance(aud, list) and all(isinstance(a, str) for a in aud))):
             raise StreamError("aud must be a string or a list of strings")
         return {
             "stream_id": stream_id, "iss": self.issuer, "aud": aud or stream_id,
