@@ -38,6 +38,7 @@ from harness.paths import fixtures_dir
 from harness.spire import JwtAuthority, WorkloadApiServer, discovery_app, load_registry
 from harness.verify import VerifyTenant
 from harness.verify.rotation import RotatingClientSecret
+from harness.verify.tokens import member_groups
 from iia.agent import model_client
 from iia.antenna import CAEP, PUSH, SUPPORTED, AnomalyRules, Antenna, antenna_app
 from iia.chat import ChatApp
@@ -196,6 +197,7 @@ class Lab:
             mcp_client_secret=self.client_secret, mcp_resource=self.mcp_url,
             spiffe_keys_url=f"{discovery_url}/keys", trust_domain=registry.trust_domain,
             obo_token_ttl=s.obo_ttl, clock=s.clock)
+        self.verify.tokens.groups_of = member_groups(self.verify)  # the `groups` claim
         await self._serve(HttpService("verify", self.verify.app(), verify_sock))
 
         # The scripted stand-in for Claude.

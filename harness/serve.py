@@ -34,6 +34,7 @@ from harness.openbao import VaultLayout, bootstrap
 from harness.paths import fixtures_dir
 from harness.verify import VerifyTenant
 from harness.verify.rotation import RotatingClientSecret
+from harness.verify.tokens import member_groups
 from iia.errors import ConfigurationError
 from iia.settings import read_authorization_file
 
@@ -133,6 +134,7 @@ def services(name: str) -> list[HttpService]:
                               mcp_client_secret=secret, mcp_resource=cfg["IIA_MCP_RESOURCE"],
                               spiffe_keys_url=cfg["IIA_SPIFFE_OIDC_URL"] + "/keys",
                               obo_token_ttl=LabSettings.from_env(cfg).obo_ttl)  # validated
+        tenant.tokens.groups_of = member_groups(tenant)  # the `groups` claim
         if "IIA_ANTENNA_URL" in cfg:
             antenna = cfg["IIA_ANTENNA_URL"]
             tenant.ssf.trust(antenna, antenna + "/jwks", _authorization(cfg))

@@ -5,21 +5,64 @@ over HTTP, so it can run in another process than the MCP server.
     GET /calls?session=SID&limit=L    recent tool calls: outcome, per-step timings, decoded
                                       on-behalf-of claims (never the token itself)
 
-Unauthenticated and meant for loopback (bind it to 127.0.0.1): it shows what a security panel
-shows, and nothing that could be replayed.
+Unauthenticated and for loopback only: it shows what a security panel shows (every user's
+events), and nothing that could be replayed. Bind it to 127.0.0.1; whatever it is bound to, it
+answers 403 to a peer that is not on this host, and to a `Host` that is not a loopback name (a
+page whose domain was rebound to 127.0.0.1 would otherwise read it as its own origin).
 """
 
 from __future__ import annotations
 
+import ipaddress
+
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from iia.enforcement import EnforcementChain
 from iia.events import EventBus
 
 __all__ = ["console_app"]
+
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def _not_loopback(scope: Scope) -> str | None:
+    """Why this request is not a loopback one, or None."""
+    client = scope.get("client")
+    if client is None or not _loopback(client[0]):
+        return f"the request came from {client[0] if client else 'an unknown peer'}"
+    host = Headers(scope=scope).get("host", "")
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    if name.lower() not in _LOOPBACK_NAMES:
+        return f"it was addressed to {host[:100]!r}"
+    return None
+
+
+class _LoopbackOnly:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        why = _not_loopback(scope) if scope["type"] == "http" else None
+        if why is not None:
+            await JSONResponse({"error": "forbidden", "error_description":
+                                f"The security console answers loopback requests only; {why}."},
+                               status_code=403)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
 
 
 def console_app(events: EventBus, chain: EnforcementChain) -> Starlette:
@@ -39,5 +82,6 @@ def console_app(events: EventBus, chain: EnforcementChain) -> Starlette:
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    return Starlette(routes=[Route("/events", list_events), Route("/calls", calls),
+    return Starlette(middleware=[Middleware(_LoopbackOnly)],
+                     routes=[Route("/events", list_events), Route("/calls", calls),
                              Route("/healthz", health)])

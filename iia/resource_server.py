@@ -2,14 +2,16 @@
 
 RFC 9068 JWT access tokens from the IdP: `typ: at+jwt`, ES256 signature by a key of the IdP's
 JWKS, `iss` = the IdP, `aud` = this MCP server (RFC 8707 resource), not expired, carrying `sub`,
-`sid`, `jti`, `client_id`; and a session this server has not dropped. The IdP's JWKS is kept in an
+`sid`, `jti`, and a `client_id` (RFC 9068 §2.2) of the configured allowed clients (another
+application of the same tenant can get tokens for this resource too: they are not ours to
+honour); and a session this server has not dropped. The IdP's JWKS is kept in an
 `iia.jwks.JwksCache` (fetched once, one rate-limited single-flight refetch on an unknown `kid`,
 failed fetches rate-limited too); its counters prove the warm path does no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,10 +47,13 @@ class Caller:
 
 class UserTokenVerifier:
     def __init__(self, *, issuer: str, audience: str, jwks_uri: str | Callable[[], str],
-                 revocations: SessionRevocations, http: httpx.Client | None = None,
-                 min_refresh: float = 1.0) -> None:
+                 revocations: SessionRevocations, allowed_clients: Collection[str],
+                 http: httpx.Client | None = None, min_refresh: float = 1.0) -> None:
+        if not allowed_clients:
+            raise ValueError("at least one client must be allowed to call the MCP server")
         self.issuer = issuer
         self.audience = audience
+        self.allowed_clients = frozenset(allowed_clients)
         self.revocations = revocations
         self._http = http or httpx.Client(timeout=5)
         self.jwks = JwksCache(jwks_uri, http=self._http, min_refresh=min_refresh,
@@ -129,6 +134,10 @@ class UserTokenVerifier:
             raise InvalidTokenError(f"the access token is invalid: {exc}") from exc
         if "act" in claims:
             raise InvalidTokenError("a delegated token cannot call the MCP server")
+        client = claims["client_id"]
+        if not isinstance(client, str) or client not in self.allowed_clients:
+            raise InvalidTokenError(f"the access token was issued to the client "
+                                    f"{str(client)[:100]!r}, which may not call this MCP server")
         reason = self.revocations.reason(str(claims["sid"]))
         if reason is not None:
             self.revocations.refused(str(claims["sid"]))

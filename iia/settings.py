@@ -19,8 +19,8 @@ from urllib.parse import urlparse
 from iia.errors import ConfigurationError
 from iia.identity.settings import read_env_file
 
-__all__ = ["AgentSettings", "ChatSettings", "McpSettings", "SsfReceiver", "load_env",
-           "read_authorization_file", "ssf_receivers"]
+__all__ = ["AgentSettings", "ChatSettings", "McpSettings", "SsfReceiver", "client_ids", "load_env",
+           "read_authorization_file", "ssf_receivers", "web_origin"]
 
 S = TypeVar("S")
 
@@ -30,6 +30,48 @@ def _url(name: str, value: str) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ConfigurationError(f"{name} must be an http(s) URL, got {value!r}")
     return value.rstrip("/")
+
+
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._~:/@+-]+")
+
+
+def _items(name: str, value: str | tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated setting (or the tuple it became): its stripped items, none empty."""
+    raw = value.split(",") if isinstance(value, str) else list(value)
+    items = tuple(str(item).strip() for item in raw)
+    if not items or any(not item for item in items):
+        raise ConfigurationError(f"{name} must be a comma-separated list with no empty item, "
+                                 f"got {value!r}")
+    return items
+
+
+def client_ids(name: str, value: str | tuple[str, ...]) -> tuple[str, ...]:
+    """OAuth client IDs (RFC 6749 §2.2), one or more; white space, quotes and commas are
+    refused so that every ID is one exact string (a typo is an error, not a silent mismatch)."""
+    items = _items(name, value)
+    bad = [item for item in items if not _CLIENT_ID.fullmatch(item)]
+    if bad:
+        raise ConfigurationError(f"{name}: {bad[0]!r} is not a client ID (letters, digits and "
+                                 "._~:/@+- only)")
+    return items
+
+
+def web_origin(name: str, value: str) -> str:
+    """An origin as browsers send it in `Origin` (RFC 6454 §6.1): scheme://host[:port],
+    lower case, without a default port, a path, a query or a fragment."""
+    parsed = urlparse(value.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.hostname \
+            or parsed.path not in ("", "/") or parsed.query or parsed.fragment \
+            or parsed.username or parsed.password:
+        raise ConfigurationError(f"{name}: {value.strip()!r} is not an origin "
+                                 "(scheme://host[:port], nothing after it)")
+    try:
+        port = parsed.port
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}: {value.strip()!r} has an invalid port") from exc
+    host = parsed.hostname if ":" not in parsed.hostname else f"[{parsed.hostname}]"
+    default = {"http": 80, "https": 443}[parsed.scheme]
+    return f"{parsed.scheme}://{host}" + (f":{port}" if port and port != default else "")
 
 
 def _load(cls: type[S], env_names: Mapping[str, str], env: Mapping[str, str] | None,
@@ -65,14 +107,19 @@ class McpSettings:
     admin_group_id: str = ""
     approval_timeout: float = 120.0
     consent_ttl: float = 1800.0
+    # the OAuth clients whose user tokens may call this server (RFC 9068 §2.2 `client_id`)
+    allowed_clients: tuple[str, ...] | str = ("iia-ui",)
 
     ENV: ClassVar[dict[str, str]] = {"issuer": "IIA_VERIFY_ISSUER", "resource": "IIA_MCP_RESOURCE",
            "admin_api_url": "IIA_ADMIN_API_URL", "admin_group_id": "IIA_ADMIN_GROUP_ID",
-           "approval_timeout": "IIA_APPROVAL_TIMEOUT", "consent_ttl": "IIA_CONSENT_TTL"}
+           "approval_timeout": "IIA_APPROVAL_TIMEOUT", "consent_ttl": "IIA_CONSENT_TTL",
+           "allowed_clients": "IIA_MCP_ALLOWED_CLIENTS"}
 
     def __post_init__(self) -> None:
         for name in ("issuer", "resource", "admin_api_url"):
             object.__setattr__(self, name, _url(self.ENV[name], getattr(self, name)))
+        object.__setattr__(self, "allowed_clients",
+                           client_ids("IIA_MCP_ALLOWED_CLIENTS", self.allowed_clients))
         if self.approval_timeout <= 0 or self.consent_ttl <= 0:
             raise ConfigurationError("approval_timeout and consent_ttl must be positive")
 
@@ -115,12 +162,22 @@ class ChatSettings:
     issuer: str
     client_id: str = "iia-ui"
     session_ttl: float = 8 * 3600.0
+    # the tenant administrators: members (the IdP's `groups` claim) see everyone's events;
+    # empty: nobody does
+    admin_group_id: str = ""
+    # the chat page's public origins; empty: the origin the browser addressed (Host)
+    origins: tuple[str, ...] | str = ()
 
     ENV: ClassVar[dict[str, str]] = {"issuer": "IIA_VERIFY_ISSUER", "client_id": "IIA_UI_CLIENT_ID",
-           "session_ttl": "IIA_CHAT_SESSION_TTL"}
+           "session_ttl": "IIA_CHAT_SESSION_TTL", "admin_group_id": "IIA_ADMIN_GROUP_ID",
+           "origins": "IIA_CHAT_ORIGINS"}
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "issuer", _url("IIA_VERIFY_ISSUER", self.issuer))
+        if self.origins != ():
+            object.__setattr__(self, "origins", tuple(
+                web_origin("IIA_CHAT_ORIGINS", o) for o in _items("IIA_CHAT_ORIGINS",
+                                                                  self.origins)))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ChatSettings:

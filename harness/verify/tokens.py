@@ -2,6 +2,8 @@
 
 * access tokens: RFC 9068 JWT profile (`typ: at+jwt`), for the MCP server resource;
 * ID tokens (OpenID Connect Core §2);
+  both carry `groups` (RFC 9068 §2.2.3.1, RFC 7643 §4.1.2: the IDs of the user's groups) when the
+  tenant wires `groups_of` (its directory);
 * on-behalf-of tokens from token exchange (RFC 8693 §4.1 `act`, RFC 9396 `authorization_details`),
   for the admin API;
 * refresh tokens: opaque, rotated on every use, reuse of a spent one ends the session
@@ -27,7 +29,7 @@ from harness.expiring import ExpiringSet
 from harness.keyset import RotatingKeySet
 from harness.verify.sessions import Session, SessionStore
 
-__all__ = ["RefreshGrant", "TokenInvalid", "TokenService"]
+__all__ = ["RefreshGrant", "TokenInvalid", "TokenService", "member_groups"]
 
 
 class TokenInvalid(ValueError):
@@ -43,6 +45,12 @@ class RefreshGrant:
     resource: str
     expires_at: float
     used: bool = False
+
+
+def member_groups(tenant: Any) -> Callable[[str], list[str]]:
+    """`TokenService.groups_of` for a tenant: the IDs of the directory's groups the user is in
+    (read at minting time, so a token shows the membership of when it was issued)."""
+    return lambda user_id: [g.id for g in tenant.directory.groups_of(user_id) if g.id]
 
 
 def _hash(token: str) -> str:
@@ -73,6 +81,8 @@ class TokenService:
         self._lock = threading.Lock()
         self._revoked_jtis = ExpiringSet(lambda: self._clock())
         self._refresh: dict[str, RefreshGrant] = {}
+        # user id -> the IDs of the groups the user is a member of, read when a token is minted
+        self.groups_of: Callable[[str], Sequence[str]] | None = None
 
     # -- minting ----------------------------------------------------------------------------
 
@@ -87,6 +97,8 @@ class TokenService:
         claims = self._base(session, self.access_ttl)
         claims.update({"aud": audience, "client_id": client_id, "scope": scope,
                        "auth_time": int(session.created_at)})
+        if self.groups_of is not None:
+            claims["groups"] = list(self.groups_of(session.user_id))
         if may_act:
             claims["may_act"] = {"sub": may_act}
         return self.keys.sign(claims, typ="at+jwt"), claims
@@ -95,6 +107,8 @@ class TokenService:
                  name: str | None) -> str:
         claims = self._base(session, self.access_ttl)
         claims.update({"aud": client_id, "auth_time": int(session.created_at)})
+        if self.groups_of is not None:
+            claims["groups"] = list(self.groups_of(session.user_id))
         if nonce:
             claims["nonce"] = nonce
         if name:

@@ -9,7 +9,16 @@ our MCP server) and streams the answer, and streams security events.
     POST /auth/logout      ends the IdP session, forgets the tokens, clears the cookie
     GET  /me               who is signed in
     POST /chat             {"message": ...} -> SSE: text deltas, tool calls, done
-    GET  /events?scope=    SSE of security events, `mine` (this session) or `all`
+    GET  /events?scope=    SSE of security events, `mine` (this session) or `all` (tenant
+                           administrators only: members of IIA_ADMIN_GROUP_ID per the IdP's
+                           `groups` claim; others get 403)
+
+Every request that could change something (any method but GET, HEAD, OPTIONS) must come from the
+chat page's own origin: a browser's `Origin` must be one of IIA_CHAT_ORIGINS (default: the origin
+the browser addressed, e.g. http://127.0.0.1:PORT or http://localhost:PORT) and its
+`Sec-Fetch-Site` `same-origin` (or `none`); otherwise 403 and nothing runs. A request with
+neither header is not from a browser's page (browsers send `Origin` on every POST and fetch
+metadata on every request), so a non-browser client such as the notebooks' LabClient may post.
 """
 
 from __future__ import annotations
@@ -31,16 +40,20 @@ import jwt
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from iia.agent import AgentLoop, McpToolClient
 from iia.agent.mcp_client import McpUnavailableError, SessionEndedError
 from iia.chat.sessions import ChatSession, ChatSessionStore
+from iia.errors import ConfigurationError
 from iia.events import EventBus, SecurityEvent
 from iia.oauth.client import AuthorizationServerClient
-from iia.settings import AgentSettings, ChatSettings
+from iia.settings import AgentSettings, ChatSettings, web_origin
 
 if TYPE_CHECKING:
     import anthropic
@@ -193,10 +206,6 @@ class ChatApp:
         if not request.headers.get("content-type", "").startswith("application/json"):
             return JSONResponse({"error": "invalid_request",
                                  "error_description": "send JSON"}, status_code=415)
-        origin = request.headers.get("origin")
-        if origin and origin.rstrip("/") != str(request.base_url).rstrip("/"):
-            return JSONResponse({"error": "forbidden", "error_description": "cross-origin"},
-                                status_code=403)
         body = await request.json()
         message = str(body.get("message", "")).strip() if isinstance(body, dict) else ""
         if not message or len(message) > 4000:
@@ -269,6 +278,13 @@ class ChatApp:
         if scope not in ("mine", "all"):
             return JSONResponse({"error": "invalid_request",
                                  "error_description": "scope is mine or all"}, status_code=400)
+        if scope == "all":
+            await run_in_threadpool(self.sessions.token, session)  # groups as of now-ish
+            if not self._is_admin(session):
+                return JSONResponse({"error": "forbidden", "error_description":
+                                     "Only tenant administrators may watch everyone's security "
+                                     "events; your own are at /events?scope=mine."},
+                                    status_code=403)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[SecurityEvent] = asyncio.Queue(maxsize=1000)
 
@@ -307,6 +323,30 @@ class ChatApp:
 
         return EventSourceResponse(stream(), ping=15)
 
+    def _is_admin(self, session: ChatSession) -> bool:
+        """A tenant administrator: a member of the configured group, as the IdP asserts it."""
+        group = self.settings.admin_group_id
+        return bool(group) and group in session.groups
+
+    # -- same origin ------------------------------------------------------------------------
+
+    def cross_origin(self, scope: Scope) -> str | None:
+        """Why a state-changing request is refused as cross-origin, or None when it is not."""
+        headers = Headers(scope=scope)
+        site = headers.get("sec-fetch-site")
+        if site is not None and site not in ("same-origin", "none"):
+            return f"Sec-Fetch-Site: {site[:40]}"
+        origin = headers.get("origin")
+        if origin is None:
+            return None  # no browser page sent this (see the module's docstring)
+        allowed = self.settings.origins or (_addressed_origin(scope, headers),)
+        try:
+            if web_origin("Origin", origin) in allowed:
+                return None
+        except ConfigurationError:
+            pass  # "null", or not an origin at all
+        return f"Origin {origin[:100]}"
+
     # -- page -------------------------------------------------------------------------------
 
     async def page(self, request: Request) -> HTMLResponse:
@@ -316,7 +356,7 @@ class ChatApp:
         return JSONResponse({"status": "ok"})
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
+        return Starlette(middleware=[Middleware(_SameOriginWrites, chat=self)], routes=[
             Route("/", self.page),
             Route("/auth/login", self.login),
             Route("/auth/callback", self.callback, name="callback"),
@@ -350,6 +390,39 @@ def _hardened_cookie(out: Response, request: Request, name: str, value: str, *, 
 def _failed(message: str) -> HTMLResponse:
     return HTMLResponse(f"<!doctype html><h1>Sign-in failed</h1><p>{html.escape(message)}</p>"
                         "<p><a href='/auth/login'>Sign in again</a></p>", 400)
+
+
+def _addressed_origin(scope: Scope, headers: Headers) -> str | None:
+    """The origin the browser addressed: this request's scheme and its Host header."""
+    try:
+        return web_origin("Host", f"{scope.get('scheme', 'http')}://{headers.get('host', '')}")
+    except ConfigurationError:
+        return None
+
+
+class _SameOriginWrites:
+    """Refuses, with 403 and before any route runs, a request that may change something (every
+    method but GET, HEAD and OPTIONS) sent by a page of another origin (`ChatApp.cross_origin`).
+    The session cookie is SameSite=Lax, which stops other sites' POSTs but not those of another
+    port of this host (the same site): this check does."""
+
+    SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+
+    def __init__(self, app: ASGIApp, chat: ChatApp) -> None:
+        self.app = app
+        self.chat = chat
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in self.SAFE:
+            why = self.chat.cross_origin(scope)
+            if why is not None:
+                refusal = JSONResponse({"error": "forbidden", "error_description":
+                                        f"This request came from another site ({why}); the chat "
+                                        "accepts changes only from its own page."},
+                                       status_code=403)
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _put_nowait(queue: asyncio.Queue[SecurityEvent], event: SecurityEvent) -> None:

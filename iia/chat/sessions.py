@@ -29,13 +29,30 @@ class ChatSession:
     created_at: float = field(default_factory=time.time)
     messages: list[dict[str, Any]] = field(default_factory=list)
     ended: str | None = None  # why the session ended, when it did
+    # the IDs of the user's groups, as the IdP's latest ID token asserts them (`groups`)
+    groups: tuple[str, ...] = ()
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def update_tokens(self, body: dict[str, Any], now: float) -> None:
         self.access_token = body["access_token"]
         self.refresh_token = body.get("refresh_token", self.refresh_token)
-        self.id_token = body.get("id_token", self.id_token)
+        if body.get("id_token"):
+            self.id_token = body["id_token"]
+            self.groups = _groups(body["id_token"])
         self.expires_at = now + float(body.get("expires_in", 300))
+
+
+def _groups(id_token: str) -> tuple[str, ...]:
+    """The `groups` claim of an ID token this app received from the token endpoint itself (the
+    first one's signature is checked at sign-in; a refreshed one comes over the same direct
+    channel, OpenID Connect Core §3.1.3.7). Anything but a list of strings is no groups."""
+    try:
+        groups = jwt.decode(id_token, options={"verify_signature": False}).get("groups")
+    except jwt.PyJWTError:
+        return ()
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        return ()
+    return tuple(groups)
 
 
 class ChatSessionStore:

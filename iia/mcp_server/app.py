@@ -70,7 +70,8 @@ class McpServer:
             context=CatalogContext(admin_group_id=settings.admin_group_id))
         self.verifier = UserTokenVerifier(
             issuer=settings.issuer, audience=settings.resource,
-            jwks_uri=lambda: self.idp.endpoint("jwks_uri"), revocations=self.revocations)
+            jwks_uri=lambda: self.idp.endpoint("jwks_uri"), revocations=self.revocations,
+            allowed_clients=settings.allowed_clients)
         self._limiter = anyio.CapacityLimiter(max_concurrent_calls)
         self.ssf = SsfPushReceiver(audience=settings.resource, revocations=self.revocations)
         self._tools = [_mcp_tool(t) for t in CATALOG]
