@@ -6,6 +6,8 @@
     iia-lab token USER      log USER in (code + PKCE) and print only the access token
     iia-lab approvals [--json]   pending push approvals (the user's "phone")
     iia-lab approve ID | deny ID answer one
+    iia-lab delegation revoke USER | grant USER   the tenant admin withdraws or restores USER's
+                            delegation to the agent (the next token exchange follows it)
 
 `up` writes `.lab/endpoints.json` (service -> URL or unix:// socket) and `.lab/iia.env` (the IIA_*
 settings that point `iia` at this lab). Only one lab runs per lab directory: `up` holds an
@@ -348,6 +350,23 @@ def cmd_answer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_delegation(args: argparse.Namespace) -> int:
+    endpoints = _running_endpoints()
+    if endpoints is None:
+        return 1
+    from harness.lab_client import DelegationApi
+
+    api = DelegationApi(endpoints["verify"])
+    response = api.grant(args.user) if args.action == "grant" else api.revoke(args.user)
+    body = response.json()
+    if response.status_code != 200:
+        print(f"iia-lab: {body.get('error_description', response.text)}", file=sys.stderr)
+        return 1
+    state = "granted to" if body["delegated"] else "withdrawn from"
+    print(f"{body['user']}: delegation {state} {body['agent']}")
+    return 0
+
+
 # -- entry point ------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -376,6 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
         answer = sub.add_parser(name, help=f"{name} a pending push")
         answer.add_argument("id", help="the push id (from `iia-lab approvals`)")
         answer.set_defaults(func=cmd_answer)
+    delegation = sub.add_parser("delegation",
+                                help="withdraw or restore a user's delegation to the agent")
+    delegation.add_argument("action", choices=("revoke", "grant"))
+    delegation.add_argument("user", help="the user's email, e.g. alice@example.com")
+    delegation.set_defaults(func=cmd_delegation)
     return parser
 
 

@@ -9,10 +9,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
-__all__ = ["LabClient", "PhoneApi", "Turn"]
+__all__ = ["DelegationApi", "LabClient", "PhoneApi", "Turn"]
 
 
 class PhoneApi:
@@ -28,6 +29,28 @@ class PhoneApi:
 
     def answer(self, push_id: str, approve: bool) -> httpx.Response:
         return self._http.post(f"{self.url}/{push_id}/{'approve' if approve else 'deny'}")
+
+
+class DelegationApi:
+    """The tenant admin's delegation switch at the simulated Verify: who delegated to the agent,
+    and withdrawing or restoring one user's delegation (token exchange reads it live)."""
+
+    def __init__(self, verify_url: str, http: httpx.Client | None = None) -> None:
+        self.url = verify_url + "/lab/delegations"
+        self._http = http or httpx.Client(timeout=5)
+
+    def delegations(self) -> list[dict[str, Any]]:
+        """Every user: {user, agent, delegated}."""
+        return self._http.get(self.url).json()
+
+    def revoke(self, user: str) -> httpx.Response:
+        return self._http.post(f"{self.url}/{quote(user, safe='@')}/revoke")
+
+    def grant(self, user: str) -> httpx.Response:
+        return self._http.post(f"{self.url}/{quote(user, safe='@')}/grant")
+
+    def close(self) -> None:
+        self._http.close()
 
 
 def _sse(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -275,7 +275,8 @@ class EnforcementChain:
 
         try:
             approval = self.approvals.request(user=caller.email, details=details,
-                                              binding_message=message, on_pending=pending)
+                                              binding_message=message, on_pending=pending,
+                                              user_token=caller.token)
         except ApprovalTimeoutError as exc:
             self.events.emit("agent:hitl_expired", outcome="expired", reason=exc.description,
                              duration_ms=waited(), correlation=dict(pushed))

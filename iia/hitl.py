@@ -45,9 +45,11 @@ class Approval:
 
 class ApprovalChannel(Protocol):
     def request(self, *, user: str, details: Mapping[str, Any], binding_message: str,
-                on_pending: Callable[[str, float], None] | None = None) -> Approval:
+                on_pending: Callable[[str, float], None] | None = None,
+                user_token: str | None = None) -> Approval:
         """Ask `user` to approve `details`; return once approved, raise when denied or when
-        nobody answers in time."""
+        nobody answers in time. `user_token` is the access token of the user's session the
+        call runs in: the identity provider binds the approval to that session."""
         ...
 
 
@@ -62,9 +64,14 @@ class CibaApprovalChannel:
         self._clock = clock
 
     def request(self, *, user: str, details: Mapping[str, Any], binding_message: str,
-                on_pending: Callable[[str, float], None] | None = None) -> Approval:
+                on_pending: Callable[[str, float], None] | None = None,
+                user_token: str | None = None) -> Approval:
         started = self._clock()
-        form = {"scope": "openid", "login_hint": user, "binding_message": binding_message,
+        # CIBA §7.1 allows exactly one hint. The user's access token as login_hint_token tells
+        # the IdP which session asks, so it binds the approval to that session; an email
+        # (login_hint) names only the user, and a tier-3 approval without a session serves none.
+        hint = ({"login_hint_token": user_token} if user_token else {"login_hint": user})
+        form = {"scope": "openid", **hint, "binding_message": binding_message,
                 "authorization_details": wire(details),
                 "requested_expiry": str(int(self.timeout))}
         started_body = self.identity.with_credential(

@@ -93,9 +93,13 @@ def poll(lab: Lab, identity: WorkloadIdentity, auth_req_id: str) -> httpx.Respon
 
 
 def approve_next(lab: Lab, identity: WorkloadIdentity, email: str, details: dict[str, Any],
-                 approve: bool = True) -> httpx.Response:
-    """Push, answer on the phone, and poll once: what a scripted phone does."""
-    push = bc_authorize(lab, identity, email, details)
+                 approve: bool = True, session_token: str | None = None) -> httpx.Response:
+    """Push, answer on the phone, and poll once: what a scripted phone does. With
+    `session_token` (the user's access token) the push names its session as the MCP server's
+    does (CIBA login_hint_token), which a tier-3 approval needs to serve that session."""
+    hint = ({"login_hint": None, "login_hint_token": session_token} if session_token
+            else {})
+    push = bc_authorize(lab, identity, email, details, **hint)
     assert push.status_code == 200, push.text
     pending = [p for p in lab.verify.approvals.pending(email)
                if p.authorization_details == [details]]

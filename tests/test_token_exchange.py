@@ -362,7 +362,8 @@ def test_tier3_needs_an_approval_of_exactly_this_call_used_once(
     response = exchange(lab, identity, alice["access_token"], obj)
     assert "tier3-needs-call-approval" in refused(response, "access_denied", lab, before)
 
-    assert approve_next(lab, identity, "alice@example.com", obj).status_code == 200
+    assert approve_next(lab, identity, "alice@example.com", obj,
+                        session_token=alice["access_token"]).status_code == 200
     other_target = {**obj, "target": "u-nina"}
     other_digest = {**obj, "digest": "sha256:" + "0" * 64}
     for mismatch in (other_target, other_digest):

@@ -3,9 +3,13 @@ leaves behind for the token-exchange policy.
 
 * approving `agent_write_consent` for a session records that session's **write consent**
   (tier 2); the policy accepts it for 30 minutes;
-* approving a tier-3 operation records a **call approval** bound to that exact
-  authorization_details object (type, target, arguments digest...); one token exchange consumes
-  it, once, within `call_approval_ttl` seconds.
+* approving a tier-3 operation records a **call approval** bound to the user, to the session
+  the push named (the `sid` of the user's access token sent as CIBA `login_hint_token`), and to
+  that exact authorization_details object (type, target, arguments digest...); one token exchange
+  in that session consumes it, once, within `call_approval_ttl` seconds. A push that named no
+  session (`login_hint` only) leaves an approval no session can redeem;
+* withdrawing the user's delegation (`void_user`) drops their session consents and spends their
+  unused call approvals: what was approved under a delegation does not outlive it.
 
 Each request has two identifiers: `id`, which the phone shows and answers, and `auth_req_id`,
 which only the requesting client polls with (OpenID CIBA §7.3).
@@ -17,7 +21,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from harness.listeners import Listeners
@@ -56,6 +60,7 @@ class PushRequest:
 class CallApproval:
     id: str
     user_id: str
+    session: str | None  # the sid the push named; None: no session can redeem it
     details: dict[str, Any]
     approved_at: float
     used: bool = False
@@ -146,7 +151,8 @@ class Approvals:
             self._consents[(push.user_id, push.session)] = now
         else:
             self._calls.append(CallApproval(id=push.id, user_id=push.user_id,
-                                            details=dict(details), approved_at=now))
+                                            session=push.session, details=dict(details),
+                                            approved_at=now))
 
     def poll(self, push: PushRequest) -> float:
         """Register a poll; returns the seconds since the previous one (inf for the first)."""
@@ -171,15 +177,54 @@ class Approvals:
             at = self._consents.get((user_id, sid))
         return None if at is None else self.clock() - at
 
-    def find_call_approval(self, user_id: str, details: Mapping[str, Any]) -> CallApproval | None:
+    def _redeemable(self, approval: CallApproval, user_id: str, details: Mapping[str, Any],
+                    now: float) -> bool:
+        return (not approval.used and approval.user_id == user_id
+                and approval.details == dict(details)
+                and now - approval.approved_at <= self.call_approval_ttl)
+
+    def find_call_approval(self, user_id: str, sid: str,
+                           details: Mapping[str, Any]) -> CallApproval | None:
+        """An unused, unexpired approval of exactly `details` by `user_id` in session `sid`."""
         now = self.clock()
         with self._lock:
             for approval in self._calls:
-                if (not approval.used and approval.user_id == user_id
-                        and approval.details == dict(details)
-                        and now - approval.approved_at <= self.call_approval_ttl):
+                if (approval.session is not None and approval.session == sid
+                        and self._redeemable(approval, user_id, details, now)):
                     return approval
         return None
+
+    def why_not_this_session(self, user_id: str, sid: str,
+                             details: Mapping[str, Any]) -> str | None:
+        """When this user approved exactly `details` but not in session `sid`: why that approval
+        does not serve here (for the refusal's description); None when there is none."""
+        now = self.clock()
+        with self._lock:
+            others = [a for a in self._calls if a.session != sid
+                      and self._redeemable(a, user_id, details, now)]
+        if not others:
+            return None
+        if all(a.session is None for a in others):
+            return ("the user's approval of this call names no session (the push carried no "
+                    "login_hint_token), so no session can redeem it")
+        return "the user approved this call in another of their sessions, not in this one"
+
+    def call_approvals(self, user_id: str | None = None) -> list[CallApproval]:
+        """Copies of the recorded tier-3 approvals (every user's when `user_id` is None)."""
+        with self._lock:
+            return [replace(a) for a in self._calls if user_id is None or a.user_id == user_id]
+
+    def void_user(self, user_id: str) -> tuple[int, int]:
+        """Drop the user's session consents and spend their unused call approvals (their
+        delegation was withdrawn); returns how many of each."""
+        with self._lock:
+            consents = [key for key in self._consents if key[0] == user_id]
+            for key in consents:
+                del self._consents[key]
+            calls = [a for a in self._calls if a.user_id == user_id and not a.used]
+            for approval in calls:
+                approval.used = True
+        return len(consents), len(calls)
 
     def consume(self, approval: CallApproval) -> bool:
         with self._lock:

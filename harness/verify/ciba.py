@@ -2,7 +2,8 @@
 
 The MCP server asks the user to approve on their phone:
 
-    POST /bc-authorize  login_hint, binding_message, scope=openid, authorization_details
+    POST /bc-authorize  login_hint_token | login_hint, binding_message, scope=openid,
+                        authorization_details
       -> {auth_req_id, expires_in, interval}                                       (§7)
     POST /token  grant_type=urn:openid:params:grant-type:ciba, auth_req_id
       -> authorization_pending | slow_down | access_denied | expired_token | tokens (§10, §11)
@@ -10,6 +11,14 @@ The MCP server asks the user to approve on their phone:
 What can be pushed (one authorization_details object): `agent_write_consent` for a live session of
 the user (tier 2: consent to writes in that session), or a tier-3 operation (approval of exactly
 that call). Tier 1 needs no approval and tier 4 can never be approved, so both are refused here.
+
+Which session asks (§7.1, "deployment specific" hint): the MCP server sends the user's access
+token, the one it is acting on (RFC 9068, issued here for the MCP server, live session), as
+`login_hint_token`. The tenant verifies it and binds a tier-3 approval to that token's `sid`, so
+only a token exchange in the same session can redeem it; for a tier-2 consent the session named
+in authorization_details must be that token's session. `login_hint` (the user's email) is still
+accepted, but a tier-3 approval pushed with it names no session and serves no exchange.
+
 The phone is `/lab/phone` (a page and a small JSON API) and `iia-lab approvals | approve | deny`.
 """
 
@@ -17,7 +26,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
+from scim2_models import User
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
@@ -41,7 +52,7 @@ from harness.verify.errors import (
 )
 from harness.verify.rar import RarRegistry, parse_authorization_details
 from harness.verify.sessions import SessionStore
-from harness.verify.tokens import TokenService
+from harness.verify.tokens import TokenInvalid, TokenService
 
 __all__ = ["CIBA_GRANT", "Ciba", "UnknownUserId"]
 
@@ -55,11 +66,19 @@ class UnknownUserId(OAuthError):
     error = "unknown_user_id"
 
 
+class ExpiredLoginHintToken(OAuthError):
+    """CIBA §13: the login_hint_token has expired."""
+
+    error = "expired_login_hint_token"
+
+
 class Ciba:
     def __init__(self, *, directory: Directory, sessions: SessionStore, tokens: TokenService,
                  registry: RarRegistry, approvals: Approvals, audit: AuditTrail,
-                 admin_api_url: str, clock: Callable[[], float] = time.time) -> None:
+                 admin_api_url: str, mcp_resource: str,
+                 clock: Callable[[], float] = time.time) -> None:
         self.directory = directory
+        self.mcp_resource = mcp_resource  # the audience of a login_hint_token
         self.sessions = sessions
         self.tokens = tokens
         self.registry = registry
@@ -75,12 +94,7 @@ class Ciba:
             raise UnauthorizedClient(f"{client.client_id} is not registered for CIBA")
         if "openid" not in form.get("scope", "").split():
             raise InvalidScope("a CIBA request must ask for the openid scope")
-        hints = [h for h in ("login_hint", "login_hint_token", "id_token_hint") if form.get(h)]
-        if hints != ["login_hint"]:
-            raise InvalidRequest("send exactly one hint, login_hint (the user's email)")
-        user = self.directory.user_by_username(form["login_hint"])
-        if user is None or not user.active or user.id is None:
-            raise UnknownUserId("login_hint does not name an active user of this tenant")
+        user, hinted_sid = self._hinted_user(form)
         binding = form.get("binding_message", "")
         if not binding or len(binding) > MAX_BINDING_MESSAGE:
             raise InvalidRequest(f"binding_message is required (1 to {MAX_BINDING_MESSAGE} "
@@ -95,6 +109,10 @@ class Ciba:
             owner = self.sessions.get(session)
             if owner is None or not owner.alive or owner.user_id != user.id:
                 raise InvalidAuthorizationDetails("session is not a live session of this user")
+            if hinted_sid is not None and session != hinted_sid:
+                raise InvalidAuthorizationDetails("session is not the session of the "
+                                                  "login_hint_token: consent is asked for the "
+                                                  "session that makes the request")
         elif spec.tier == 4:
             raise AuthenticationRequestDenied(
                 f"{spec.name} is blocked by tenant policy; there is nothing to approve")
@@ -102,6 +120,8 @@ class Ciba:
             raise InvalidAuthorizationDetails(
                 f"{spec.name} is tier {spec.tier}: only tier-2 session consent "
                 "(agent_write_consent) and tier-3 operations are approved by push")
+        else:
+            session = hinted_sid  # a tier-3 approval serves only the session that asked
         expiry = None
         if form.get("requested_expiry"):
             try:
@@ -121,6 +141,34 @@ class Ciba:
                              "expires_in": int(push.expires_at - push.created_at),
                              "interval": int(push.interval)},
                             headers=NO_STORE)
+
+    def _hinted_user(self, form: Mapping[str, str]) -> tuple[User[Any], str | None]:
+        """§7.1: exactly one hint. The user it names and, for a login_hint_token (the user's
+        access token for the MCP server), the session it belongs to."""
+        hints = [h for h in ("login_hint", "login_hint_token", "id_token_hint") if form.get(h)]
+        if hints not in (["login_hint"], ["login_hint_token"]):
+            raise InvalidRequest("send exactly one hint: login_hint_token (the user's access "
+                                 "token, which binds the approval to its session) or "
+                                 "login_hint (the user's email)")
+        if hints == ["login_hint"]:
+            user = self.directory.user_by_username(form["login_hint"])
+            if user is None or not user.active or user.id is None:
+                raise UnknownUserId("login_hint does not name an active user of this tenant")
+            return user, None
+        try:
+            claims = self.tokens.decode(form["login_hint_token"], typ="at+jwt",
+                                        audience=self.mcp_resource)
+        except TokenInvalid as exc:
+            if str(exc) == "the token has expired":  # TokenService.decode's words
+                raise ExpiredLoginHintToken("login_hint_token has expired") from exc
+            raise InvalidRequest(f"login_hint_token is not a user's access token of this "
+                                 f"tenant for the MCP server: {exc}") from exc
+        if "act" in claims:
+            raise InvalidRequest("login_hint_token is a delegated token, not the user's own")
+        user = self.directory.user(str(claims["sub"]))
+        if user is None or not user.active or user.id is None:
+            raise UnknownUserId("login_hint_token does not name an active user of this tenant")
+        return user, str(claims["sid"])
 
     # -- §10/§11 the token request ----------------------------------------------------------
 

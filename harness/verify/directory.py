@@ -109,6 +109,17 @@ class Directory:
         """Has this user delegated to the agent (their tokens carry `may_act`)?"""
         return (user.user_name or "").lower() in self._delegated
 
+    def set_delegated(self, user: User[Any], delegated: bool) -> bool:
+        """A tenant admin grants or withdraws the user's delegation to the agent; True when
+        that changed the record. Token exchange reads it live, at every exchange."""
+        email = (user.user_name or "").lower()
+        before = email in self._delegated
+        if delegated:
+            self._delegated.add(email)
+        else:
+            self._delegated.discard(email)
+        return before != delegated
+
     def application(self, app_id: str) -> dict[str, Any] | None:
         return next((a for a in self.applications if a["id"] == app_id), None)
 

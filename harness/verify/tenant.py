@@ -8,6 +8,8 @@ under `/v2.0/`. Lab-only helpers (the push "phone", the audit trail) live under 
     /v2.0/...             admin API: SCIM Users/Groups, applications, access policies
     /v1.0/ssf/events      SSF push receiver (CAEP session-revoked)
     /lab/phone            pending push approvals (page + JSON API); /lab/decisions audit trail
+    /lab/delegations      who delegated to the agent; POST /lab/delegations/{email}/revoke|grant
+                          is the tenant admin withdrawing or restoring a user's delegation
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from scim2_models import User
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -27,7 +30,7 @@ from starlette.routing import Mount, Route
 from harness.keyset import RotatingKeySet
 from harness.verify.admin_api import AdminApi
 from harness.verify.approvals import Approvals
-from harness.verify.audit import AuditTrail
+from harness.verify.audit import AuditTrail, Decision
 from harness.verify.ciba import CIBA_GRANT, Ciba
 from harness.verify.client_auth import Client, ClientRegistry, authenticate_client
 from harness.verify.directory import Directory
@@ -118,7 +121,8 @@ class VerifyTenant:
             clock=clock)
         self.ciba = Ciba(directory=self.directory, sessions=self.sessions, tokens=self.tokens,
                          registry=self.registry, approvals=self.approvals, audit=self.audit,
-                         admin_api_url=self.admin_api_url, clock=clock)
+                         admin_api_url=self.admin_api_url, mcp_resource=self.mcp_resource,
+                         clock=clock)
         self.ssf = SsfReceiver(issuer=self.issuer, directory=self.directory,
                                sessions=self.sessions, audit=self.audit)
         self.admin_api = AdminApi(directory=self.directory, tokens=self.tokens,
@@ -219,6 +223,50 @@ class VerifyTenant:
         kind = request.query_params.get("kind")
         return JSONResponse([d.to_dict() for d in self.audit.decisions(kind)])
 
+    # -- delegation: a tenant admin's switch, read live by every token exchange -------------
+
+    def set_delegation(self, email: str, delegated: bool) -> dict[str, Any] | None:
+        """Grant or withdraw `email`'s delegation to the agent (None: no such user).
+
+        Withdrawing does not end the user's sessions (they are the user's sign-in, not the
+        agent's authority; every exchange checks the record live, so the very next one fails):
+        it drops the session consents and unused call approvals the user gave the agent, which
+        a later grant does not bring back."""
+        user = self.directory.user_by_username(email)
+        if user is None or user.id is None:
+            return None
+        changed = self.directory.set_delegated(user, delegated)
+        voided = (0, 0) if delegated else self.approvals.void_user(user.id)
+        self.audit.record(Decision(
+            kind="delegation", outcome="granted" if delegated else "revoked",
+            user=user.user_name, actor=self.directory.agent_spiffe_id,
+            reason=("the tenant admin restored the user's delegation to the agent" if delegated
+                    else "the tenant admin withdrew the user's delegation to the agent"),
+            details={"changed": changed, "voided_consents": voided[0],
+                     "voided_call_approvals": voided[1]}))
+        return self._delegation(user)
+
+    def _delegation(self, user: User[Any]) -> dict[str, Any]:
+        return {"user": user.user_name, "agent": self.directory.agent_spiffe_id,
+                "delegated": self.directory.delegated(user)}
+
+    async def delegations(self, request: Request) -> JSONResponse:
+        return JSONResponse([self._delegation(u) for u in self.directory.users()])
+
+    async def change_delegation(self, request: Request) -> JSONResponse:
+        email = request.path_params["email"]
+        action = request.path_params["action"]
+        if action not in ("revoke", "grant"):
+            return JSONResponse({"error": "not_found", "error_description":
+                                 f"no delegation action {action!r} (revoke or grant)"},
+                                status_code=404)
+        result = self.set_delegation(email, action == "grant")
+        if result is None:
+            return JSONResponse({"error": "not_found",
+                                 "error_description": f"no user {email} in this tenant"},
+                                status_code=404)
+        return JSONResponse(result)
+
     async def health(self, request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
@@ -240,6 +288,9 @@ class VerifyTenant:
             Route("/lab/phone/requests/{approval_id}/{answer:str}", self.ciba.phone_answer,
                   methods=["POST"]),
             Route("/lab/decisions", self.decisions),
+            Route("/lab/delegations", self.delegations),
+            Route("/lab/delegations/{email}/{action:str}", self.change_delegation,
+                  methods=["POST"]),
             Route("/healthz", self.health),
             Mount("/v2.0", app=self.admin_api.app()),
         ])

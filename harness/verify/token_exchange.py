@@ -8,9 +8,12 @@ the tenant's Cedar policy.
 
 Checks, in order: the request's shape; the subject token (signature, issuer, expiry, audience,
 session alive, not itself delegated); the actor token (JWT-SVID of a trusted trust domain); the
-subject's `may_act` names the actor; the authorization_details object (registered type, fields,
-tier, locations); then the policy, with the approval state recorded by CIBA. Only then is an
-on-behalf-of token minted: `act` = the SPIFFE ID, the exact authorization_details, `sid`, `jti`.
+subject's `may_act` names the actor, and the tenant's delegation record says, now, that this user
+still delegates to that actor (a withdrawn delegation stops the very next exchange, whatever the
+token says); the authorization_details object (registered type, fields, tier, locations); then
+the policy, with the approval state recorded by CIBA (a tier-3 approval counts only in the session
+that asked for it). Only then is an on-behalf-of token minted: `act` = the SPIFFE ID, the exact
+authorization_details, `sid`, `jti`.
 
 Error codes: structural problems are `invalid_request`, an unacceptable subject or actor token
 is `invalid_grant` (the tokens are the grant; a session that ended must read as a dead grant),
@@ -143,6 +146,12 @@ class TokenExchange:
             raise InvalidGrant("the user has not delegated to any agent (no may_act)")
         if may_act["sub"] != actor:
             raise InvalidGrant(f"the user's may_act does not name the actor {actor}")
+        # the token's may_act was true when it was issued; the tenant's record is true now
+        # (RFC 8693 §2.2.2 / RFC 6749 §5.2: a grant whose authority was revoked is invalid_grant)
+        if not self.directory.delegated(user) or self.directory.agent_spiffe_id != actor:
+            raise InvalidGrant(f"{user.user_name} has withdrawn the delegation to {actor} at "
+                               "the tenant; the may_act in the subject_token is no longer "
+                               "honoured")
 
         # -- what exactly the token is for (RFC 9396)
         details = parse_authorization_details(form.get("authorization_details"))
@@ -155,7 +164,7 @@ class TokenExchange:
 
         # -- the policy, with what the user approved
         consent_age = self.approvals.session_consent_age(subject["sub"], subject["sid"])
-        call_approval = (self.approvals.find_call_approval(subject["sub"], obj)
+        call_approval = (self.approvals.find_call_approval(subject["sub"], subject["sid"], obj)
                          if spec.tier == 3 else None)
         if call_approval is not None:
             ctx["approval_id"] = call_approval.id
@@ -169,7 +178,12 @@ class TokenExchange:
                              else int(consent_age),
                              "call_approved": call_approval is not None}})
         if not decision.allowed:
-            raise AccessDenied(f"{decision.reason} (policy {decision.policy_id})",
+            why = decision.reason
+            if decision.policy_id == "tier3-needs-call-approval":
+                elsewhere = self.approvals.why_not_this_session(subject["sub"], subject["sid"],
+                                                                obj)
+                why = f"{why}: {elsewhere}" if elsewhere else why
+            raise AccessDenied(f"{why} (policy {decision.policy_id})",
                                policy_id=decision.policy_id)
         if call_approval is not None and not self.approvals.consume(call_approval):
             raise AccessDenied("the approval for this call was already used "
