@@ -64,10 +64,25 @@ class _LoopbackOnly:
         await self.app(scope, receive, send)
 
 
+def _count(request: Request, name: str, default: int, most: int | None = None
+           ) -> int | JSONResponse:
+    """A non-negative whole-number query parameter, or the 400 that says what is wrong."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or (most is not None and int(raw) > most):
+        bound = f" no larger than {most}" if most is not None else ""
+        return JSONResponse({"error": "invalid_request",
+                             "error_description": f"{name} must be a whole number{bound}, "
+                                                  f"not {raw[:40]!r}"}, status_code=400)
+    return int(raw)
+
 
 def console_app(events: EventBus, chain: EnforcementChain) -> Starlette:
     async def list_events(request: Request) -> JSONResponse:
-        after = int(request.query_params.get("after", "0"))
+        after = _count(request, "after", 0)
+        if isinstance(after, JSONResponse):
+            return after
         session = request.query_params.get("session")
         items, cursor = events.since(after)
         out = [e.to_dict() for e in items if session is None or e.session_id == session]
@@ -75,7 +90,9 @@ def console_app(events: EventBus, chain: EnforcementChain) -> Starlette:
 
     async def calls(request: Request) -> JSONResponse:
         session = request.query_params.get("session")
-        limit = int(request.query_params.get("limit", "20"))
+        limit = _count(request, "limit", 20, most=1000)
+        if isinstance(limit, JSONResponse):
+            return limit
         items = [o.public() for sid, o in list(chain.history) if session in (None, sid)]
         return JSONResponse(items[-limit:])
 
