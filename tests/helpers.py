@@ -3,7 +3,6 @@ HTTP so each test controls every parameter (and can get each one wrong)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
@@ -11,7 +10,10 @@ import httpx
 
 from harness.lab import Lab
 from harness.verify.login import login
+from iia.catalog import CATALOG
 from iia.identity import WorkloadIdentity
+from iia.rar import argument_digest as digest  # noqa: F401 (the one definition, re-exported)
+from iia.rar import body_fields, details_digest
 from iia.resource_server import Caller
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -30,21 +32,37 @@ ACTIONS = {1: ["read"], "verify_create_user": ["create"], "verify_revoke_user_se
            "verify_delete_user": ["delete"], "agent_write_consent": ["approve"]}
 
 
-def digest(arguments: dict[str, Any]) -> str:
-    canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
+_TOOLS = {t.rar_type: t for t in CATALOG}
+_PATCHES = {"verify_add_group_member", "verify_remove_group_member", "verify_deactivate_user",
+            "verify_grant_admin_role"}
+
+
+def named_body(type_: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The body field a write's object names, as iia.rar builds it from the catalog: a PATCH's
+    `operations` from `target`/`group`; `attributes` of a create default to the smallest user
+    (`schemas`, `userName` = target). Empty for other types or when given."""
+    if "attributes" in fields or "operations" in fields:
+        return {}
+    if type_ == "verify_create_user":
+        return {"attributes": {"schemas": [USER_SCHEMA], "userName": fields.get("target")}}
+    if type_ not in _PATCHES:
+        return {}
+    return body_fields(_TOOLS[type_], {"user_id": fields.get("target", ""),
+                                       "group_id": fields.get("group", "")})
 
 
 def rar(lab: Lab, type_: str, **fields: Any) -> dict[str, Any]:
-    """A valid authorization_details object for `type_` (fields: target, group, session...)."""
+    """A valid authorization_details object for `type_` (fields: target, group, session,
+    attributes, operations...), its digest iia.rar's of its argument fields."""
     tier = TIERS[type_]
     actions = ACTIONS.get(type_) or ACTIONS.get(tier) or ["update"]
-    arguments = {k: v for k, v in fields.items() if k not in ("summary",)}
+    summary = fields.pop("summary", None)
+    fields.update(named_body(type_, fields))
     obj: dict[str, Any] = {"type": type_, "actions": actions,
                            "locations": [lab.verify.admin_api_url], "tier": tier,
-                           "summary": fields.pop("summary", f"{type_} {arguments}"),
-                           "digest": digest(arguments)}
-    obj.update(fields)
+                           "summary": summary or f"{type_} {fields}", **fields}
+    obj["digest"] = details_digest(obj)
     return obj
 
 

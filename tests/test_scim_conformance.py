@@ -80,7 +80,8 @@ REFUSED = {
     *GROUP_CHECKS,
 }
 
-# The conformance run's extra RAR types (test only): name -> (tier, method, path template).
+# The conformance run's extra RAR types (test only): name -> (tier, method, path template). A
+# write names its body like the lab's types: `attributes` (POST, PUT), `operations` (PATCH).
 CONFORMANCE_TYPES: dict[str, tuple[int, str, str]] = {
     **{f"scim_{verb}_{endpoint.lower()}": (tier, method, f"/{endpoint}{suffix}")
        for endpoint in ("Users", "Groups")
@@ -129,11 +130,16 @@ class OboPerRequest(httpx2.Auth):
             return self.world.rar(name, **fields)
         return self.world.rar("verify_read_users")
 
-    @staticmethod
-    def _fill(name: str, fields: dict[str, str], body: bytes) -> bool:
+    def _fill(self, name: str, fields: dict[str, Any], body: bytes) -> bool:
         """Take the fields the path does not give from the body, as the MCP tool would know
-        them; False when this type is not the one the body asks for."""
+        them: a write names its whole body (`attributes`, `operations`); False when this type
+        is not the one the body asks for."""
         payload = json.loads(body) if body else {}
+        body_field = self.world.registry.types[name].body_field
+        if body_field == "attributes":
+            fields["attributes"] = payload
+        elif body_field == "operations":
+            fields["operations"] = payload.get("Operations") if isinstance(payload, dict) else None
         if name == "verify_create_user":
             fields["target"] = str(payload.get("userName"))
         elif name in ("verify_add_group_member", "verify_remove_group_member"):
@@ -185,9 +191,11 @@ def run() -> Iterator[Run]:
 def conformance_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     doc = json.loads((fixtures_dir() / "policy" / "rar_types.json").read_text())
     for name, (tier, method, path) in CONFORMANCE_TYPES.items():
+        body = {"POST": {"attributes": "object"}, "PUT": {"attributes": "object"},
+                "PATCH": {"operations": "objects"}}.get(method, {}) if tier > 1 else {}
         doc["types"][name] = {
             "tier": tier, "actions": ["read" if tier == 1 else "update"],
-            "fields": {"target": "string"} if "{target}" in path else {},
+            "fields": {**({"target": "string"} if "{target}" in path else {}), **body},
             "request": {"method": method, "path": path},
             "description": f"scim2-tester: {method} {path}"}
     path = tmp_path_factory.mktemp("conformance") / "rar_types.json"

@@ -364,12 +364,16 @@ def test_tier3_needs_an_approval_of_exactly_this_call_used_once(
 
     assert approve_next(lab, identity, "alice@example.com", obj,
                         session_token=alice["access_token"]).status_code == 200
-    other_target = {**obj, "target": "u-nina"}
-    other_digest = {**obj, "digest": "sha256:" + "0" * 64}
-    for mismatch in (other_target, other_digest):
+    other_target = rar(lab, "verify_deactivate_user", target="u-nina")
+    other_summary = {**obj, "summary": "Deactivate someone else"}  # what the user read differs
+    for mismatch in (other_target, other_summary):
         before = issued_count(lab)
         refused(exchange(lab, identity, alice["access_token"], mismatch), "access_denied", lab,
                 before)
+    # a digest that is not the object's own is no object at all (and spends no approval)
+    before = issued_count(lab)
+    refused(exchange(lab, identity, alice["access_token"], {**obj, "digest": "sha256:" + "0" * 64}),
+            "invalid_authorization_details", lab, before)
     issued = exchange(lab, identity, alice["access_token"], obj)
     assert issued.status_code == 200, issued.text
     assert lab.verify.audit.last("token_exchange").approval_id

@@ -8,10 +8,14 @@ path template relative to the admin API root (`{target}`, `{group}` from the obj
 checks the object again (RFC 9396 §2.2: its `locations` must name this API) and then that the
 request is that one: same method, same path, and a body whose *effect* is the one described.
 
-Bodies are judged after scim2-server parses them (the same parser that then serves the request),
-and a PATCH by applying it to a copy of the stored resource and comparing before and after, so a
-differential between two parsers (case-variant keys, schema-qualified paths, value filters) cannot
-slip a second change past the check.
+Bodies are judged twice. First by their effect, after scim2-server parses them (the same parser
+that then serves the request), a PATCH by applying it to a copy of the stored resource and
+comparing before and after, so a differential between two parsers (case-variant keys,
+schema-qualified paths, value filters) cannot slip a second change past the check. Then, for a
+write, against the object's own words (DESIGN.md §7, "the body is the approval"): the body must
+be exactly what the object names, `attributes` for a POST, `operations` for a PATCH, compared as
+JSON values in iia.rar's canonical form. An attribute, a value, an operation, a path or a member
+the object does not name is refused (403), before anything is created or changed.
 """
 
 from __future__ import annotations
@@ -28,8 +32,11 @@ from harness.verify.admin_errors import NotCovered
 from harness.verify.directory import Directory
 from harness.verify.errors import InvalidAuthorizationDetails
 from harness.verify.rar import RarRegistry, RarType
+from iia.rar import canonical_json
 
-__all__ = ["Coverage", "Grant", "RequestLine"]
+__all__ = ["PATCH_OP", "Coverage", "Grant", "RequestLine"]
+
+PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,7 @@ class Coverage:
         if rule is not None:
             with self.service.provider:
                 rule(grant, request)
+        self._body_is_named(grant, request)
         return grant
 
     @staticmethod
@@ -149,6 +157,22 @@ class Coverage:
         return path
 
     # -- body rules --------------------------------------------------------------------------
+
+    def _body_is_named(self, grant: Grant, request: RequestLine) -> None:
+        """A write's body is exactly what its object names: `attributes` is the whole body
+        (POST, PUT), `operations` the `Operations` of a PatchOp (RFC 7644 §3.5.2)."""
+        field = grant.rar.body_field
+        if field is None:
+            return
+        sent = self.service.decode_body(request.body, request.content_type)
+        named: Any = grant.details[field] if field == "attributes" else {
+            "schemas": [PATCH_OP], "Operations": grant.details[field]}
+        difference = _difference(sent, named, "")
+        if difference is not None:
+            done = "created" if request.method.upper() == "POST" else "changed"
+            raise NotCovered(detail=f"the request's body {difference}; this token covers only "
+                                    f"the body its authorization_details ({grant.rar.name}) "
+                                    f"name, so nothing was {done}")
 
     def _creates_target(self, grant: Grant, request: RequestLine) -> None:
         """verify_create_user: the body creates the user whose userName is `target`
@@ -212,6 +236,44 @@ class Coverage:
             raise NotCovered(detail=f"this token covers setting active to false on user "
                                     f"{grant.target!r} and nothing else; the request's PATCH "
                                     "does something else")
+
+
+_UNNAMED = "the token's authorization_details"
+
+
+def _same(sent: Any, named: Any) -> bool:
+    """Equal as JSON values in the canonical form (`true` is not `1`, `1.0` is not `1`)."""
+    try:
+        return canonical_json(sent) == canonical_json(named)
+    except (TypeError, ValueError):  # NaN, Infinity: never what an object names
+        return False
+
+
+def _at(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _difference(sent: Any, named: Any, where: str) -> str | None:
+    """The first way the body `sent` differs from what the object `named`, as a phrase that
+    names the attribute (never its value: a body may hold a secret), or None."""
+    if isinstance(sent, dict) and isinstance(named, dict):
+        extra = sorted(str(k) for k in set(sent) - set(named))
+        if extra:
+            return f"carries {_at(where, extra[0])}, which {_UNNAMED} do not name"
+        missing = sorted(str(k) for k in set(named) - set(sent))
+        if missing:
+            return f"lacks {_at(where, missing[0])}, which {_UNNAMED} name"
+        return next((d for key in sorted(named)
+                     if (d := _difference(sent[key], named[key], _at(where, key)))), None)
+    if isinstance(sent, list) and isinstance(named, list):
+        if len(sent) != len(named):
+            return (f"has {len(sent)} entries in {where or 'the body'}, where {_UNNAMED} name "
+                    f"{len(named)}")
+        return next((d for i, (one, other) in enumerate(zip(sent, named, strict=True))
+                     if (d := _difference(one, other, f"{where}[{i}]"))), None)
+    if _same(sent, named):
+        return None
+    return f"sets {where or 'the body'} to another value than {_UNNAMED} name"
 
 
 def _members(group: Resource[Any]) -> list[Any]:

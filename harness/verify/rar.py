@@ -8,8 +8,15 @@ when its type is registered, it has every field and no other, each field has its
 `actions` and `tier` are the registered ones (the client does not get to choose its tier), its
 `target` and `group` are each one path segment, and its `locations` (RFC 9396 §2.2) are either the
 admin API or exactly the resource the object covers (the type's path template filled with the
-object's `target`, `group`): a location naming another resource is a target mismatch. Anything
-else is `invalid_authorization_details`.
+object's `target`, `group`): a location naming another resource is a target mismatch.
+
+A write names its whole body (DESIGN.md §7): `attributes` is the exact body of a POST, and must
+hold the type's `attributes_include` values (`verify_create_user`: userName = `target`);
+`operations` is the exact `Operations` of a PATCH, and must be the type's `operations` when the
+type registers one (adding or removing exactly the member `target`, setting active to false).
+Last, the `digest` must be `iia.rar.details_digest` of the object's own argument fields (every
+field but the common ones), the one canonical form the MCP server uses too. Anything else is
+`invalid_authorization_details`, with a description saying what does not match.
 """
 
 from __future__ import annotations
@@ -22,17 +29,34 @@ from pathlib import Path
 from typing import Any
 
 from harness.verify.errors import InvalidAuthorizationDetails
+from iia.rar import argument_fields, canonical_json, details_digest
 
-__all__ = ["RarRegistry", "RarType", "parse_authorization_details"]
+__all__ = ["RarRegistry", "RarType", "fill", "parse_authorization_details"]
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_PLACEHOLDER = re.compile(r"\{(target|group|admin_group)\}")
 _KIND_WORDS = {"string": "a non-empty string", "integer": "an integer",
-               "array": "an array of strings"}
+               "array": "an array of strings", "object": "a JSON object",
+               "objects": "a non-empty array of JSON objects"}
 _CHECKS = {
     "string": lambda v: isinstance(v, str) and v != "",
     "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "array": lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
+    "object": lambda v: isinstance(v, dict),
+    "objects": lambda v: isinstance(v, list) and v != [] and all(isinstance(i, dict) for i in v),
 }
+
+
+def fill(template: Any, values: Mapping[str, Any]) -> Any:
+    """`template` (JSON) with `{target}`, `{group}`, `{admin_group}` in its strings replaced
+    by `values` (one pass: a value is never itself filled)."""
+    if isinstance(template, str):
+        return _PLACEHOLDER.sub(lambda m: str(values.get(m.group(1), m.group(0))), template)
+    if isinstance(template, list):
+        return [fill(item, values) for item in template]
+    if isinstance(template, dict):
+        return {key: fill(item, values) for key, item in template.items()}
+    return template
 
 
 @dataclass(frozen=True)
@@ -45,6 +69,13 @@ class RarType:
     path: str | None
     approval_only: bool
     description: str
+    operations: Any = None  # the one `operations` value allowed (a template), if any
+    attributes_include: Mapping[str, Any] | None = None  # values `attributes` must hold
+
+    @property
+    def body_field(self) -> str | None:
+        """The field naming the request's whole body: `attributes`, `operations`, or None."""
+        return next((f for f in ("attributes", "operations") if f in self.fields), None)
 
 
 def parse_authorization_details(raw: str | None) -> list[Any]:
@@ -72,7 +103,8 @@ class RarRegistry:
                 name=name, tier=int(spec["tier"]), actions=tuple(spec["actions"]),
                 fields=dict(spec["fields"]), method=request.get("method"),
                 path=request.get("path"), approval_only=bool(spec.get("approval_only")),
-                description=spec.get("description", ""))
+                description=spec.get("description", ""), operations=request.get("operations"),
+                attributes_include=request.get("attributes_include"))
 
     def supported_types(self) -> list[str]:
         return sorted(self.types)
@@ -106,10 +138,47 @@ class RarRegistry:
                                               f"{obj['tier']}")
         if not spec.approval_only:
             self._check_locations(spec, obj, location)
+        self._check_body(spec, obj)
         if not _DIGEST.match(obj["digest"]):
             raise InvalidAuthorizationDetails(f"{name}: digest must be 'sha256:' and 64 hex "
                                               "digits")
+        expected = details_digest(obj)
+        if obj["digest"] != expected:
+            fields = ", ".join(sorted(argument_fields(obj))) or "none"
+            raise InvalidAuthorizationDetails(
+                f"{name}: digest does not match the object: its argument fields ({fields}) "
+                f"digest to {expected}, but the object says {obj['digest']}")
         return spec
+
+    def _values(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        return {"target": obj.get("target"), "group": obj.get("group"),
+                "admin_group": self.admin_group}
+
+    def _check_body(self, spec: RarType, obj: Mapping[str, Any]) -> None:
+        """A write's body fields: `attributes` holds the type's required values and no
+        attribute twice (SCIM names are case-insensitive, RFC 7643 §2.1); `operations` is the
+        type's one registered value."""
+        if spec.attributes_include is not None:
+            attributes = obj["attributes"]
+            names = [str(k).lower() for k in attributes]
+            twice = sorted({k for k in attributes if names.count(str(k).lower()) > 1})
+            if twice:
+                raise InvalidAuthorizationDetails(
+                    f"{spec.name}: attributes name {', '.join(twice)} more than once (SCIM "
+                    "attribute names are case-insensitive)")
+            for key, value in fill(spec.attributes_include, self._values(obj)).items():
+                if key not in attributes or canonical_json(attributes[key]) != \
+                        canonical_json(value):
+                    raise InvalidAuthorizationDetails(
+                        f"{spec.name}: target mismatch: attributes.{key} must be {value!r}, "
+                        f"as the object's fields name it; it is {attributes.get(key)!r}")
+        if spec.operations is not None:
+            expected = fill(spec.operations, self._values(obj))
+            if canonical_json(obj["operations"]) != canonical_json(expected):
+                raise InvalidAuthorizationDetails(
+                    f"{spec.name}: operations must be exactly {json.dumps(expected)} for "
+                    f"target {obj.get('target')!r}; the object names "
+                    f"{json.dumps(obj['operations'])}")
 
     def resource_path(self, spec: RarType, obj: Mapping[str, Any]) -> str | None:
         """The path (relative to the admin API) of the one resource `obj` covers: the type's
