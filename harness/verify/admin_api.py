@@ -12,10 +12,14 @@ exactly this request:
 2. an `act` claim (RFC 8693 §4.1): a user's own token is refused (403, no passthrough);
 3. `aud` is this API (RFC 8707, RFC 9068 §4); else 401;
 4. its `jti` was never used here: OBO tokens are single-use at the admin API; else 401;
-5. the object covers this method, path and body (`harness.verify.coverage`); else 403.
+5. the object covers this method, path and body (`harness.verify.coverage`): for a write, the
+   body carries exactly the attributes (create) or operations (PATCH) the object names; else
+   403 `insufficient_scope`.
 
-The token is spent (step 4) only once steps 1-5 pass, atomically, before the request runs: a
-refused request does not burn it, and it can never perform two requests. Every error is a SCIM
+The token is spent at step 4, atomically, once steps 1-3 show it is a live on-behalf-of token
+for this API, and before step 5 judges the request: a request its object does not cover burns
+it too (whoever holds a token gets one try, not a probe of the coverage check), and it can never
+perform two requests. Every error is a SCIM
 error body (RFC 7644 §3.12, `admin_errors`); every decision goes to the audit trail and to
 `requests`. The SCIM side is `scim_service.AdminScimService`; the JSON side `verify_endpoints`.
 """
@@ -190,13 +194,11 @@ class AdminApi:
         audience = claims.get("aud")
         if self.base_url not in (audience if isinstance(audience, list) else [audience]):
             raise InvalidToken(detail=f"the token's audience is not {self.base_url}")
-        if claims["jti"] in self._spent:
+        if not self._spent.add(claims["jti"], float(claims["exp"]) + 60):
             raise InvalidToken(detail="token already used")
         line = RequestLine(request.method.upper(), request.path, request.body,
                            request.header("Content-Type"))
         grant = self.coverage.grant(claims.get("authorization_details"), line)
-        if not self._spent.add(claims["jti"], float(claims["exp"]) + 60):
-            raise InvalidToken(detail="token already used")
         admission.grant = grant
         admission.reason = f"{line} is covered by {grant.rar.name}"
 
