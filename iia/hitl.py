@@ -20,8 +20,8 @@ from iia.oauth.client import AuthorizationServerClient
 from iia.oauth.errors import OAuthError
 from iia.rar import wire
 
-__all__ = ["Approval", "ApprovalChannel", "ApprovalDeniedError", "ApprovalTimeoutError",
-           "CibaApprovalChannel", "ConsentCache"]
+__all__ = ["Approval", "ApprovalChannel", "ApprovalDeniedError", "ApprovalRefusedError",
+           "ApprovalTimeoutError", "CibaApprovalChannel", "ConsentCache"]
 
 CIBA_GRANT = "urn:openid:params:grant-type:ciba"
 
@@ -33,6 +33,14 @@ class ApprovalDeniedError(IIAError):
 
 class ApprovalTimeoutError(IIAError):
     code = "approval_timeout"
+    status = 403
+
+
+class ApprovalRefusedError(IIAError):
+    """The identity provider refused to send the push at all (CIBA §13 `access_denied` at
+    bc-authorize, e.g. the user already has too many pushes waiting): nobody was asked."""
+
+    code = "approval_refused"
     status = 403
 
 
@@ -74,8 +82,15 @@ class CibaApprovalChannel:
         form = {"scope": "openid", **hint, "binding_message": binding_message,
                 "authorization_details": wire(details),
                 "requested_expiry": str(int(self.timeout))}
-        started_body = self.identity.with_credential(
-            lambda credential: self.server.backchannel_authorize(form, credential))
+        try:
+            started_body = self.identity.with_credential(
+                lambda credential: self.server.backchannel_authorize(form, credential))
+        except OAuthError as exc:
+            if exc.code != "access_denied":
+                raise
+            raise ApprovalRefusedError(
+                f"the identity provider refused to push to {user}'s phone ({exc.code}): "
+                f"{exc.description}", dependency="idp", upstream_code=exc.code) from exc
         auth_req_id = str(started_body["auth_req_id"])
         interval = float(started_body.get("interval", 5))
         deadline = started + min(self.timeout, float(started_body.get("expires_in",

@@ -24,8 +24,10 @@ The phone is `/lab/phone` (a page and a small JSON API) and `iia-lab approvals |
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 from scim2_models import User
@@ -54,10 +56,33 @@ from harness.verify.rar import RarRegistry, parse_authorization_details
 from harness.verify.sessions import SessionStore
 from harness.verify.tokens import TokenInvalid, TokenService
 
-__all__ = ["CIBA_GRANT", "Ciba", "UnknownUserId"]
+__all__ = ["CIBA_GRANT", "Ciba", "PushLimits", "UnknownUserId"]
 
 CIBA_GRANT = "urn:openid:params:grant-type:ciba"
 MAX_BINDING_MESSAGE = 200
+PUSH_WINDOW = 60.0  # seconds: the "minute" of PushLimits.max_per_minute
+
+
+@dataclass(frozen=True)
+class PushLimits:
+    """The tenant's push-flood limits, per user (fixtures/tenant/push_limits.json): at most
+    `max_pending` pushes waiting on the phone at once, and at most `max_per_minute` pushes in
+    any 60 s that the user has not approved (still pending, denied or expired). An approval is
+    the user's own decision, not a flood. Beyond either, bc-authorize answers `access_denied`."""
+
+    max_pending: int = 3
+    max_per_minute: int = 10
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{f.name} must be a whole number of pushes, at least 1, "
+                                 f"got {value!r}")
+
+
+def _pushes(n: int) -> str:
+    return f"{n} push" if n == 1 else f"{n} pushes"
 
 
 class UnknownUserId(OAuthError):
@@ -76,7 +101,10 @@ class Ciba:
     def __init__(self, *, directory: Directory, sessions: SessionStore, tokens: TokenService,
                  registry: RarRegistry, approvals: Approvals, audit: AuditTrail,
                  admin_api_url: str, mcp_resource: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 push_limits: PushLimits | None = None) -> None:
+        self.limits = push_limits or PushLimits()
+        self._push_lock = threading.Lock()  # counting a user's pushes and adding one: one step
         self.directory = directory
         self.mcp_resource = mcp_resource  # the audience of a login_hint_token
         self.sessions = sessions
@@ -128,10 +156,13 @@ class Ciba:
                 expiry = max(1.0, min(float(form["requested_expiry"]), self.approvals.request_ttl))
             except ValueError as exc:
                 raise InvalidRequest("requested_expiry must be a number of seconds") from exc
-        push = self.approvals.create(
-            client_id=client.client_id, user_id=user.id, email=user.user_name or "",
-            tier=spec.tier, binding_message=binding, authorization_details=details,
-            session=session, expiry=expiry)
+        with self._push_lock:  # a flood of concurrent requests cannot all pass the count
+            self._within_push_limits(client, user.id, user.user_name or "", spec.name,
+                                     spec.tier, details[0], session)
+            push = self.approvals.create(
+                client_id=client.client_id, user_id=user.id, email=user.user_name or "",
+                tier=spec.tier, binding_message=binding, authorization_details=details,
+                session=session, expiry=expiry)
         self.audit.record(Decision(kind="ciba", outcome="pending", user=push.email,
                                    sid=session, client_id=client.client_id, rar_type=spec.name,
                                    tier=spec.tier, approval_id=push.id,
@@ -141,6 +172,35 @@ class Ciba:
                              "expires_in": int(push.expires_at - push.created_at),
                              "interval": int(push.interval)},
                             headers=NO_STORE)
+
+    def _within_push_limits(self, client: Client, user_id: str, email: str, rar_type: str,
+                            tier: int, details: Mapping[str, Any], session: str | None) -> None:
+        """Refuse (CIBA §13 access_denied, HTTP 403) a push beyond the user's flood limits,
+        recording the refusal and its reason; the caller holds `_push_lock`."""
+        limits = self.limits
+        now = self.approvals.clock()
+        pending = [p for p in self.approvals.pending() if p.user_id == user_id]
+        unapproved = [p for p in self.approvals.all() if p.user_id == user_id
+                      and p.status != "approved" and now - p.created_at < PUSH_WINDOW]
+        if len(pending) >= limits.max_pending:
+            limit, count, most = "max_pending", len(pending), limits.max_pending
+            reason = (f"{email} already has {_pushes(count)} waiting for an answer on their "
+                      f"phone (at most {most} at a time): the agent may ask again once they "
+                      "answer one or it expires")
+        elif len(unapproved) >= limits.max_per_minute:
+            limit, count, most = "max_per_minute", len(unapproved), limits.max_per_minute
+            wait = PUSH_WINDOW - (now - min(p.created_at for p in unapproved))
+            reason = (f"{email} was sent {_pushes(count)} in the last minute that they did not "
+                      f"approve (at most {most} a minute): the agent may ask again in "
+                      f"{max(1, round(wait))} s")
+        else:
+            return
+        self.audit.record(Decision(kind="ciba", outcome="refused", error="access_denied",
+                                   reason=reason, user=email, sid=session,
+                                   client_id=client.client_id, rar_type=rar_type, tier=tier,
+                                   target=str(details.get("target", "")) or None,
+                                   details={"limit": limit, "count": count, "max": most}))
+        raise AuthenticationRequestDenied(reason)
 
     def _hinted_user(self, form: Mapping[str, str]) -> tuple[User[Any], str | None]:
         """§7.1: exactly one hint. The user it names and, for a login_hint_token (the user's

@@ -31,7 +31,7 @@ from harness.keyset import RotatingKeySet
 from harness.verify.admin_api import AdminApi
 from harness.verify.approvals import Approvals
 from harness.verify.audit import AuditTrail, Decision
-from harness.verify.ciba import CIBA_GRANT, Ciba
+from harness.verify.ciba import CIBA_GRANT, Ciba, PushLimits
 from harness.verify.client_auth import Client, ClientRegistry, authenticate_client
 from harness.verify.directory import Directory
 from harness.verify.errors import (
@@ -50,9 +50,27 @@ from harness.verify.ssf_receiver import SsfReceiver
 from harness.verify.token_exchange import TOKEN_EXCHANGE_GRANT, TokenExchange
 from harness.verify.tokens import TokenService
 
-__all__ = ["OIDC_BASE", "VerifyTenant"]
+__all__ = ["OIDC_BASE", "VerifyTenant", "load_push_limits"]
 
 OIDC_BASE = "/oidc/endpoint/default"
+
+
+def load_push_limits(fixtures: Path) -> PushLimits:
+    """The tenant's per-user push limits from fixtures/tenant/push_limits.json (keys starting
+    with `_` are comments); without the file, the defaults."""
+    path = fixtures / "tenant" / "push_limits.json"
+    if not path.exists():
+        return PushLimits()
+    doc = json.loads(path.read_text())
+    values = {k: v for k, v in doc.items() if not k.startswith("_")}
+    known = {"max_pending", "max_per_minute"}
+    if set(values) - known:
+        raise ValueError(f"{path.name}: unknown settings {sorted(set(values) - known)} "
+                         f"(known: {sorted(known)})")
+    try:
+        return PushLimits(**values)
+    except ValueError as exc:
+        raise ValueError(f"{path.name}: {exc}") from exc
 
 
 def load_clients(fixtures: Path, mcp_secret: RotatingClientSecret) -> ClientRegistry:
@@ -122,7 +140,7 @@ class VerifyTenant:
         self.ciba = Ciba(directory=self.directory, sessions=self.sessions, tokens=self.tokens,
                          registry=self.registry, approvals=self.approvals, audit=self.audit,
                          admin_api_url=self.admin_api_url, mcp_resource=self.mcp_resource,
-                         clock=clock)
+                         clock=clock, push_limits=load_push_limits(fixtures))
         self.ssf = SsfReceiver(issuer=self.issuer, directory=self.directory,
                                sessions=self.sessions, audit=self.audit)
         self.admin_api = AdminApi(directory=self.directory, tokens=self.tokens,
