@@ -8,8 +8,9 @@ token stays inside this process (`OpenBaoServer.root_client()`).
 
 `bootstrap()` lays out the lab's Vault from `fixtures/vault/bootstrap.json` (the same file the
 docker-compose init container reads): JWT auth at `jwt/` trusting the SPIFFE OIDC discovery
-keys, role `mcp-server` bound to the workload's SPIFFE ID and audience `vault`, a policy that
-may read the Verify credential and nothing else, and the kv-v2 mount `ibm-verify/`.
+keys, role `mcp-server` bound to the workload's SPIFFE ID and audience `vault` (no expiration or
+clock-skew leeway: a JWT-SVID without `exp` is refused, see the fixture's `_role_leeways`), a
+policy that may read the Verify credential and nothing else, and the kv-v2 mount `ibm-verify/`.
 
 A declarative file audit device (configured at start, as OpenBao requires) records every request
 with its secrets HMAC'd; `login_count()` reads it, so tests count real Vault logins.
