@@ -135,7 +135,9 @@ def test_lab_settings_come_from_the_environment() -> None:
 def test_token_and_phone_commands_against_a_running_lab(lab_dir: Path) -> None:
     import jwt
 
+    from iia.catalog import tool
     from iia.identity import IdentitySettings, WorkloadIdentity, read_env_file
+    from iia.rar import authorization_details
     from tests.helpers import as_mcp_server
 
     assert run(lab_dir, "up", "--detach").returncode == 0
@@ -155,9 +157,9 @@ def test_token_and_phone_commands_against_a_running_lab(lab_dir: Path) -> None:
     admin = env["IIA_ADMIN_API_URL"]
     pushed = []
     for target in ("u-1", "u-2"):
-        details = {"type": "verify_deactivate_user", "actions": ["update"], "locations": [admin],
-                   "tier": 3, "summary": f"Deactivate {target}", "digest": "sha256:" + "a" * 64,
-                   "target": target}
+        # the object the MCP server would build (the summary is not part of the digest)
+        details = {**authorization_details(tool("deactivate_user"), {"user_id": target}, admin),
+                   "summary": f"Deactivate {target}"}
         response = as_mcp_server(identity, f"{issuer}/bc-authorize", {
             "scope": "openid", "login_hint": "alice@example.com",
             "binding_message": f"Deactivate {target}?",
