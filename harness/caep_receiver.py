@@ -1,7 +1,7 @@
 """A CAEP receiver (the SSF receiving side of some other system in the enterprise): accepts SETs
-pushed per RFC 8935, validates them (signature via the transmitter's JWKS, iss, aud, typ, jti;
-`harness.ssf.SetValidator`), answers RFC 8935 §2.3 errors, acknowledges a duplicate `jti` again
-while storing it once, and keeps what it received for notebooks and tests (`GET /received`).
+pushed per RFC 8935, validates them with `iia.ssf.SetValidator` (the one validator every receiver
+in the lab uses), answers RFC 8935 §2.3 errors (a `jti` accepted before is refused, so each SET is
+stored once), and keeps what it received for notebooks and tests (`GET /received`).
 
 Each `ReceivedEvent` also keeps the SET exactly as it came over the wire (`token`), so a test can
 check the token the transmitter actually sent with a JOSE library of its own. It lives in memory
@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from harness.ssf.set_validation import PushError, SetValidator, read_push
+from iia.ssf import SetRefused, SetValidator, Transmitter
 
 __all__ = ["CaepReceiver", "ReceivedEvent"]
 
@@ -38,15 +38,13 @@ class CaepReceiver:
     def __init__(self, audience: str) -> None:
         self.audience = audience
         self._lock = threading.Lock()
-        self._validator: SetValidator | None = None
-        self._authorization: str | None = None
+        self.validator = SetValidator(audience)
         self._events: dict[str, ReceivedEvent] = {}
-        self.deliveries = 0  # pushes acknowledged, duplicates included
+        self.deliveries = 0  # pushes acknowledged
         self.refusals: list[str] = []
 
     def subscribe(self, issuer: str, jwks_uri: str, authorization: str | None = None) -> None:
-        self._validator = SetValidator(issuer=issuer, audience=self.audience, jwks_uri=jwks_uri)
-        self._authorization = authorization
+        self.validator.trust(Transmitter(issuer, jwks_uri, authorization))
 
     def events(self, event_type: str | None = None) -> list[ReceivedEvent]:
         with self._lock:
@@ -55,12 +53,11 @@ class CaepReceiver:
 
     async def push(self, request: Request) -> Response:
         try:
-            claims = await read_push(request, self._validator, self._authorization)
-        except PushError as exc:
+            claims, token = await self.validator.read(request)
+        except SetRefused as exc:
             with self._lock:
                 self.refusals.append(exc.err)
             return exc.response()
-        token = (await request.body()).decode().strip()  # read_push read it; Starlette cached it
         jti = str(claims["jti"])
         event_type = next(iter(claims["events"]))
         with self._lock:

@@ -2,7 +2,9 @@
 session, so its access tokens stop validating (introspection: inactive), its token exchanges
 fail with `invalid_grant`, and its on-behalf-of tokens get 401 at the admin API.
 
-A SET whose `jti` was seen before is acknowledged again and not acted on twice.
+Pushed SETs are validated by `iia.ssf.SetValidator` (the one validator every receiver in the lab
+uses); every refusal is recorded in the audit trail with its RFC 8935 error code. A SET whose
+`jti` was accepted before is refused (`invalid_request`) and not acted on twice.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from harness.ssf.set_validation import PushError, SetValidator, read_push
 from harness.verify.audit import AuditTrail, Decision
 from harness.verify.directory import Directory
 from harness.verify.sessions import SessionStore
+from iia.ssf import SetRefused, SetValidator, Transmitter
 
 __all__ = ["SESSION_REVOKED", "SsfReceiver"]
 
@@ -42,33 +44,30 @@ class SsfReceiver:
         self.sessions = sessions
         self.audit = audit
         self._lock = threading.Lock()
-        self._validator: SetValidator | None = None
-        self._authorization: str | None = None
+        self.validator = SetValidator(self.audience)
         self.received: dict[str, ReceivedSet] = {}
 
     def trust(self, transmitter_issuer: str, jwks_uri: str,
               authorization: str | None = None) -> None:
         """Subscribe to a transmitter: accept its SETs, signed by keys at `jwks_uri`; with
         `authorization`, pushes must carry exactly that Authorization header."""
-        self._validator = SetValidator(issuer=transmitter_issuer, audience=self.audience,
-                                       jwks_uri=jwks_uri)
-        self._authorization = authorization
+        self.validator.trust(Transmitter(transmitter_issuer, jwks_uri, authorization))
 
     @contextlib.contextmanager
     def trusting(self, transmitter_issuer: str, jwks_uri: str,
                  authorization: str | None = None) -> Iterator[None]:
         """Trust another transmitter for a while (tests), then the one trusted before."""
-        before = (self._validator, self._authorization)
+        before = self.validator.trusted
         self.trust(transmitter_issuer, jwks_uri, authorization)
         try:
             yield
         finally:
-            self._validator, self._authorization = before
+            self.validator.trust(before)
 
     async def push(self, request: Request) -> Response:
         try:
-            claims = await read_push(request, self._validator, self._authorization)
-        except PushError as exc:
+            claims, _ = await self.validator.read(request)
+        except SetRefused as exc:
             self.audit.record(Decision(kind="ssf", outcome="refused", error=exc.err,
                                        reason=exc.description))
             return exc.response()
