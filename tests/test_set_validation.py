@@ -383,6 +383,27 @@ def test_a_replayed_set_is_refused_and_acted_on_once(lab: Lab, signer: Signer,
                    recorded=1)
 
 
+@pytest.mark.parametrize("name", RECEIVERS)
+def test_unreachable_transmitter_keys_are_503_so_the_transmitter_retries(
+        lab: Lab, signer: Signer, session: Session, name: str) -> None:
+    """Not the SET's fault: a 400 would make Antenna drop the SET for good (RFC 8935 §2.3: a
+    general error keeps its own status), and nothing is accepted on keys it could not read."""
+    validator = validator_of(lab, name)
+    trusted = validator.trusted
+    assert trusted is not None
+    claims = revocation(lab, name, session.sid)
+    before = marks(lab)
+    validator.trust(Transmitter(trusted.issuer, "http://127.0.0.1:9/jwks",
+                                trusted.authorization))
+    try:
+        response = push(lab, name, signer.sign(claims))
+    finally:
+        validator.trust(trusted)
+    assert_refused(lab, name, response, 503, "invalid_key", session, claims["jti"], before)
+    # the same SET once the keys can be read again: not taken for a replay
+    assert_accepted(lab, name, push(lab, name, signer.sign(claims)), session, claims)
+
+
 # -- the replay memory is bounded -----------------------------------------------------------------
 
 
