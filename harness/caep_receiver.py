@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from iia.ssf import SetRefused, SetValidator, Transmitter
+from iia.ssf import AlreadyReceived, SetRefused, SetValidator, Transmitter
 
 __all__ = ["CaepReceiver", "ReceivedEvent"]
 
@@ -54,6 +54,10 @@ class CaepReceiver:
     async def push(self, request: Request) -> Response:
         try:
             claims, token = await self.validator.read(request)
+        except AlreadyReceived as exc:
+            with self._lock:
+                self.deliveries += 1  # acknowledged again, stored once
+            return exc.response()
         except SetRefused as exc:
             with self._lock:
                 self.refusals.append(exc.err)

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from harness.verify.audit import AuditTrail, Decision
 from harness.verify.directory import Directory
 from harness.verify.sessions import SessionStore
-from iia.ssf import SetRefused, SetValidator, Transmitter
+from iia.ssf import AlreadyReceived, SetRefused, SetValidator, Transmitter
 
 __all__ = ["SESSION_REVOKED", "SsfReceiver"]
 
@@ -67,6 +67,8 @@ class SsfReceiver:
     async def push(self, request: Request) -> Response:
         try:
             claims, _ = await self.validator.read(request)
+        except AlreadyReceived as exc:
+            return exc.response()  # acknowledged again, acted on once
         except SetRefused as exc:
             self.audit.record(Decision(kind="ssf", outcome="refused", error=exc.err,
                                        reason=exc.description))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from iia.ssf.set_validation import (
     ALLOWED_ALGORITHMS,
     AccessDenied,
+    AlreadyReceived,
     AuthenticationFailed,
     InvalidAudience,
     InvalidIssuer,
@@ -17,6 +18,6 @@ from iia.ssf.set_validation import (
     TransmitterKeysUnavailable,
 )
 
-__all__ = ["ALLOWED_ALGORITHMS", "AccessDenied", "AuthenticationFailed", "InvalidAudience",
-           "InvalidIssuer", "InvalidKey", "InvalidRequest", "SetRefused", "SetValidator",
-           "Transmitter", "TransmitterKeysUnavailable"]
+__all__ = ["ALLOWED_ALGORITHMS", "AccessDenied", "AlreadyReceived", "AuthenticationFailed",
+           "InvalidAudience", "InvalidIssuer", "InvalidKey", "InvalidRequest", "SetRefused",
+           "SetValidator", "Transmitter", "TransmitterKeysUnavailable"]

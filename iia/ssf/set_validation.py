@@ -18,7 +18,8 @@ A pushed SET is accepted only when, in this order:
   `sub` (the SSF 1.0 SET profile names the subject in `sub_id`);
 * `iat` is present and not later than now plus `IAT_LEEWAY` seconds;
 * `jti` is present and this receiver has not accepted it from this issuer before
-  (`SeenJtis`: bounded memory).
+  (`SeenJtis`: bounded memory). A repeat is `AlreadyReceived`: answered 202 like the first
+  delivery (delivery is at least once) and not acted on again.
 
 A refusal is a `SetRefused` subclass carrying its RFC 8935 §2.4 error code, answered as the RFC
 8935 §2.3 body {"err": code, "description": sentence} with HTTP 400 (401 `authentication_failed`,
@@ -42,13 +43,13 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from iia.jwks import JwksCache, JwksUnavailableError
 
 __all__ = ["ALLOWED_ALGORITHMS", "IAT_LEEWAY", "MEDIA_TYPE", "SET_TYPE", "AccessDenied",
-           "AuthenticationFailed", "InvalidAudience", "InvalidIssuer", "InvalidKey",
-           "InvalidRequest", "SeenJtis", "SetRefused", "SetValidator", "Transmitter",
+           "AlreadyReceived", "AuthenticationFailed", "InvalidAudience", "InvalidIssuer",
+           "InvalidKey", "InvalidRequest", "SeenJtis", "SetRefused", "SetValidator", "Transmitter",
            "TransmitterKeysUnavailable"]
 
 SET_TYPE = "secevent+jwt"
@@ -72,7 +73,7 @@ class SetRefused(Exception):
     def body(self) -> dict[str, str]:
         return {"err": self.err, "description": self.description}
 
-    def response(self) -> JSONResponse:
+    def response(self) -> Response:
         return JSONResponse(self.body(), status_code=self.status)
 
 
@@ -106,6 +107,19 @@ class AccessDenied(SetRefused):
     status = 403
 
 
+class AlreadyReceived(SetRefused):
+    """A SET this receiver accepted before (same issuer and jti): acknowledged again with 202 and
+    not acted on again. Delivery is at least once (RFC 8935 §2: a transmitter that did not see
+    the first 202, because it was lost or came late, sends the SET again); refusing the repeat
+    would make the transmitter record a SET the receiver holds as failed."""
+
+    err = "duplicate"
+    status = 202
+
+    def response(self) -> Response:
+        return Response(status_code=202)
+
+
 class TransmitterKeysUnavailable(InvalidKey):
     """The trusted transmitter's JWKS cannot be fetched: not the SET's fault, so 503 (retry)."""
 
@@ -137,12 +151,12 @@ class SeenJtis:
         return len(self._seen)
 
     def add(self, issuer: str, jti: str, iat: int) -> None:
-        """Remember (issuer, jti); raise InvalidRequest when it was accepted before or is too
-        old to tell."""
+        """Remember (issuer, jti); raise AlreadyReceived when it was accepted before, and
+        InvalidRequest when it is too old to tell."""
         key = (issuer, jti)
         with self._lock:
             if key in self._seen:
-                raise InvalidRequest(f"SET {jti!r} was already received; a jti is accepted once")
+                raise AlreadyReceived(f"SET {jti!r} was already received; a jti is acted on once")
             if self.floor is not None and iat <= self.floor:
                 raise InvalidRequest(f"SET {jti!r} is older than this receiver's replay memory "
                                      "reaches, so it cannot be checked for replay")
