@@ -31,7 +31,7 @@ from tests.helpers import named_body
 ISSUER = "https://verify.iia.lab/oidc/endpoint/default"
 AGENT = "spiffe://iia.lab/agentic-workload"
 MCP_CLIENT = "iia-mcp-server"
-TIMEOUT = 10.0
+TIMEOUT = 30.0  # generous: a wait, not a measurement
 
 
 @dataclass

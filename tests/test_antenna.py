@@ -20,7 +20,7 @@ from harness.net import HttpService, ServiceLoop, bind_loopback
 from iia.antenna import AGENT, CAEP, POLL, PUSH, SUPPORTED, VERIFICATION, Antenna, antenna_app
 from iia.events import EventBus
 
-TIMEOUT = 10.0
+TIMEOUT = 30.0  # a wait on a condition, generous for a loaded 2-core machine
 
 
 def eventually(check, timeout: float = TIMEOUT, what: str = "condition") -> None:

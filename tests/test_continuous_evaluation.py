@@ -20,7 +20,7 @@ from tests.agent_helpers import mcp_call, phone, user_id
 from tests.helpers import exchange, rar, user_token
 
 
-def eventually(check, timeout: float = 10.0) -> None:
+def eventually(check, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "timed out"

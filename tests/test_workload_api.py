@@ -24,7 +24,7 @@ TD = TrustDomain("iia.lab")
 
 @pytest.fixture
 def client(lab: Lab):
-    with WorkloadApiClient(lab.endpoints["spiffe_socket"], default_timeout=5) as c:
+    with WorkloadApiClient(lab.endpoints["spiffe_socket"], default_timeout=30) as c:
         yield c
 
 
@@ -74,14 +74,14 @@ def test_validate_refuses_wrong_audience_and_tampering(client: WorkloadApiClient
 def test_request_without_security_header_is_invalid_argument(lab: Lab) -> None:
     channel, stub = raw_stub(lab)
     with channel, pytest.raises(grpc.RpcError) as err:
-        stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=["vault"]), timeout=5)
+        stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=["vault"]), timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "security header" in err.value.details()
     with raw_stub(lab)[0] as channel2:
         stub2 = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel2)
         with pytest.raises(grpc.RpcError) as err2:
             stub2.ValidateJWTSVID(workload_pb2.ValidateJWTSVIDRequest(audience="a", svid="b"),
-                                  timeout=5)
+                                  timeout=30)
         assert err2.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -90,7 +90,7 @@ def test_bundle_stream_without_security_header_is_invalid_argument(lab: Lab) -> 
     calls = lab.workload_api.calls["FetchJWTBundles"]
     channel, stub = raw_stub(lab)
     with channel, pytest.raises(grpc.RpcError) as err:
-        next(iter(stub.FetchJWTBundles(workload_pb2.JWTBundlesRequest(), timeout=5)))
+        next(iter(stub.FetchJWTBundles(workload_pb2.JWTBundlesRequest(), timeout=30)))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "security header" in err.value.details()
     assert lab.workload_api.calls["FetchJWTBundles"] == calls + 1  # it reached the agent
@@ -99,7 +99,7 @@ def test_bundle_stream_without_security_header_is_invalid_argument(lab: Lab) -> 
 def test_empty_audience_is_invalid_argument(lab: Lab) -> None:
     channel, stub = raw_stub(lab)
     with channel, pytest.raises(grpc.RpcError) as err:
-        stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=[]), timeout=5,
+        stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=[]), timeout=30,
                           metadata=(("workload.spiffe.io", "true"),))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
@@ -154,7 +154,7 @@ def _fetch_as_user(socket_path: str, uid: int) -> str:
             method = channel.request("/SpiffeWorkloadAPI/FetchJWTSVID",
                                      grpclib_const.Cardinality.UNARY_UNARY,
                                      workload_pb2.JWTSVIDRequest, workload_pb2.JWTSVIDResponse,
-                                     metadata={"workload.spiffe.io": "true"}, timeout=5)
+                                     metadata={"workload.spiffe.io": "true"}, timeout=30)
             async with method as stream:
                 await stream.send_message(workload_pb2.JWTSVIDRequest(audience=["vault"]),
                                           end=True)
