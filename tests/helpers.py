@@ -3,7 +3,9 @@ HTTP so each test controls every parameter (and can get each one wrong)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -140,3 +142,21 @@ def caller_of(token: str) -> Caller:
     claims = jwt.decode(token, options={"verify_signature": False})
     return Caller(token=token, sub=claims["sub"], email=claims["email"], sid=claims["sid"],
                   claims=claims)
+
+
+@contextlib.contextmanager
+def deactivated(lab: Lab, email: str) -> Iterator[None]:
+    """The tenant deactivates `email` for the block (her tokens and sessions stay alive), then
+    reactivates her, whatever happened."""
+    directory = lab.verify.directory
+    user = directory.user_by_username(email)
+    assert user is not None and user.active
+    user.active = False
+    directory.storage.update(directory.user_type, user)
+    try:
+        yield
+    finally:
+        user = directory.user_by_username(email)
+        assert user is not None
+        user.active = True
+        directory.storage.update(directory.user_type, user)

@@ -31,7 +31,7 @@ from harness.verify.token_exchange import TOKEN_EXCHANGE_GRANT
 from iia.identity import IdentitySettings, WorkloadIdentity
 from tests.agent_helpers import mcp_call, phone, user_id
 from tests.conftest import FakeClock
-from tests.helpers import approve_next, bc_authorize, exchange, rar, user_token
+from tests.helpers import approve_next, bc_authorize, deactivated, exchange, rar, user_token
 from tests.test_verify_oidc import authorize, redeem, redirect_params
 
 OTHER_WORKLOAD = "spiffe://iia.lab/other-workload"
@@ -230,21 +230,11 @@ def test_a_deactivated_user_cannot_delegate(lab: Lab, identity: WorkloadIdentity
     """The user's token and session are alive, but the tenant deactivated them since."""
     email = "kevin@example.com"
     token = user_token(lab, email)["access_token"]
-    directory = lab.verify.directory
-    user = directory.user_by_username(email)
-    assert user is not None and user.active
-    user.active = False
-    directory.storage.update(directory.user_type, user)
-    try:
+    with deactivated(lab, email):
         was = before(lab)
         decision = refused(exchange(lab, identity, token, rar(lab, "verify_read_users")),
                            "invalid_grant", lab, was, reason="not an active user")
         assert decision.user == email
-    finally:
-        user = directory.user_by_username(email)
-        assert user is not None
-        user.active = True
-        directory.storage.update(directory.user_type, user)
     # reactivated, the same token delegates again: the refusal was the user's state
     assert exchange(lab, identity, token, rar(lab, "verify_read_users")).status_code == 200
 

@@ -17,7 +17,7 @@ from harness.lab import Lab
 from harness.verify.client_auth import Client
 from iia.identity import WorkloadIdentity
 from iia.rar import details_digest
-from tests.helpers import as_mcp_server, bc_authorize, exchange, rar, user_token
+from tests.helpers import as_mcp_server, bc_authorize, deactivated, exchange, rar, user_token
 from tests.test_rules_receivers import tools_list
 from tests.test_verify_oidc import authorize, redirect_params
 
@@ -98,23 +98,13 @@ def test_no_push_reaches_a_user_deactivated_after_login(lab: Lab,
     """ciba-active-user: her token and session are alive, the tenant deactivated her since."""
     email = "nina@example.com"
     token = user_token(lab, email)["access_token"]
-    directory = lab.verify.directory
-    user = directory.user_by_username(email)
-    assert user is not None and user.active
-    user.active = False
-    directory.storage.update(directory.user_type, user)
     pushes = len(lab.verify.approvals.all())
-    try:
+    with deactivated(lab, email):
         response = bc_authorize(lab, identity, email, rar(lab, "verify_read_users"),
                                 login_hint=None, login_hint_token=token)
         assert response.status_code == 400, response.text
         assert response.json()["error"] == "unknown_user_id"
         assert len(lab.verify.approvals.all()) == pushes  # nothing on any phone
-    finally:
-        user = directory.user_by_username(email)
-        assert user is not None
-        user.active = True
-        directory.storage.update(directory.user_type, user)
 
 
 def test_a_client_may_use_only_the_grants_it_is_registered_for(
