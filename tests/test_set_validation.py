@@ -21,11 +21,9 @@ import hmac
 import importlib.util
 import json
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -40,6 +38,7 @@ from iia.antenna import CAEP
 from iia.ssf import AlreadyReceived, InvalidRequest, SetValidator, Transmitter
 from iia.ssf.set_validation import SeenJtis
 from tests.helpers import sid_of, user_token
+from tests.transmitter import serve_jwks
 
 USER = "trent@example.com"
 REASON = "test: set validation"
@@ -72,23 +71,11 @@ class Signer:
                 {**json.loads(RSAAlgorithm.to_jwk(self.rsa.public_key())), "kid": self.rsa_kid,
                  "alg": "RS256", "use": "sig"}]
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                antenna = httpx.get(antenna_jwks_uri, timeout=10).json()["keys"]
-                body = json.dumps({"keys": antenna + ours}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        def body() -> bytes:
+            antenna = httpx.get(antenna_jwks_uri, timeout=10).json()["keys"]
+            return json.dumps({"keys": antenna + ours}).encode()
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.jwks_uri = f"http://127.0.0.1:{self.server.server_address[1]}/jwks"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server, self.jwks_uri = serve_jwks(body)
 
     def sign(self, claims: dict[str, Any], *, alg: str = "ES256", **header: Any) -> str:
         key, kid = (self.ec, self.ec_kid) if alg == "ES256" else (self.rsa, self.rsa_kid)
