@@ -1,0 +1,46 @@
+"""Protocol constants, defined once: the URNs, media types and JOSE `typ` values the chain speaks.
+
+Every module of `iia` and `harness` (and the tests) names a protocol identifier through this
+module, so a typo cannot make two sides disagree. Each value is the spec's own string.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "ACCESS_TOKEN_JWT_TYPES", "ACCESS_TOKEN_TYP", "CAEP_EVENT", "CIBA_GRANT",
+    "DELIVERY_POLL", "DELIVERY_PUSH", "ID_TOKEN_TYPE", "SET_MEDIA_TYPE", "SET_TYP",
+    "SSF_VERIFICATION", "TOKEN_EXCHANGE_GRANT", "TOKEN_TYPE_ACCESS_TOKEN", "TOKEN_TYPE_JWT",
+]
+
+# RFC 8693 §2.1 and §3: token exchange and its token type identifiers
+TOKEN_EXCHANGE_GRANT: Final = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
+TOKEN_TYPE_ACCESS_TOKEN: Final = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
+TOKEN_TYPE_JWT: Final = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105
+ID_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105
+
+# OpenID CIBA Core §10.1: the grant type of the token request that redeems an auth_req_id
+CIBA_GRANT: Final = "urn:openid:params:grant-type:ciba"
+
+# RFC 9068 §2.1: the JWS `typ` of a JWT access token; §4 accepts both spellings (RFC 7515 §4.1.9)
+ACCESS_TOKEN_TYP: Final = "at+jwt"  # noqa: S105
+ACCESS_TOKEN_JWT_TYPES: Final = frozenset({"at+jwt", "application/at+jwt"})
+
+# RFC 8417 §2.3 (SET `typ`) and RFC 8935 §2 (the media type of a pushed SET)
+SET_TYP: Final = "secevent+jwt"
+SET_MEDIA_TYPE: Final = "application/secevent+jwt"
+
+# OpenID SSF 1.0 §6.1.1 delivery methods: push (RFC 8935) and poll (RFC 8936)
+DELIVERY_PUSH: Final = "urn:ietf:rfc:8935"
+DELIVERY_POLL: Final = "urn:ietf:rfc:8936"
+
+# OpenID CAEP 1.0 §3 event types and SSF 1.0 §8.1.4.1 stream verification
+_CAEP: Final = "https://schemas.openid.net/secevent/caep/event-type/"
+CAEP_EVENT: Final = {
+    "session-revoked": _CAEP + "session-revoked",
+    "credential-change": _CAEP + "credential-change",
+    "assurance-level-change": _CAEP + "assurance-level-change",
+    "token-claims-change": _CAEP + "token-claims-change",
+}
+SSF_VERIFICATION: Final = "https://schemas.openid.net/secevent/ssf/event-type/verification"
