@@ -10,7 +10,7 @@ from typing import Final
 
 __all__ = [
     "ACCESS_TOKEN_JWT_TYPES", "ACCESS_TOKEN_TYP", "CAEP_EVENT", "CIBA_GRANT",
-    "DELIVERY_POLL", "DELIVERY_PUSH", "ID_TOKEN_TYPE", "SET_MEDIA_TYPE", "SET_TYP",
+    "DELIVERY_POLL", "DELIVERY_PUSH", "ID_TOKEN_TYPE", "SESSION_ENDED", "SET_MEDIA_TYPE", "SET_TYP",
     "SSF_VERIFICATION", "TOKEN_EXCHANGE_GRANT", "TOKEN_TYPE_ACCESS_TOKEN", "TOKEN_TYPE_JWT",
 ]
 
@@ -44,3 +44,8 @@ CAEP_EVENT: Final = {
     "token-claims-change": _CAEP + "token-claims-change",
 }
 SSF_VERIFICATION: Final = "https://schemas.openid.net/secevent/ssf/event-type/verification"
+
+# This lab's explicit "the user's session has ended" signal: an OAuth error response from the IdP
+# (RFC 6749 §5.2, extension member) carries `"session_ended": true` when it refused because the
+# user's IdP session is over, so a client never has to read it out of `error_description`.
+SESSION_ENDED: Final = "session_ended"
