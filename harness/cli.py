@@ -406,7 +406,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ModuleNotFoundError as exc:
+        # `pip install iia-lab` is the product only; the simulated world is the [lab] extra
+        if (exc.name or "").split(".")[0] in {"", "iia", "harness"}:
+            raise
+        print(f"iia-lab: the lab's packages are not installed ({exc}); install them with "
+              "pip install 'iia-lab[lab]'", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
