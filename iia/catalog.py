@@ -1,4 +1,4 @@
-"""The tool catalog (DESIGN.md §3), declared once.
+"""The tool catalog (docs/architecture.md §4), declared once.
 
 Each tool says its tier, its RFC 9396 authorization_details type and actions, its JSON input
 schema, how to fill the type's fields (`target`, `group`) and a one-line summary from its

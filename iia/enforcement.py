@@ -1,4 +1,4 @@
-"""The enforcement chain: what happens to one tool call, in order (DESIGN.md §2).
+"""The enforcement chain: what happens to one tool call, in order (docs/architecture.md §2).
 
     1. the caller was authenticated by the resource server (a `Caller`)
     2. the arguments are validated against the tool's schema           -> nothing runs if not

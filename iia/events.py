@@ -1,6 +1,6 @@
 """Security events: one schema for every decision, and an in-process bus.
 
-The schema follows DESIGN.md §4 (the article's fields: `type`, `userEmail`, `toolName`, `tier`,
+The schema: docs/architecture.md §5 (the article's fields: `type`, `userEmail`, `toolName`, `tier`,
 `rarType`, `rarSummary`, `durationMs`, `outcome`, `reason`, `actorTokenType`, `spiffeId`,
 `oboTokenExpiresIn`, plus `eventId`, `timestamp`, `sessionId` and correlation ids). Events are
 rendered with those camelCase wire names by `to_dict`.

@@ -1,6 +1,6 @@
 """Human in the loop: asking the user to approve, and remembering a session's consent.
 
-`ApprovalChannel` is the protocol (DESIGN.md §6: pluggable by protocol); `CibaApprovalChannel`
+`ApprovalChannel` is the protocol (docs/architecture.md §7, "Seams"); `CibaApprovalChannel`
 implements it with OpenID CIBA poll mode at the identity provider, so the IdP itself records what
 the human approved and checks it again at token exchange. `ConsentCache` remembers tier-2 consent
 per session for 30 minutes (its clock is injectable).

@@ -12,7 +12,7 @@ Bodies are judged twice. First by their effect, after scim2-server parses them (
 that then serves the request), a PATCH by applying it to a copy of the stored resource and
 comparing before and after, so a differential between two parsers (case-variant keys,
 schema-qualified paths, value filters) cannot slip a second change past the check. Then, for a
-write, against the object's own words (DESIGN.md §7, "the body is the approval"): the body must
+write, against the object's words (docs/architecture.md §6, the body is the approval): the body must
 be exactly what the object names, `attributes` for a POST, `operations` for a PATCH, compared as
 JSON values in iia.rar's canonical form. An attribute, a value, an operation, a path or a member
 the object does not name is refused (403), before anything is created or changed.

@@ -10,7 +10,7 @@ when its type is registered, it has every field and no other, each field has its
 admin API or exactly the resource the object covers (the type's path template filled with the
 object's `target`, `group`): a location naming another resource is a target mismatch.
 
-A write names its whole body (DESIGN.md §7): `attributes` is the exact body of a POST, and must
+A write names its whole body (docs/architecture.md §6): `attributes`, a POST's exact body, must
 hold the type's `attributes_include` values (`verify_create_user`: userName = `target`);
 `operations` is the exact `Operations` of a PATCH, and must be the type's `operations` when the
 type registers one (adding or removing exactly the member `target`, setting active to false).

@@ -5,7 +5,7 @@
 `WorkloadIdentity` ties the pieces together from `IdentitySettings`; `iia` imports nothing from
 the lab harness, so the same code runs against a real SPIRE agent and a real Vault.
 
-`WorkloadIdentity.established(audience)` is step 3 of the enforcement chain (DESIGN.md §2): it
+`WorkloadIdentity.established(audience)` is step 3 of the chain (docs/architecture.md §2): it
 gets the JWT-SVID *and* reads the Vault-held credential before anyone is asked to approve
 anything, so a dependency that is down fails the call first. Inside the block, the credential
 it read serves the block's first `with_credential` use, so establishing costs no extra Vault read.
