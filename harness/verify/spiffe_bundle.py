@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.jwks import RemoteJwks
+from iia.jwks import JwksCache
 
 __all__ = ["SpiffeBundleSource"]
 
@@ -13,8 +13,9 @@ __all__ = ["SpiffeBundleSource"]
 class SpiffeBundleSource:
     def __init__(self, trust_domain: str, keys_url: str) -> None:
         self.trust_domain = trust_domain
-        self.jwks = RemoteJwks(keys_url)
+        self.jwks = JwksCache(keys_url, what="SPIFFE trust bundle", dependency="spire")
 
     def bundles(self, kid: str | None = None) -> dict[str, dict[str, Any]]:
-        """trust domain -> {kid: key}, refreshed when `kid` is unknown."""
+        """trust domain -> {kid: key}, refetched (rate-limited) when `kid` is unknown. Raises
+        iia.jwks.JwksUnavailableError when the bundle cannot be fetched."""
         return {self.trust_domain: self.jwks.keys(kid)}

@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import httpx
 import jwt
 from starlette.responses import JSONResponse
 
@@ -50,6 +49,7 @@ from harness.verify.policy import TokenExchangePolicy
 from harness.verify.rar import RarRegistry, parse_authorization_details
 from harness.verify.spiffe_bundle import SpiffeBundleSource
 from harness.verify.tokens import TokenInvalid, TokenService
+from iia.jwks import JwksUnavailableError
 
 __all__ = ["ACCESS_TOKEN_TYPE", "JWT_TOKEN_TYPE", "TOKEN_EXCHANGE_GRANT", "TokenExchange"]
 
@@ -216,7 +216,7 @@ class TokenExchange:
                                "does not trust")
         try:
             bundles = self.spiffe.bundles(kid)
-        except httpx.HTTPError as exc:
+        except JwksUnavailableError as exc:
             raise TemporarilyUnavailable("the SPIFFE trust bundle is unreachable; cannot "
                                          "validate the actor") from exc
         try:
