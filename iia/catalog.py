@@ -1,9 +1,10 @@
 """The tool catalog (docs/architecture.md §4), declared once.
 
-Each tool says its tier, its RFC 9396 authorization_details type and actions, its JSON input
-schema, how to fill the type's fields (`target`, `group`) and a one-line summary from its
-arguments, which admin-API request it makes, and how to compact the answer for the model. The MCP
-tool list, the RAR builder, the enforcement chain, the docs and the notebooks all read this.
+Each tool says its JSON input schema (its RFC 9396 authorization_details type, and that
+type's tier and actions, are the registry's: `iia.rar.registry()`), how to fill the type's fields
+(`target`, `group`) and a one-line summary from its arguments, which admin-API request it makes,
+and how to compact the answer for the model. The MCP tool list, the RAR builder, the
+enforcement chain, the docs and the notebooks all read this.
 
     tier 1 read       no approval            token exchange allowed
     tier 2 write      once per session, 30 m token exchange allowed with the session's consent
@@ -17,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
+
+from iia.rar import RarType, registry
 
 __all__ = ["CATALOG", "MARKDOWN_END", "MARKDOWN_START", "AdminRequest", "CatalogContext", "Tool",
            "markdown_table", "replace_markdown_table", "tool"]
@@ -43,16 +46,38 @@ class AdminRequest:
 
 @dataclass(frozen=True)
 class Tool:
+    """One tool. Its RFC 9396 type is the registered type naming it (`iia.rar.registry()`),
+    and so are its tier and actions: none of them is restated here."""
+
     name: str
-    tier: int
-    rar_type: str
-    actions: tuple[str, ...]
     description: str
     input_schema: Mapping[str, Any]
     summary: Callable[[Args], str]
     request: Callable[[Args, CatalogContext], AdminRequest]
     rar_fields: Callable[[Args], dict[str, str]] = lambda args: {}
     compact: Callable[[Any], Any] = lambda body: body
+
+    @property
+    def rar(self) -> RarType:
+        """The registered type this tool's calls are authorized by."""
+        return registry().for_tool(self.name)
+
+    @property
+    def rar_type(self) -> str:
+        return self.rar.name
+
+    @property
+    def tier(self) -> int:
+        return self.rar.tier
+
+    @property
+    def actions(self) -> tuple[str, ...]:
+        return self.rar.actions
+
+    def admin_request(self, arguments: Args,
+                      context: CatalogContext | None = None) -> AdminRequest:
+        """The admin-API request a call with `arguments` makes."""
+        return self.request(arguments, context or CatalogContext())
 
     @property
     def hitl(self) -> str:
@@ -124,7 +149,7 @@ def _done(action: str) -> Callable[[Any], Any]:
 
 CATALOG: tuple[Tool, ...] = (
     # -- tier 1: reads ------------------------------------------------------------------------
-    Tool("list_users", 1, "verify_read_users", ("read",),
+    Tool("list_users",
          "List or search the tenant's users (SCIM). Optional SCIM filter.",
          _schema({"filter": FILTER, "count": COUNT,
                   "start_index": {"type": "integer", "minimum": 1}}),
@@ -132,39 +157,39 @@ CATALOG: tuple[Tool, ...] = (
          + (f", filter={a['filter']}" if a.get("filter") else ""),
          request=lambda a, c: AdminRequest("GET", "/Users", _list_params(a)),
          compact=_users),
-    Tool("get_user", 1, "verify_read_user", ("read",), "Read one user by id.",
+    Tool("get_user", "Read one user by id.",
          _schema({"user_id": ID}, ("user_id",)),
          summary=lambda a: f"Read SCIM user {a['user_id']}",
          request=lambda a, c: AdminRequest("GET", f"/Users/{_p(a['user_id'])}"),
          rar_fields=lambda a: {"target": a["user_id"]},
          compact=lambda body: _user(body) if isinstance(body, dict) else body),
-    Tool("list_groups", 1, "verify_read_groups", ("read",), "List the tenant's groups.",
+    Tool("list_groups", "List the tenant's groups.",
          _schema({"filter": FILTER, "count": COUNT}),
          summary=lambda a: "Read SCIM groups, limit=" + str(a.get("count", 50)),
          request=lambda a, c: AdminRequest("GET", "/Groups", _list_params(a)),
          compact=_groups),
-    Tool("list_applications", 1, "verify_read_applications", ("read",),
+    Tool("list_applications",
          "List the applications connected to the tenant.", _schema({}),
          summary=lambda a: "Read applications",
          request=lambda a, c: AdminRequest("GET", "/applications")),
-    Tool("get_application", 1, "verify_read_application", ("read",),
+    Tool("get_application",
          "Read one application's configuration.",
          _schema({"application_id": ID}, ("application_id",)),
          summary=lambda a: f"Read application {a['application_id']}",
          request=lambda a, c: AdminRequest("GET", f"/applications/{_p(a['application_id'])}"),
          rar_fields=lambda a: {"target": a["application_id"]}),
-    Tool("list_access_policies", 1, "verify_read_access_policies", ("read",),
+    Tool("list_access_policies",
          "List the tenant's access policies.", _schema({}),
          summary=lambda a: "Read access policies",
          request=lambda a, c: AdminRequest("GET", "/accesspolicies")),
-    Tool("get_access_policy", 1, "verify_read_access_policy", ("read",),
+    Tool("get_access_policy",
          "Read one access policy and its rules.",
          _schema({"policy_id": ID}, ("policy_id",)),
          summary=lambda a: f"Read access policy {a['policy_id']}",
          request=lambda a, c: AdminRequest("GET", f"/accesspolicies/{_p(a['policy_id'])}"),
          rar_fields=lambda a: {"target": a["policy_id"]}),
     # -- tier 2: writes (the user approves once per session) ------------------------------
-    Tool("create_user", 2, "verify_create_user", ("create",), "Create a user.",
+    Tool("create_user", "Create a user.",
          _schema({"user_name": EMAIL, "given_name": NAME, "family_name": NAME,
                   "title": {"type": "string", "maxLength": 128}},
                  ("user_name", "given_name", "family_name")),
@@ -178,7 +203,7 @@ CATALOG: tuple[Tool, ...] = (
              **({"title": a["title"]} if a.get("title") else {})}),
          rar_fields=lambda a: {"target": a["user_name"]},
          compact=_done("created")),
-    Tool("add_user_to_group", 2, "verify_add_group_member", ("update",),
+    Tool("add_user_to_group",
          "Add a user to a group.", _schema({"user_id": ID, "group_id": ID},
                                            ("user_id", "group_id")),
          summary=lambda a: f"Add user {a['user_id']} to group {a['group_id']}",
@@ -186,7 +211,7 @@ CATALOG: tuple[Tool, ...] = (
                                            json=_members_patch("add", a["user_id"])),
          rar_fields=lambda a: {"target": a["user_id"], "group": a["group_id"]},
          compact=_done("added to group")),
-    Tool("remove_user_from_group", 2, "verify_remove_group_member", ("update",),
+    Tool("remove_user_from_group",
          "Remove a user from a group.", _schema({"user_id": ID, "group_id": ID},
                                                 ("user_id", "group_id")),
          summary=lambda a: f"Remove user {a['user_id']} from group {a['group_id']}",
@@ -195,7 +220,7 @@ CATALOG: tuple[Tool, ...] = (
          rar_fields=lambda a: {"target": a["user_id"], "group": a["group_id"]},
          compact=_done("removed from group")),
     # -- tier 3: sensitive (the user approves every call) ---------------------------------
-    Tool("deactivate_user", 3, "verify_deactivate_user", ("update",),
+    Tool("deactivate_user",
          "Deactivate a user: they can no longer sign in and their sessions end.",
          _schema({"user_id": ID}, ("user_id",)),
          summary=lambda a: f"Deactivate user {a['user_id']}",
@@ -204,20 +229,20 @@ CATALOG: tuple[Tool, ...] = (
              "Operations": [{"op": "replace", "path": "active", "value": False}]}),
          rar_fields=lambda a: {"target": a["user_id"]},
          compact=_done("deactivated")),
-    Tool("revoke_user_sessions", 3, "verify_revoke_user_sessions", ("delete",),
+    Tool("revoke_user_sessions",
          "End every session of a user.", _schema({"user_id": ID}, ("user_id",)),
          summary=lambda a: f"Revoke all sessions of user {a['user_id']}",
          request=lambda a, c: AdminRequest("DELETE", f"/Users/{_p(a['user_id'])}/sessions"),
          rar_fields=lambda a: {"target": a["user_id"]},
          compact=_done("sessions revoked")),
     # -- tier 4: blocked (the identity provider refuses to mint a token) ------------------
-    Tool("delete_user", 4, "verify_delete_user", ("delete",), "Delete a user.",
+    Tool("delete_user", "Delete a user.",
          _schema({"user_id": ID}, ("user_id",)),
          summary=lambda a: f"Delete user {a['user_id']}",
          request=lambda a, c: AdminRequest("DELETE", f"/Users/{_p(a['user_id'])}"),
          rar_fields=lambda a: {"target": a["user_id"]},
          compact=_done("deleted")),
-    Tool("grant_admin_role", 4, "verify_grant_admin_role", ("update",),
+    Tool("grant_admin_role",
          "Make a user a tenant administrator.", _schema({"user_id": ID}, ("user_id",)),
          summary=lambda a: f"Grant tenant admin to user {a['user_id']}",
          request=lambda a, c: AdminRequest("PATCH", f"/Groups/{_p(c.admin_group_id)}",

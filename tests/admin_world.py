@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -25,8 +24,7 @@ from harness.verify.directory import Directory
 from harness.verify.rar import RarRegistry
 from harness.verify.sessions import Session, SessionStore
 from harness.verify.tokens import TokenService
-from iia.rar import details_digest
-from tests.helpers import named_body
+from tests.helpers import details
 
 ISSUER = "https://verify.iia.lab/oidc/endpoint/default"
 AGENT = "spiffe://iia.lab/agentic-workload"
@@ -63,15 +61,9 @@ class AdminWorld:
     # -- tokens ----------------------------------------------------------------------------
 
     def rar(self, type_: str, **fields: Any) -> dict[str, Any]:
-        """One authorization_details object as the MCP server builds it (RFC 9396 §2): a
-        write's body field (`attributes`, `operations`) filled in unless given, the digest
-        iia.rar's of its argument fields."""
-        spec = self.registry.types[type_]
-        summary = f"{spec.description} {json.dumps(fields, sort_keys=True)}"
-        fields = {**fields, **named_body(type_, fields)}
-        obj = {"type": type_, "actions": list(spec.actions), "locations": [self.base_url],
-               "tier": spec.tier, "summary": summary, **fields}
-        return {**obj, "digest": details_digest(obj)}
+        """One authorization_details object as the MCP server builds it (RFC 9396 §2), from
+        this tenant's registry (`tests.helpers.details`)."""
+        return details(self.registry, type_, self.base_url, **fields)
 
     def obo(self, type_: str | None = None, *, session: Session | None = None,
             audience: str | None = None, details: list[Mapping[str, Any]] | None = None,

@@ -12,60 +12,48 @@ import httpx
 
 from harness.lab import Lab
 from harness.verify.login import login
-from iia.catalog import CATALOG
 from iia.identity import WorkloadIdentity
-from iia.rar import argument_digest as digest  # noqa: F401 (the one definition, re-exported)
-from iia.rar import body_fields, details_digest
+from iia.protocol import CIBA_GRANT, TOKEN_EXCHANGE_GRANT, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT
+from iia.rar import Registry, details_digest, fill
 from iia.resource_server import Caller
 
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
-JWT = "urn:ietf:params:oauth:token-type:jwt"
-CIBA = "urn:openid:params:grant-type:ciba"
-
-TIERS = {"verify_read_users": 1, "verify_read_user": 1, "verify_read_groups": 1,
-         "verify_read_applications": 1, "verify_read_application": 1,
-         "verify_read_access_policies": 1, "verify_read_access_policy": 1,
-         "verify_create_user": 2,
-         "verify_add_group_member": 2, "verify_remove_group_member": 2,
-         "verify_deactivate_user": 3, "verify_revoke_user_sessions": 3,
-         "verify_delete_user": 4, "verify_grant_admin_role": 4, "agent_write_consent": 2}
-ACTIONS = {1: ["read"], "verify_create_user": ["create"], "verify_revoke_user_sessions": ["delete"],
-           "verify_delete_user": ["delete"], "agent_write_consent": ["approve"]}
-
-
+CIBA = CIBA_GRANT  # tests that poll import it from here
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
-_TOOLS = {t.rar_type: t for t in CATALOG}
-_PATCHES = {"verify_add_group_member", "verify_remove_group_member", "verify_deactivate_user",
-            "verify_grant_admin_role"}
 
 
-def named_body(type_: str, fields: dict[str, Any]) -> dict[str, Any]:
-    """The body field a write's object names, as iia.rar builds it from the catalog: a PATCH's
-    `operations` from `target`/`group`; `attributes` of a create default to the smallest user
-    (`schemas`, `userName` = target). Empty for other types or when given."""
-    if "attributes" in fields or "operations" in fields:
+def named_body(registry: Registry, type_: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The body field a write's object names, filled from its registered type: a PATCH's
+    `operations` the type's one value (its `target`, `group`), a create's `attributes` the
+    smallest user (`schemas` and the type's `attributes_include`: `userName` = target). Empty
+    for a type without a body, or when the body field is given."""
+    spec = registry.type(type_)
+    if spec.body_field is None or spec.body_field in fields:
         return {}
-    if type_ == "verify_create_user":
-        return {"attributes": {"schemas": [USER_SCHEMA], "userName": fields.get("target")}}
-    if type_ not in _PATCHES:
-        return {}
-    return body_fields(_TOOLS[type_], {"user_id": fields.get("target", ""),
-                                       "group_id": fields.get("group", "")})
+    values = {k: v for k, v in registry.values(fields).items() if v is not None}
+    if spec.operations is not None:
+        return {"operations": fill(spec.operations, values)}
+    return {"attributes": {"schemas": [USER_SCHEMA],
+                           **fill(dict(spec.attributes_include or {}), values)}}
+
+
+def details(registry: Registry, type_: str, location: str, **fields: Any) -> dict[str, Any]:
+    """A valid authorization_details object for the registered `type_` at the admin API
+    `location` (fields: target, group, session, attributes, operations, summary...): the
+    registry's tier and actions, a write's body field filled in unless given, the digest
+    iia.rar's of its argument fields."""
+    spec = registry.type(type_)
+    summary = fields.pop("summary", None) or \
+        f"{spec.description} {json.dumps(fields, sort_keys=True)}"
+    fields.update(named_body(registry, type_, fields))
+    obj: dict[str, Any] = {"type": type_, "actions": list(spec.actions), "locations": [location],
+                           "tier": spec.tier, "summary": summary, **fields}
+    obj["digest"] = details_digest(obj)
+    return obj
 
 
 def rar(lab: Lab, type_: str, **fields: Any) -> dict[str, Any]:
-    """A valid authorization_details object for `type_` (fields: target, group, session,
-    attributes, operations...), its digest iia.rar's of its argument fields."""
-    tier = TIERS[type_]
-    actions = ACTIONS.get(type_) or ACTIONS.get(tier) or ["update"]
-    summary = fields.pop("summary", None)
-    fields.update(named_body(type_, fields))
-    obj: dict[str, Any] = {"type": type_, "actions": actions,
-                           "locations": [lab.verify.admin_api_url], "tier": tier,
-                           "summary": summary or f"{type_} {fields}", **fields}
-    obj["digest"] = details_digest(obj)
-    return obj
+    """`details` for the lab's tenant: its registry, its admin API."""
+    return details(lab.verify.registry, type_, lab.verify.admin_api_url, **fields)
 
 
 def user_token(lab: Lab, email: str = "alice@example.com") -> dict[str, Any]:
@@ -85,11 +73,11 @@ def exchange(lab: Lab, identity: WorkloadIdentity, subject_token: str,
     if isinstance(details, dict):
         details = [details]
     form: dict[str, Any] = {
-        "grant_type": TOKEN_EXCHANGE,
-        "subject_token": subject_token, "subject_token_type": ACCESS_TOKEN,
+        "grant_type": TOKEN_EXCHANGE_GRANT,
+        "subject_token": subject_token, "subject_token_type": TOKEN_TYPE_ACCESS_TOKEN,
         "actor_token": (identity.svid(lab.verify.issuer).token if actor_token == "svid"
                         else actor_token),
-        "actor_token_type": JWT,
+        "actor_token_type": TOKEN_TYPE_JWT,
         "audience": lab.verify.admin_api_url,
         "authorization_details": details if isinstance(details, str) else json.dumps(details),
     }
@@ -109,7 +97,7 @@ def bc_authorize(lab: Lab, identity: WorkloadIdentity, email: str, details: dict
 
 def poll(lab: Lab, identity: WorkloadIdentity, auth_req_id: str) -> httpx.Response:
     return as_mcp_server(identity, f"{lab.verify.issuer}/token",
-                         {"grant_type": CIBA, "auth_req_id": auth_req_id})
+                         {"grant_type": CIBA_GRANT, "auth_req_id": auth_req_id})
 
 
 def approve_next(lab: Lab, identity: WorkloadIdentity, email: str, details: dict[str, Any],
@@ -117,8 +105,8 @@ def approve_next(lab: Lab, identity: WorkloadIdentity, email: str, details: dict
     """Push, answer on the phone, and poll once: what a scripted phone does. With
     `session_token` (the user's access token) the push names its session as the MCP server's
     does (CIBA login_hint_token), which a tier-3 approval needs to serve that session."""
-    hint = ({"login_hint": None, "login_hint_token": session_token} if session_token
-            else {})
+    hint: dict[str, Any] = ({"login_hint": None, "login_hint_token": session_token}
+                            if session_token else {})
     push = bc_authorize(lab, identity, email, details, **hint)
     assert push.status_code == 200, push.text
     pending = [p for p in lab.verify.approvals.pending(email)

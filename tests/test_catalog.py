@@ -1,39 +1,47 @@
 """The tool catalog (iia) and the IdP's registered RAR types (the tenant's configuration) agree:
-every tool's type is registered with the same tier, actions and fields."""
+every tool names a registered type, takes its tier and actions from it, fills exactly its fields
+and makes the request it covers."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from harness.paths import fixtures_dir
 from iia.catalog import (
     CATALOG,
     MARKDOWN_END,
     MARKDOWN_START,
     CatalogContext,
+    Tool,
     markdown_table,
     replace_markdown_table,
 )
-from iia.rar import argument_digest, authorization_details
+from iia.rar import argument_digest, argument_fields, authorization_details, fill_path, registry
+
+EXAMPLE = {"user_id": "u1", "group_id": "g1", "user_name": "a@b.example", "given_name": "A",
+           "family_name": "B", "application_id": "app", "policy_id": "policy-mfa"}
+
+
+def _args(tool: Tool) -> dict[str, str]:
+    return {k: EXAMPLE[k] for k in tool.input_schema.get("required", [])}
 
 
 def test_every_tool_maps_to_a_registered_type_with_the_same_shape() -> None:
-    registry = json.loads((fixtures_dir() / "policy" / "rar_types.json").read_text())["types"]
-    example = {"user_id": "u1", "group_id": "g1", "user_name": "a@b.example", "given_name": "A",
-               "family_name": "B", "application_id": "app",
-               "policy_id": "policy-mfa"}
+    """Each tool's object carries its registered type's tier, actions and exactly its fields;
+    every registered type a token can carry is some tool's."""
     for tool in CATALOG:
-        spec = registry[tool.rar_type]
-        assert spec["tier"] == tool.tier, tool.name
-        assert tuple(spec["actions"]) == tool.actions, tool.name
-        required = tool.input_schema.get("required", [])
-        args = {k: example[k] for k in required}
-        details = authorization_details(tool, args, "http://api/v2.0")
-        assert set(details) - {"type", "actions", "locations", "tier", "summary", "digest"} \
-            == set(spec["fields"]), tool.name
+        spec = registry().type(tool.rar_type)
+        assert not spec.approval_only, tool.name
+        details = authorization_details(tool, _args(tool), "http://api/v2.0")
+        assert (details["tier"], tuple(details["actions"])) == (spec.tier, spec.actions)
+        assert set(argument_fields(details)) == set(spec.fields), tool.name
+    tokens = {name for name, spec in registry().types.items() if not spec.approval_only}
+    assert {t.rar_type for t in CATALOG} == tokens
+    named = [spec.tool for spec in registry().types.values() if spec.tool is not None]
+    assert sorted(named) == sorted(t.name for t in CATALOG)  # one type per tool, each once
+    with pytest.raises(KeyError, match="no registered authorization_details type"):
+        registry().for_tool("no_such_tool")
 
 
 def test_tiers_match_the_design() -> None:
@@ -56,18 +64,14 @@ def test_the_digest_binds_the_exact_arguments() -> None:
 def test_each_tool_makes_the_request_its_registered_type_covers() -> None:
     """The tool's admin-API request is the method and path its RAR type's template names, filled
     from the same arguments (what the admin API's coverage check will compare)."""
-    doc = json.loads((fixtures_dir() / "policy" / "rar_types.json").read_text())
-    context = CatalogContext(admin_group_id=doc["admin_group"])
-    args = {"user_id": "u1", "group_id": "g1", "user_name": "a@b.example", "given_name": "A",
-            "family_name": "B", "application_id": "app", "policy_id": "policy-mfa"}
+    rar = registry()
+    context = CatalogContext(admin_group_id=rar.admin_group)
     for tool in CATALOG:
-        spec = doc["types"][tool.rar_type]["request"]
-        values = {**tool.rar_fields(args), "admin_group": doc["admin_group"]}
-        path = spec["path"]
-        for name, value in values.items():
-            path = path.replace("{" + name + "}", value)
-        request = tool.request(args, context)
-        assert (request.method, request.path) == (spec["method"], path), tool.name
+        spec, args = tool.rar, _args(tool)
+        assert spec.path is not None, tool.name
+        path = fill_path(spec.path, rar.values(tool.rar_fields(args)))
+        request = tool.admin_request(args, context)
+        assert (request.method, request.path) == (spec.method, path), tool.name
 
 
 def test_readme_tool_table_is_the_catalog() -> None:

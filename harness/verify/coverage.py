@@ -31,8 +31,8 @@ from scim2_server.service import ScimService
 from harness.verify.admin_errors import NotCovered
 from harness.verify.directory import Directory
 from harness.verify.errors import InvalidAuthorizationDetails
-from harness.verify.rar import RarRegistry, RarType
-from iia.rar import canonical_json
+from harness.verify.rar import RarRegistry
+from iia.rar import PathSegmentError, RarType, canonical_json
 
 __all__ = ["PATCH_OP", "Coverage", "Grant", "RequestLine"]
 
@@ -94,12 +94,12 @@ class Coverage:
         self.directory = directory
         self.service = service
         self.location = location
+        # what a type's body must do (its registered `effect`), judged by its effect
         self._body_rules: dict[str, Callable[[Grant, RequestLine], None]] = {
-            "verify_create_user": self._creates_target,
-            "verify_add_group_member": self._adds_target,
-            "verify_grant_admin_role": self._adds_target,
-            "verify_remove_group_member": self._removes_target,
-            "verify_deactivate_user": self._deactivates_target,
+            "creates_target": self._creates_target,
+            "adds_target": self._adds_target,
+            "removes_target": self._removes_target,
+            "deactivates_target": self._deactivates_target,
         }
 
     # -- the object ----------------------------------------------------------------------------
@@ -118,15 +118,15 @@ class Coverage:
                                     f"{exc.description}") from exc
         if rar.method is None or rar.path is None:
             raise NotCovered(detail=f"{rar.name} covers no admin-API request")
-        if rar.name == "verify_add_group_member" and details["group"] == self.registry.admin_group:
-            raise NotCovered(detail="verify_add_group_member cannot add a member to Tenant "
-                                    "Administrators; only verify_grant_admin_role can")
+        refused = self.registry.refused_group(rar, details)
+        if refused is not None:
+            raise NotCovered(detail=refused)
         grant = Grant(rar=rar, details=details, path=self._fill(rar, details))
         if rar.method != request.method.upper() or \
                 _segments(grant.path) != _segments(request.path):
             raise NotCovered(detail=f"this token covers {grant.describe()}; the request is "
                                     f"{request}")
-        rule = self._body_rules.get(rar.name)
+        rule = self._body_rules.get(rar.effect) if rar.effect else None
         if rule is not None:
             with self.service.provider:
                 rule(grant, request)
@@ -143,18 +143,11 @@ class Coverage:
         return authorization_details[0]
 
     def _fill(self, rar: RarType, details: Mapping[str, Any]) -> str:
-        values = {"target": details.get("target"), "group": details.get("group"),
-                  "admin_group": self.registry.admin_group}
-        path = str(rar.path)
-        for name, value in values.items():
-            placeholder = "{" + name + "}"
-            if placeholder not in path:
-                continue
-            if not isinstance(value, str) or value in ("", ".", "..") or \
-                    any(c in value for c in "/?#"):
-                raise NotCovered(detail=f"{rar.name}: {name} {value!r} is not one path segment")
-            path = path.replace(placeholder, value)
-        return path
+        """The path the object covers (`iia.rar.fill_path` of its type's template)."""
+        try:
+            return str(self.registry.resource_path(rar, details))
+        except PathSegmentError as exc:
+            raise NotCovered(detail=f"{rar.name}: {exc}") from exc
 
     # -- body rules --------------------------------------------------------------------------
 
@@ -175,7 +168,7 @@ class Coverage:
                                     f"name, so nothing was {done}")
 
     def _creates_target(self, grant: Grant, request: RequestLine) -> None:
-        """verify_create_user: the body creates the user whose userName is `target`
+        """`creates_target`: the body creates the user whose userName is `target`
         (RFC 7644 §3.3)."""
         user = self.service.read_creation(self.directory.user_type, request.body,
                                           request.content_type)
@@ -199,7 +192,7 @@ class Coverage:
         return before, after
 
     def _adds_target(self, grant: Grant, request: RequestLine) -> None:
-        """add_group_member / grant_admin_role: the PATCH adds the member `target` to the group
+        """`adds_target`: the PATCH adds the member `target` to the group
         and changes nothing else."""
         before, after = self._patched(grant, request, self.directory.group_type,
                                       _segments(grant.path)[-1], PatchOperation.Op.add)
@@ -216,7 +209,7 @@ class Coverage:
                                     "request's PATCH does something else")
 
     def _removes_target(self, grant: Grant, request: RequestLine) -> None:
-        """remove_group_member: `remove` with path `members[value eq "<target>"]`, which removes
+        """`removes_target`: `remove` with path `members[value eq "<target>"]`, which removes
         that member and changes nothing else (RFC 7644 §3.5.2.2)."""
         before, after = self._patched(grant, request, self.directory.group_type,
                                       _segments(grant.path)[-1], PatchOperation.Op.remove)
@@ -228,7 +221,8 @@ class Coverage:
                                     "else; the request's PATCH does something else")
 
     def _deactivates_target(self, grant: Grant, request: RequestLine) -> None:
-        """deactivate_user: `replace` of `active` with false, nothing else (RFC 7644 §3.5.2.3)."""
+        """`deactivates_target`: `replace` of `active` with false, nothing else
+        (RFC 7644 §3.5.2.3)."""
         before, after = self._patched(grant, request, self.directory.user_type,
                                       str(grant.target), PatchOperation.Op.replace_)
         if getattr(after, "active", None) is not False or \

@@ -23,59 +23,33 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from harness.verify.errors import InvalidAuthorizationDetails
-from iia.rar import argument_fields, canonical_json, details_digest
+from iia.rar import (
+    PathSegmentError,
+    RarType,
+    Registry,
+    argument_fields,
+    canonical_json,
+    details_digest,
+    fill,
+)
 
-__all__ = ["RarRegistry", "RarType", "fill", "parse_authorization_details"]
+__all__ = ["RarRegistry", "RarType", "parse_authorization_details"]  # RarType: iia.rar's
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_PLACEHOLDER = re.compile(r"\{(target|group|admin_group)\}")
 _KIND_WORDS = {"string": "a non-empty string", "integer": "an integer",
                "array": "an array of strings", "object": "a JSON object",
                "objects": "a non-empty array of JSON objects"}
-_CHECKS = {
+_CHECKS: dict[str, Callable[[Any], bool]] = {
     "string": lambda v: isinstance(v, str) and v != "",
     "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "array": lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
     "object": lambda v: isinstance(v, dict),
     "objects": lambda v: isinstance(v, list) and v != [] and all(isinstance(i, dict) for i in v),
 }
-
-
-def fill(template: Any, values: Mapping[str, Any]) -> Any:
-    """`template` (JSON) with `{target}`, `{group}`, `{admin_group}` in its strings replaced
-    by `values` (one pass: a value is never itself filled)."""
-    if isinstance(template, str):
-        return _PLACEHOLDER.sub(lambda m: str(values.get(m.group(1), m.group(0))), template)
-    if isinstance(template, list):
-        return [fill(item, values) for item in template]
-    if isinstance(template, dict):
-        return {key: fill(item, values) for key, item in template.items()}
-    return template
-
-
-@dataclass(frozen=True)
-class RarType:
-    name: str
-    tier: int
-    actions: tuple[str, ...]
-    fields: Mapping[str, str]
-    method: str | None
-    path: str | None
-    approval_only: bool
-    description: str
-    operations: Any = None  # the one `operations` value allowed (a template), if any
-    attributes_include: Mapping[str, Any] | None = None  # values `attributes` must hold
-
-    @property
-    def body_field(self) -> str | None:
-        """The field naming the request's whole body: `attributes`, `operations`, or None."""
-        return next((f for f in ("attributes", "operations") if f in self.fields), None)
 
 
 def parse_authorization_details(raw: str | None) -> list[Any]:
@@ -91,23 +65,9 @@ def parse_authorization_details(raw: str | None) -> list[Any]:
     return value
 
 
-class RarRegistry:
-    def __init__(self, path: Path) -> None:
-        doc = json.loads(path.read_text())
-        self.common_fields: dict[str, str] = dict(doc["common_fields"])
-        self.admin_group: str = doc["admin_group"]
-        self.types: dict[str, RarType] = {}
-        for name, spec in doc["types"].items():
-            request = spec.get("request") or {}
-            self.types[name] = RarType(
-                name=name, tier=int(spec["tier"]), actions=tuple(spec["actions"]),
-                fields=dict(spec["fields"]), method=request.get("method"),
-                path=request.get("path"), approval_only=bool(spec.get("approval_only")),
-                description=spec.get("description", ""), operations=request.get("operations"),
-                attributes_include=request.get("attributes_include"))
-
-    def supported_types(self) -> list[str]:
-        return sorted(self.types)
+class RarRegistry(Registry):
+    """The tenant's registered types (`iia.rar.Registry`, read from one file) and the IdP's
+    validation of an object against them."""
 
     def validate(self, obj: Any, *, location: str, approval: bool = False) -> RarType:
         """Validate one authorization_details object; return its registered type."""
@@ -120,14 +80,14 @@ class RarRegistry:
                                               "registered at this tenant")
         if spec.approval_only and not approval:
             raise InvalidAuthorizationDetails(f"{name} can be approved but never be a token")
-        expected = {**self.common_fields, **spec.fields}
-        unknown = sorted(set(obj) - set(expected))
+        shape = {**self.common_fields, **spec.fields}
+        unknown = sorted(set(obj) - set(shape))
         if unknown:
             raise InvalidAuthorizationDetails(f"{name}: unknown field(s) {', '.join(unknown)}")
-        missing = sorted(set(expected) - set(obj))
+        missing = sorted(set(shape) - set(obj))
         if missing:
             raise InvalidAuthorizationDetails(f"{name}: missing field(s) {', '.join(missing)}")
-        for field, kind in expected.items():
+        for field, kind in shape.items():
             if not _CHECKS[kind](obj[field]):
                 raise InvalidAuthorizationDetails(f"{name}: field {field!r} must be "
                                                   f"{_KIND_WORDS[kind]}")
@@ -150,10 +110,6 @@ class RarRegistry:
                 f"digest to {expected}, but the object says {obj['digest']}")
         return spec
 
-    def _values(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        return {"target": obj.get("target"), "group": obj.get("group"),
-                "admin_group": self.admin_group}
-
     def _check_body(self, spec: RarType, obj: Mapping[str, Any]) -> None:
         """A write's body fields: `attributes` holds the type's required values and no
         attribute twice (SCIM names are case-insensitive, RFC 7643 §2.1); `operations` is the
@@ -166,42 +122,30 @@ class RarRegistry:
                 raise InvalidAuthorizationDetails(
                     f"{spec.name}: attributes name {', '.join(twice)} more than once (SCIM "
                     "attribute names are case-insensitive)")
-            for key, value in fill(spec.attributes_include, self._values(obj)).items():
+            for key, value in fill(spec.attributes_include, self.values(obj)).items():
                 if key not in attributes or canonical_json(attributes[key]) != \
                         canonical_json(value):
                     raise InvalidAuthorizationDetails(
                         f"{spec.name}: target mismatch: attributes.{key} must be {value!r}, "
                         f"as the object's fields name it; it is {attributes.get(key)!r}")
         if spec.operations is not None:
-            expected = fill(spec.operations, self._values(obj))
+            expected = fill(spec.operations, self.values(obj))
             if canonical_json(obj["operations"]) != canonical_json(expected):
                 raise InvalidAuthorizationDetails(
                     f"{spec.name}: operations must be exactly {json.dumps(expected)} for "
                     f"target {obj.get('target')!r}; the object names "
                     f"{json.dumps(obj['operations'])}")
 
-    def resource_path(self, spec: RarType, obj: Mapping[str, Any]) -> str | None:
-        """The path (relative to the admin API) of the one resource `obj` covers: the type's
-        template with `{target}`, `{group}` from the object and `{admin_group}` from here."""
-        if spec.path is None:
-            return None
-        values = {"target": obj.get("target"), "group": obj.get("group"),
-                  "admin_group": self.admin_group}
-        path = spec.path
-        for field, value in values.items():
-            placeholder = "{" + field + "}"
-            if placeholder not in path:
-                continue
-            if not isinstance(value, str) or value in ("", ".", "..") or \
-                    any(c in value for c in "/?#"):
-                raise InvalidAuthorizationDetails(f"{spec.name}: {field} {value!r} is not one "
-                                                  "path segment")
-            path = path.replace(placeholder, value)
-        return path
+    def _covered_path(self, spec: RarType, obj: Mapping[str, Any]) -> str | None:
+        """`resource_path`, a value that is not one path segment refused as invalid."""
+        try:
+            return self.resource_path(spec, obj)
+        except PathSegmentError as exc:
+            raise InvalidAuthorizationDetails(f"{spec.name}: {exc}") from exc
 
     def _check_locations(self, spec: RarType, obj: Mapping[str, Any], location: str) -> None:
         """RFC 9396 §2.2: `locations` is `[<the admin API>]` or `[<the resource covered>]`."""
-        path = self.resource_path(spec, obj)
+        path = self._covered_path(spec, obj)
         resource = location + path if path is not None else None
         allowed = [location] if resource is None else [location, resource]
         locations = obj["locations"]
