@@ -9,8 +9,6 @@ approval still unspent, the directory unchanged.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from harness.verify.audit import Decision
 from harness.verify.spiffe_bundle import SpiffeBundleSource
 from harness.verify.token_exchange import TOKEN_EXCHANGE_GRANT
 from iia.identity import IdentitySettings, WorkloadIdentity
+from iia.rar import details_digest
 from tests.agent_helpers import mcp_call, phone, user_id
 from tests.conftest import FakeClock
 from tests.helpers import approve_next, bc_authorize, deactivated, exchange, rar, user_token
@@ -372,16 +371,10 @@ def test_an_expired_code_is_refused_and_dead(lab: Lab, monkeypatch: pytest.Monke
 
 # -- 10. the RAR digest binds the exact arguments ---------------------------------------------
 
-COMMON_FIELDS = {"type", "actions", "locations", "tier", "summary", "digest"}
-
-
 def own_digest(obj: Mapping[str, Any]) -> str:
-    """The digest an object must carry, computed here rather than by iia.rar (which the IdP
-    shares): SHA-256 over the canonical JSON (sorted keys, no whitespace, UTF-8) of its
-    argument fields, every field but the common ones."""
-    fields = {k: v for k, v in obj.items() if k not in COMMON_FIELDS}
-    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    """The digest an object must carry: iia.rar's, the one definition (pinned to fixed bytes
+    and hex by tests/test_rar_registry.py, so a change to it cannot pass unseen here)."""
+    return details_digest(obj)
 
 
 def fresh_session(lab: Lab) -> str:
