@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
+from iia.errors import ConfigurationError
+
 if TYPE_CHECKING:
     from iia.catalog import Tool
 
@@ -155,8 +157,12 @@ class Registry:
 
 
 def default_registry_path() -> Path:
-    """`$IIA_FIXTURES_DIR/policy/rar_types.json`, else the checkout's
+    """`$IIA_RAR_TYPES` (the tenant's registered types, for a deployment), else
+    `$IIA_FIXTURES_DIR/policy/rar_types.json`, else the checkout's
     `fixtures/policy/rar_types.json` (the fixtures the simulated tenant reads too)."""
+    explicit = os.environ.get("IIA_RAR_TYPES")
+    if explicit:
+        return Path(explicit)
     fixtures = os.environ.get("IIA_FIXTURES_DIR")
     root = Path(fixtures) if fixtures else Path(__file__).resolve().parents[1] / "fixtures"
     return root / "policy" / "rar_types.json"
@@ -164,8 +170,13 @@ def default_registry_path() -> Path:
 
 @functools.cache
 def registry() -> Registry:
-    """The registered types (read once from `default_registry_path()`)."""
-    return Registry(default_registry_path())
+    """The registered types (read once from `default_registry_path()`); ConfigurationError
+    when there is no such file."""
+    path = default_registry_path()
+    if not path.is_file():
+        raise ConfigurationError(f"the registered authorization_details types are not at "
+                                 f"{path}: set IIA_RAR_TYPES to the tenant's rar_types.json")
+    return Registry(path)
 
 
 # -- templates -------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 import iia.catalog
 from harness.paths import fixtures_dir
 from iia.catalog import CATALOG, tool
+from iia.errors import ConfigurationError
 from iia.rar import (
     PathSegmentError,
     RarDetails,
@@ -128,6 +129,23 @@ def test_the_registry_is_read_from_the_fixtures_directory(monkeypatch: pytest.Mo
     assert default_registry_path() == fixtures_dir() / "policy" / "rar_types.json"
     monkeypatch.setenv("IIA_FIXTURES_DIR", str(tmp_path))
     assert default_registry_path() == tmp_path / "policy" / "rar_types.json"
+    monkeypatch.setenv("IIA_RAR_TYPES", str(tmp_path / "tenant.json"))
+    assert default_registry_path() == tmp_path / "tenant.json"
+
+
+def test_a_deployment_without_the_registry_is_told_what_to_set(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A product install carries no fixtures: without the file, a sentence naming the
+    setting, not a bare FileNotFoundError at the first tool call."""
+    monkeypatch.setenv("IIA_RAR_TYPES", str(tmp_path / "missing.json"))
+    registry.cache_clear()
+    try:
+        with pytest.raises(ConfigurationError, match="set IIA_RAR_TYPES to the tenant's"):
+            registry()
+        shutil.copy(fixtures_dir() / "policy" / "rar_types.json", tmp_path / "missing.json")
+        assert registry().path == tmp_path / "missing.json"
+    finally:
+        registry.cache_clear()
 
 
 def test_the_catalog_takes_tier_and_actions_from_the_registry(
