@@ -230,6 +230,8 @@ class Lab:
         self.chat = ChatApp(ChatSettings.from_env(env), agent_settings, self.events,
                             model=lambda: model_client(agent_settings))
         await self._serve(HttpService("chat", self.chat.app()))
+        # the security console: a lab tool (off in `python -m iia.serve` unless --console), on
+        # a loopback socket like every lab service
         await self._serve(HttpService("console", console_app(self.events, self.mcp.chain)))
 
     def _subscribe_receivers(self) -> None:

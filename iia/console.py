@@ -6,9 +6,11 @@ over HTTP, so it can run in another process than the MCP server.
                                       on-behalf-of claims (never the token itself)
 
 Unauthenticated and for loopback only: it shows what a security panel shows (every user's
-events), and nothing that could be replayed. Bind it to 127.0.0.1; whatever it is bound to, it
-answers 403 to a peer that is not on this host, and to a `Host` that is not a loopback name (a
-page whose domain was rebound to 127.0.0.1 would otherwise read it as its own origin).
+events), and nothing that could be replayed. It is a lab tool: `python -m iia.serve` serves it
+only with `--console` and refuses to on a non-loopback `IIA_BIND` (`iia.serve.check_console_bind`);
+the lab serves it on 127.0.0.1. Whatever it is bound to, it answers 403 to a peer that is not on
+this host, and to a `Host` that is not a loopback name (a page whose domain was rebound to
+127.0.0.1 would otherwise read it as its own origin).
 """
 
 from __future__ import annotations
