@@ -25,7 +25,6 @@ from harness.spire.attestor import lab_substitutions
 from harness.spire.validation import validate_jwt_svid
 from harness.verify.audit import Decision
 from harness.verify.spiffe_bundle import SpiffeBundleSource
-from harness.verify.token_exchange import TOKEN_EXCHANGE_GRANT
 from iia.identity import IdentitySettings, WorkloadIdentity
 from iia.rar import details_digest
 from tests.agent_helpers import mcp_call, phone, user_id
@@ -142,13 +141,13 @@ def federated(lab: Lab) -> Iterator[JwtAuthority]:
 def recorded_exchanges(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, str]]:
     """The token-exchange forms as the tenant's token endpoint received them (never logged)."""
     seen: list[dict[str, str]] = []
-    handler = lab.verify._grants[TOKEN_EXCHANGE_GRANT]
+    handler = lab.verify.exchange.grant  # what the token endpoint's exchange grant calls
 
     def record(client: Any, form: Any) -> Any:
         seen.append({k: str(v) for k, v in form.items()})
         return handler(client, form)
 
-    monkeypatch.setitem(lab.verify._grants, TOKEN_EXCHANGE_GRANT, record)
+    monkeypatch.setattr(lab.verify.exchange, "grant", record)
     return seen
 
 

@@ -92,8 +92,13 @@ def test_pkce_is_required_and_plain_is_refused(lab: Lab) -> None:
                                      code_challenge_method=None))["error"] == "invalid_request"
     response = authorize(lab)
     code = redirect_params(response)["code"]
-    bad = redeem(lab, code, "not-the-verifier")
-    assert bad.json()["error"] == "invalid_grant"
+    bad = redeem(lab, code, secrets.token_urlsafe(48))  # well-formed, not the one (§4.6)
+    assert bad.json()["error"] == "invalid_grant" and "access_token" not in bad.json()
+    # not a verifier at all (RFC 7636 §4.1: 43-128 unreserved characters): malformed request
+    response = authorize(lab)
+    malformed = redeem(lab, redirect_params(response)["code"], "not-the-verifier")
+    assert malformed.json()["error"] == "invalid_request"
+    assert "access_token" not in malformed.json()
 
 
 def test_code_replay_ends_the_session(lab: Lab) -> None:

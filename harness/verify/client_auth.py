@@ -1,34 +1,82 @@
-"""Client authentication at the token endpoint (RFC 6749 §2.3.1).
+"""The tenant's OAuth clients and the words of a refused client authentication (RFC 6749 §2.3).
 
-Confidential clients authenticate with `client_secret_basic` (HTTP Basic, id and secret
-form-urlencoded first) or `client_secret_post` (in the body) — exactly one method per request.
-`iia-mcp-server`'s secret rotates on each successful use (see rotation.py).
+`Client` is authlib's client model (`ClientMixin`): authlib's `client_secret_basic`,
+`client_secret_post` and `none` methods (harness/verify/authorization_server.py) authenticate a
+request through `check_client_secret` and `check_endpoint_auth_method`. Confidential clients
+use `client_secret_basic` (HTTP Basic, id and secret form-urlencoded first) or
+`client_secret_post` (in the body) — exactly one method per request; public clients send only
+their `client_id`. `iia-mcp-server`'s secret rotates on each successful use (see rotation.py).
+
+authlib says only that "the client cannot authenticate"; `refusal` says why, from the request
+alone (it never presents a secret again, which would rotate it).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import unquote_plus
+from urllib.parse import urlsplit
 
-from starlette.requests import Request
+from authlib.oauth2.rfc6749 import ClientMixin
+from authlib.oauth2.rfc6749.util import extract_basic_authorization
 
-from harness.verify.errors import InvalidClient, InvalidRequest
 from harness.verify.rotation import RotatingClientSecret
 
-__all__ = ["Client", "ClientRegistry", "authenticate_client"]
+__all__ = ["CONFIDENTIAL_AUTH_METHODS", "Client", "ClientRegistry", "loopback_redirect_matches",
+           "refusal"]
+
+# RFC 7591 §2 names of the methods a confidential client may authenticate with
+CONFIDENTIAL_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+
+
+def loopback_redirect_matches(registered: str, presented: str) -> bool:
+    """Exact match, except that a loopback IP redirect URI matches on any port (RFC 8252 §7.3)."""
+    if registered == presented:
+        return True
+    r, p = urlsplit(registered), urlsplit(presented)
+    if r.scheme != "http" or p.scheme != "http" or r.hostname not in ("127.0.0.1", "[::1]"):
+        return False
+    return (r.hostname == p.hostname and r.path == p.path and r.query == p.query
+            and not p.fragment)
 
 
 @dataclass
-class Client:
+class Client(ClientMixin):  # type: ignore[misc]
     client_id: str
     public: bool
     grant_types: frozenset[str]
     redirect_uris: tuple[str, ...] = ()
     post_logout_redirect_uris: tuple[str, ...] = ()
     secret: RotatingClientSecret | None = field(default=None, repr=False)
+
+    # -- authlib's ClientMixin ----------------------------------------------------------------
+
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_default_redirect_uri(self) -> str | None:
+        return None  # every authorization request names its redirect_uri
+
+    def get_allowed_scope(self, scope: str | None) -> str:
+        return scope or "openid"
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return any(loopback_redirect_matches(r, redirect_uri) for r in self.redirect_uris)
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        """The current secret (which then rotates) or one still in its grace window."""
+        if self.secret is None:
+            return False
+        return self.secret.authenticate(client_secret)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        return method == "none" if self.public else method in CONFIDENTIAL_AUTH_METHODS
+
+    def check_response_type(self, response_type: str) -> bool:
+        return response_type == "code" and "authorization_code" in self.grant_types
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in self.grant_types
 
 
 class ClientRegistry:
@@ -46,40 +94,21 @@ class ClientRegistry:
         return self._clients.pop(client_id, None)
 
 
-def _basic_credentials(request: Request) -> tuple[str, str] | None:
-    header = request.headers.get("authorization")
-    if not header or not header.lower().startswith("basic "):
-        return None
-    try:
-        decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
-        client_id, _, secret = decoded.partition(":")
-    except (binascii.Error, UnicodeDecodeError) as exc:
-        raise InvalidClient("the Authorization header is not valid Basic credentials") from exc
-    return unquote_plus(client_id), unquote_plus(secret)
-
-
-def authenticate_client(request: Request, form: Mapping[str, str],
-                        registry: ClientRegistry) -> Client:
-    """Identify and authenticate the client of a token-endpoint request."""
-    basic = _basic_credentials(request)
-    if basic and "client_secret" in form:
-        raise InvalidRequest("use one client authentication method, not two")
-    if basic:
-        client_id, secret = basic
-    else:
-        client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
+def refusal(headers: Mapping[str, str], form: Mapping[str, str], registry: ClientRegistry,
+            endpoint: str) -> str:
+    """Why client authentication of this request failed, in a sentence for the caller."""
+    basic_id, _ = extract_basic_authorization(headers)
+    client_id = basic_id or form.get("client_id", "")
     if not client_id:
-        raise InvalidClient("client authentication is required")
+        return "client authentication is required"
     client = registry.get(client_id)
     if client is None:
-        raise InvalidClient(f"unknown client {client_id!r}")
+        return f"unknown client {client_id!r}"
     if client.public:
-        if secret:
-            raise InvalidClient(f"{client_id} is a public client and has no secret")
-        return client
-    if client.secret is None or not secret:
-        raise InvalidClient(f"{client_id} must authenticate with its client secret")
-    if not client.secret.authenticate(secret):
-        raise InvalidClient(f"the client secret of {client_id} is stale or wrong; read the "
-                            "current one from Vault")
-    return client
+        if endpoint == "introspection":
+            return "introspection is for confidential clients (RFC 7662 §2.1)"
+        return f"{client_id} is a public client and has no secret"
+    if client.secret is None or not (basic_id or form.get("client_secret")):
+        return f"{client_id} must authenticate with its client secret"
+    return (f"the client secret of {client_id} is stale or wrong; read the current one from "
+            "Vault")

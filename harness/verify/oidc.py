@@ -1,46 +1,56 @@
-"""The tenant's OpenID Provider for people: authorization code with PKCE, refresh, introspection,
-revocation and logout.
+"""The tenant's OpenID Provider for people: login, the code store, the grants' user side,
+introspection, revocation and logout. The protocol machinery is authlib's (the authorization
+server in harness/verify/authorization_server.py, the grants in harness/verify/grants.py); this
+module owns what is this tenant's own.
 
 * Authorization code flow (RFC 6749 §4.1, OpenID Connect Core §3.1) for the public client
-  `iia-ui`, PKCE required with S256 (RFC 7636 §4.2; `plain` is refused). Redirect URIs on the
-  loopback interface match on any port (RFC 8252 §7.3).
+  `iia-ui`: authlib validates the request (client, redirect URI, response_type, PKCE S256 —
+  RFC 7636 §4.2, `plain` refused); redirect URIs on the loopback interface match on any port
+  (RFC 8252 §7.3); the response names the issuer (RFC 9207).
 * The lab has no passwords: the login page lists the demo users; `login_hint` logs a script in
   without a browser. Each login starts a session (`sid`).
+* A code is spent when it is presented; presenting it again ends its session (RFC 6749 §4.1.2).
 * Access tokens follow RFC 9068 for the resource named in `resource` (RFC 8707), the MCP server.
 * Refresh tokens rotate on every use; reusing a spent one ends the session (RFC 9700 §4.14).
-* Introspection (RFC 7662) for confidential clients; revocation (RFC 7009); RP-initiated logout.
+* Introspection (RFC 7662) for confidential clients and revocation (RFC 7009): authlib's
+  endpoints over this tenant's tokens; RP-initiated logout.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import html
-import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from authlib.common.urls import add_params_to_uri
+from authlib.oauth2.rfc6749.errors import OAuth2Error
+from authlib.oauth2.rfc7009 import RevocationEndpoint
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from authlib.oauth2.rfc9207 import IssuerParameter
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from harness.verify.audit import AuditTrail, Decision
-from harness.verify.client_auth import Client, ClientRegistry
-from harness.verify.directory import Directory
-from harness.verify.errors import (
-    NO_STORE,
-    InvalidClient,
-    InvalidGrant,
-    InvalidRequest,
-    InvalidTarget,
+from harness.verify.authorization_server import FormRequest, VerifyAuthorizationServer
+from harness.verify.client_auth import (
+    CONFIDENTIAL_AUTH_METHODS,
+    Client,
+    ClientRegistry,
+    loopback_redirect_matches,
 )
+from harness.verify.directory import Directory
+from harness.verify.errors import InvalidGrant, InvalidTarget
 from harness.verify.sessions import SessionStore
-from harness.verify.tokens import TokenInvalid, TokenService
+from harness.verify.tokens import Grantee, RefreshGrant, TokenInvalid, TokenService
+from iia.protocol import ACCESS_TOKEN_TYP
 
-__all__ = ["AuthorizationCode", "OidcProvider", "loopback_redirect_matches"]
+__all__ = ["AuthorizationCode", "Introspection", "OidcProvider", "Revocation",
+           "TenantIssuer", "loopback_redirect_matches"]
 
 CODE_TTL = 60.0
 
@@ -50,6 +60,7 @@ class AuthorizationCode:
     client_id: str
     redirect_uri: str
     code_challenge: str
+    code_challenge_method: str
     user_id: str
     sid: str
     scope: str
@@ -58,21 +69,13 @@ class AuthorizationCode:
     expires_at: float
     used: bool = False
 
+    # -- authlib's AuthorizationCodeMixin -------------------------------------------------------
 
-def loopback_redirect_matches(registered: str, presented: str) -> bool:
-    """Exact match, except that a loopback IP redirect URI matches on any port (RFC 8252 §7.3)."""
-    if registered == presented:
-        return True
-    r, p = urlsplit(registered), urlsplit(presented)
-    if r.scheme != "http" or p.scheme != "http" or r.hostname not in ("127.0.0.1", "[::1]"):
-        return False
-    return (r.hostname == p.hostname and r.path == p.path and r.query == p.query
-            and not p.fragment)
+    def get_redirect_uri(self) -> str:
+        return self.redirect_uri
 
-
-def _s256(verifier: str) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(
-        b"=").decode()
+    def get_scope(self) -> str:
+        return self.scope
 
 
 def _with_params(uri: str, params: Mapping[str, str]) -> str:
@@ -81,10 +84,26 @@ def _with_params(uri: str, params: Mapping[str, str]) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
 
 
+def _ascii(text: str) -> str:
+    """RFC 6749 §4.1.2.1: an error_description is restricted ASCII (a login_hint may not be)."""
+    return "".join(c if 0x20 <= ord(c) <= 0x7E and c not in '"\\' else "?" for c in text)
+
+
+class TenantIssuer(IssuerParameter):  # type: ignore[misc]
+    """RFC 9207: authlib adds `iss` to the authorization response."""
+
+    def __init__(self, issuer: str) -> None:
+        self.issuer = issuer
+
+    def get_issuer(self) -> str:
+        return self.issuer
+
+
 class OidcProvider:
     def __init__(self, *, issuer: str, mcp_resource: str, clients: ClientRegistry,
                  directory: Directory, sessions: SessionStore, tokens: TokenService,
-                 audit: AuditTrail, clock: Callable[[], float] = time.time) -> None:
+                 audit: AuditTrail, server: VerifyAuthorizationServer,
+                 clock: Callable[[], float] = time.time) -> None:
         self.issuer = issuer
         self.mcp_resource = mcp_resource
         self.clients = clients
@@ -92,6 +111,7 @@ class OidcProvider:
         self.sessions = sessions
         self.tokens = tokens
         self.audit = audit
+        self.server = server
         self._clock = clock
         self._lock = threading.Lock()
         self._codes: dict[str, AuthorizationCode] = {}
@@ -99,34 +119,22 @@ class OidcProvider:
     # -- /authorize -------------------------------------------------------------------------
 
     async def authorize(self, request: Request) -> Response:
-        params = dict(request.query_params)
-        if request.method == "POST":
-            params.update({k: str(v) for k, v in (await request.form()).items()})
-        client = self.clients.get(params.get("client_id", ""))
-        if client is None:
-            return _error_page("unknown client_id", 400)
-        redirect_uri = params.get("redirect_uri", "")
-        if not any(loopback_redirect_matches(r, redirect_uri) for r in client.redirect_uris):
-            return _error_page("redirect_uri is not registered for this client", 400)
+        form = await FormRequest.read(request, with_query=True)
+        return await run_in_threadpool(self._authorize, form)
+
+    def _authorize(self, form: FormRequest) -> Response:
+        oauth_request = self.server.create_oauth2_request(form)
+        try:  # authlib: client, redirect_uri, response_type, scope, PKCE
+            grant = self.server.get_consent_grant(oauth_request)
+        except OAuth2Error as exc:
+            return self._refuse(exc)
+        params = form.form
         state = params.get("state")
 
         def fail(error: str, description: str) -> Response:
-            out = {"error": error, "error_description": description}
-            if state:
-                out["state"] = state
-            return RedirectResponse(_with_params(redirect_uri, out), status_code=302)
+            return self._refuse(OAuth2Error(_ascii(description), error=error, state=state,
+                                            redirect_uri=grant.redirect_uri))
 
-        if params.get("response_type") != "code":
-            return fail("unsupported_response_type", "only response_type=code is supported")
-        if "authorization_code" not in client.grant_types:
-            return fail("unauthorized_client", "this client may not use the code flow")
-        challenge = params.get("code_challenge", "")
-        method = params.get("code_challenge_method")
-        if not challenge:
-            return fail("invalid_request", "PKCE is required: send code_challenge (S256)")
-        if method != "S256":
-            return fail("invalid_request", "code_challenge_method must be S256; plain is "
-                        "refused")
         resource = params.get("resource") or self.mcp_resource
         if resource.rstrip("/") != self.mcp_resource:
             return fail("invalid_target", f"this tenant issues user tokens only for "
@@ -141,43 +149,42 @@ class OidcProvider:
             self.audit.record(Decision(kind="login", outcome="refused", user=email,
                                        reason="the user is deactivated"))
             return fail("access_denied", f"{email} is deactivated")
+        client: Client = grant.client
         session = self.sessions.create(user.id, user.user_name or email, client.client_id)
-        code = secrets.token_urlsafe(32)
-        with self._lock:
-            self._codes[code] = AuthorizationCode(
-                client_id=client.client_id, redirect_uri=redirect_uri, code_challenge=challenge,
-                user_id=user.id, sid=session.sid, scope=params.get("scope", "openid"),
-                resource=resource, nonce=params.get("nonce"),
-                expires_at=self._clock() + CODE_TTL)
+        response: Response = self.server.create_authorization_response(
+            oauth_request, grant_user=Grantee(session=session, resource=resource,
+                                              nonce=params.get("nonce")), grant=grant)
         self.audit.record(Decision(kind="login", outcome="allowed", user=session.email,
                                    sid=session.sid, client_id=client.client_id))
-        out = {"code": code, "iss": self.issuer}  # RFC 9207 issuer identification
-        if state:
-            out["state"] = state
-        return RedirectResponse(_with_params(redirect_uri, out), status_code=302)
+        return response
 
-    # -- token endpoint grants --------------------------------------------------------------
+    def _refuse(self, error: OAuth2Error) -> Response:
+        """An error the client may hear goes to its (validated) redirect URI with the issuer
+        (RFC 6749 §4.1.2.1, RFC 9207 §2); one about the client or its redirect URI is shown to
+        the user and redirects nowhere."""
+        if not error.redirect_uri:
+            return _error_page(error.description or error.error, 400)
+        params = dict(error.get_body())
+        params["iss"] = self.issuer
+        return RedirectResponse(add_params_to_uri(error.redirect_uri, params), status_code=302)
 
-    def _issue(self, client: Client, session: Any, *, scope: str, resource: str,
-               nonce: str | None) -> JSONResponse:
-        user = self.directory.user(session.user_id)
-        delegated = user is not None and self.directory.delegated(user)
-        access, claims = self.tokens.access_token(
-            session, client_id=client.client_id, audience=resource, scope=scope,
-            may_act=self.directory.agent_spiffe_id if delegated else None)
-        body: dict[str, Any] = {"access_token": access, "token_type": "Bearer",
-                                "expires_in": claims["exp"] - claims["iat"], "scope": scope}
-        if "openid" in scope.split():
-            body["id_token"] = self.tokens.id_token(
-                session, client_id=client.client_id, nonce=nonce,
-                name=user.display_name if user else None)
-        if "refresh_token" in client.grant_types:
-            body["refresh_token"] = self.tokens.refresh_token(
-                session, client_id=client.client_id, scope=scope, resource=resource)
-        return JSONResponse(body, headers=NO_STORE)
+    # -- the code grant's store (grants.AuthorizationCodeGrant) ---------------------------
 
-    def authorization_code(self, client: Client, form: Mapping[str, str]) -> JSONResponse:
-        code = form.get("code", "")
+    def save_code(self, code: str, request: Any) -> None:
+        grantee: Grantee = request.user
+        data = request.payload.data
+        with self._lock:
+            self._codes[code] = AuthorizationCode(
+                client_id=request.client.client_id, redirect_uri=data["redirect_uri"],
+                code_challenge=data.get("code_challenge", ""),
+                code_challenge_method=data.get("code_challenge_method", ""),
+                user_id=grantee.session.user_id, sid=grantee.session.sid, scope=request.scope,
+                resource=grantee.resource, nonce=grantee.nonce,
+                expires_at=self._clock() + CODE_TTL)
+
+    def spend_code(self, code: str, client: Client,
+                   redirect_uri: str | None) -> AuthorizationCode:
+        """The code's record, spent by this presentation whatever its outcome."""
         with self._lock:
             record = self._codes.get(code)
             if record is not None:
@@ -189,72 +196,42 @@ class OidcProvider:
             raise InvalidGrant("the authorization code was already used; its session ended")
         if record.expires_at <= self._clock():
             raise InvalidGrant("the authorization code expired")
-        if form.get("redirect_uri") != record.redirect_uri:
+        if redirect_uri != record.redirect_uri:
             raise InvalidGrant("redirect_uri does not match the authorization request")
-        verifier = form.get("code_verifier", "")
-        if not verifier:
-            raise InvalidRequest("code_verifier is required (PKCE)")
-        if not secrets.compare_digest(_s256(verifier), record.code_challenge):
-            raise InvalidGrant("code_verifier does not match the code_challenge")
+        return record
+
+    def grantee_of_code(self, record: AuthorizationCode) -> Grantee:
         session = self.sessions.get(record.sid)
         if session is None or not session.alive:
             raise InvalidGrant("the session of this code has ended")
-        return self._issue(client, session, scope=record.scope, resource=record.resource,
-                           nonce=record.nonce)
+        return self._grantee(session, record.resource, record.nonce)
 
-    def refresh(self, client: Client, form: Mapping[str, str]) -> JSONResponse:
+    def _grantee(self, session: Any, resource: str, nonce: str | None) -> Grantee:
+        """Read at issuance: whether the user delegates to the agent (`may_act`), their name."""
+        user = self.directory.user(session.user_id)
+        delegated = user is not None and self.directory.delegated(user)
+        return Grantee(session=session, resource=resource, nonce=nonce,
+                       may_act=self.directory.agent_spiffe_id if delegated else None,
+                       name=user.display_name if user else None)
+
+    # -- the refresh grant's user side (grants.RefreshTokenGrant) -------------------------
+
+    def spend_refresh_token(self, token: str, client: Client) -> RefreshGrant:
         try:
-            grant = self.tokens.use_refresh_token(form.get("refresh_token", ""),
-                                                  client.client_id)
+            return self.tokens.use_refresh_token(token, client.client_id)
         except TokenInvalid as exc:
             raise InvalidGrant(str(exc)) from exc
+
+    def grantee_of_refresh(self, grant: RefreshGrant, resource: str | None) -> Grantee:
         session = self.sessions.get(grant.sid)
         assert session is not None
-        resource = form.get("resource") or grant.resource
-        if resource != grant.resource:
+        if (resource or grant.resource) != grant.resource:
             raise InvalidTarget("a refresh token keeps the resource it was issued for")
-        return self._issue(client, session, scope=grant.scope, resource=resource, nonce=None)
+        return self._grantee(session, grant.resource, None)
 
-    # -- RFC 7662 introspection, RFC 7009 revocation -----------------------------------------
-
-    def introspect(self, client: Client, form: Mapping[str, str]) -> JSONResponse:
-        if client.public:
-            raise InvalidClient("introspection is for confidential clients (RFC 7662 §2.1)")
-        token = form.get("token", "")
-        body: dict[str, Any] = {"active": False}
-        refresh = self.tokens.refresh_grant(token) if token else None
-        if refresh is not None:
-            if not refresh.used and refresh.expires_at > self._clock() and self.sessions.alive(
-                    refresh.sid):
-                body = {"active": True, "token_type": "refresh_token", "sid": refresh.sid,
-                        "client_id": refresh.client_id, "scope": refresh.scope,
-                        "exp": int(refresh.expires_at)}
-        elif token:
-            try:
-                claims = self.tokens.decode(token, typ="at+jwt")
-            except TokenInvalid:
-                claims = None
-            if claims is not None:
-                body = {"active": True, "token_type": "Bearer", **{
-                    k: claims[k] for k in ("iss", "sub", "aud", "exp", "iat", "jti", "sid",
-                                           "client_id", "scope", "email", "act",
-                                           "authorization_details", "may_act") if k in claims}}
-        return JSONResponse(body, headers=NO_STORE)
-
-    def revoke(self, client: Client, form: Mapping[str, str]) -> Response:
-        token = form.get("token", "")
-        if not token:
-            raise InvalidRequest("token is required")
-        if not self.tokens.revoke_refresh_token(token, client.client_id):
-            try:
-                claims = self.tokens.decode(token, typ="at+jwt", check_session=False)
-            except TokenInvalid:
-                claims = None  # RFC 7009 §2.2: unknown tokens are not an error
-            if claims is not None and claims.get("client_id") == client.client_id:
-                self.tokens.revoke_jti(claims["jti"], float(claims["exp"]))
-        self.audit.record(Decision(kind="revocation", outcome="accepted",
-                                   client_id=client.client_id))
-        return Response(status_code=200, headers=NO_STORE)
+    def id_token(self, client: Client, grantee: Grantee) -> str:
+        return self.tokens.id_token(grantee.session, client_id=client.client_id,
+                                    nonce=grantee.nonce, name=grantee.name)
 
     # -- RP-initiated logout ----------------------------------------------------------------
 
@@ -285,6 +262,115 @@ class OidcProvider:
         return HTMLResponse("<!doctype html><title>Signed out</title><h1>You are signed "
                             "out.</h1>")
 
+
+
+# -- RFC 7662 introspection, RFC 7009 revocation: authlib's endpoints over this tenant's tokens --
+
+@dataclass
+class _Refresh:
+    token: str
+    grant: RefreshGrant
+    alive: bool
+    now: float
+
+    def check_client(self, client: Client) -> bool:
+        return self.grant.check_client(client)
+
+    def is_expired(self) -> bool:
+        return self.grant.expires_at <= self.now
+
+    def is_revoked(self) -> bool:
+        return self.grant.used or not self.alive
+
+    def introspection(self) -> dict[str, Any]:
+        g = self.grant
+        return {"active": True, "token_type": "refresh_token", "sid": g.sid,
+                "client_id": g.client_id, "scope": g.scope, "exp": int(g.expires_at)}
+
+
+_INTROSPECTED = ("iss", "sub", "aud", "exp", "iat", "jti", "sid", "client_id", "scope", "email",
+                 "act", "authorization_details", "may_act")
+
+
+@dataclass
+class _Access:
+    """A JWT this tenant issued, already checked by TokenService.decode (signature, exp,
+    revocation and, for introspection, the session)."""
+
+    claims: dict[str, Any]
+
+    def check_client(self, client: Client) -> bool:
+        return bool(self.claims.get("client_id") == client.client_id)
+
+    def is_expired(self) -> bool:
+        return False
+
+    def is_revoked(self) -> bool:
+        return False
+
+    def introspection(self) -> dict[str, Any]:
+        return {"active": True, "token_type": "Bearer",
+                **{k: self.claims[k] for k in _INTROSPECTED if k in self.claims}}
+
+
+class _TenantTokens:
+    def __init__(self, tokens: TokenService, sessions: SessionStore,
+                 clock: Callable[[], float]) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.sessions = sessions
+        self._clock = clock
+
+    def find(self, token: str, *, check_session: bool) -> _Refresh | _Access | None:
+        refresh = self.tokens.refresh_grant(token) if token else None
+        if refresh is not None:
+            return _Refresh(token, refresh, self.sessions.alive(refresh.sid), self._clock())
+        try:
+            return _Access(self.tokens.decode(token, typ=ACCESS_TOKEN_TYP,
+                                              check_session=check_session))
+        except TokenInvalid:
+            return None
+
+
+class Introspection(_TenantTokens, IntrospectionEndpoint):  # type: ignore[misc]
+    """RFC 7662 for confidential clients (§2.1: the caller must be authorized to introspect)."""
+
+    CLIENT_AUTH_METHODS: ClassVar[list[str]] = list(CONFIDENTIAL_AUTH_METHODS)
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> Any:
+        return self.find(token_string, check_session=True)
+
+    def check_permission(self, token: Any, client: Client, request: Any) -> bool:
+        return True  # any confidential client of this tenant (the MCP server)
+
+    def introspect_token(self, token: _Refresh | _Access) -> dict[str, Any]:
+        return token.introspection()
+
+
+class Revocation(_TenantTokens, RevocationEndpoint):  # type: ignore[misc]
+    """RFC 7009: a client revokes its own tokens; an unknown token is not an error (§2.2)."""
+
+    CLIENT_AUTH_METHODS: ClassVar[list[str]] = [*CONFIDENTIAL_AUTH_METHODS, "none"]
+
+    def __init__(self, tokens: TokenService, sessions: SessionStore,
+                 clock: Callable[[], float], audit: AuditTrail) -> None:
+        super().__init__(tokens, sessions, clock)
+        self.audit = audit
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> Any:
+        return self.find(token_string, check_session=False)
+
+    def revoke_token(self, token: _Refresh | _Access, request: Any) -> None:
+        if isinstance(token, _Refresh):
+            self.tokens.revoke_refresh_token(token.token, token.grant.client_id)
+        else:
+            self.tokens.revoke_jti(token.claims["jti"], float(token.claims["exp"]))
+
+    def create_endpoint_response(self, request: Any) -> Any:
+        result = super().create_endpoint_response(request)
+        self.audit.record(Decision(kind="revocation", outcome="accepted",
+                                   client_id=request.client.client_id))
+        return result
 
 def _error_page(message: str, status: int) -> HTMLResponse:
     return HTMLResponse(f"<!doctype html><title>Error</title><h1>Sign-in error</h1>"

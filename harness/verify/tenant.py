@@ -20,9 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
+from authlib.oauth2.rfc9207 import AuthorizationServerMetadata as IssuerMetadata
 from scim2_models import User
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -31,23 +32,26 @@ from harness.keyset import RotatingKeySet
 from harness.verify.admin_api import AdminApi
 from harness.verify.approvals import Approvals
 from harness.verify.audit import AuditTrail, Decision
-from harness.verify.ciba import CIBA_GRANT, Ciba, PushLimits
-from harness.verify.client_auth import Client, ClientRegistry, authenticate_client
+from harness.verify.authorization_server import VerifyAuthorizationServer
+from harness.verify.ciba import Ciba, PushLimits
+from harness.verify.client_auth import CONFIDENTIAL_AUTH_METHODS, Client, ClientRegistry
 from harness.verify.directory import Directory
-from harness.verify.errors import (
-    InvalidRequest,
-    OAuthError,
-    UnauthorizedClient,
-    UnsupportedGrantType,
+from harness.verify.grants import (
+    AuthorizationCodeGrant,
+    CibaGrant,
+    RefreshTokenGrant,
+    S256CodeChallenge,
+    TokenExchangeGrant,
+    bound,
 )
-from harness.verify.oidc import OidcProvider
+from harness.verify.oidc import Introspection, OidcProvider, Revocation, TenantIssuer
 from harness.verify.policy import TokenExchangePolicy
 from harness.verify.rar import RarRegistry
 from harness.verify.rotation import RotatingClientSecret
 from harness.verify.sessions import SessionStore
 from harness.verify.spiffe_bundle import SpiffeBundleSource
 from harness.verify.ssf_receiver import SsfReceiver
-from harness.verify.token_exchange import TOKEN_EXCHANGE_GRANT, TokenExchange
+from harness.verify.token_exchange import TokenExchange
 from harness.verify.tokens import TokenService
 
 __all__ = ["OIDC_BASE", "VerifyTenant", "load_push_limits"]
@@ -127,10 +131,11 @@ class VerifyTenant:
                                           self.registry)
         self.approvals = Approvals(request_ttl=approval_timeout, clock=clock)
         self.spiffe = SpiffeBundleSource(trust_domain, spiffe_keys_url)
+        self.server = VerifyAuthorizationServer(clients=self.clients, tokens=self.tokens)
         self.oidc = OidcProvider(issuer=self.issuer, mcp_resource=self.mcp_resource,
                                  clients=self.clients, directory=self.directory,
                                  sessions=self.sessions, tokens=self.tokens, audit=self.audit,
-                                 clock=clock)
+                                 server=self.server, clock=clock)
         self.exchange = TokenExchange(
             issuer=self.issuer, mcp_resource=self.mcp_resource,
             admin_api_url=self.admin_api_url, tokens=self.tokens, directory=self.directory,
@@ -146,16 +151,33 @@ class VerifyTenant:
         self.admin_api = AdminApi(directory=self.directory, tokens=self.tokens,
                                   sessions=self.sessions, registry=self.registry,
                                   audit=self.audit, base_url=self.admin_api_url, clock=clock)
-        # the token endpoint's grants, in the order discovery lists them
-        self._grants: dict[str, Callable[[Client, Any], Response]] = {
-            "authorization_code": self.oidc.authorization_code,
-            "refresh_token": self.oidc.refresh,
-            TOKEN_EXCHANGE_GRANT: self.exchange.grant,
-            CIBA_GRANT: self.ciba.grant}
+        # the token endpoint's grants on authlib's server, in the order discovery lists them
+        self._grants = (bound(AuthorizationCodeGrant, self.oidc),
+                        bound(RefreshTokenGrant, self.oidc),
+                        bound(TokenExchangeGrant, self.exchange), bound(CibaGrant, self.ciba))
+        for grant in self._grants:
+            self.server.register_grant(
+                grant, [S256CodeChallenge()] if grant.GRANT_TYPE == "authorization_code" else None)
+        self.server.register_extension(TenantIssuer(self.issuer))
+        self.server.register_endpoint(Introspection(self.tokens, self.sessions, clock))
+        self.server.register_endpoint(Revocation(self.tokens, self.sessions, clock, self.audit))
+        self._metadata = self._validated(self._build_metadata())
 
     # -- discovery --------------------------------------------------------------------------
 
     def metadata(self) -> dict[str, Any]:
+        return dict(self._metadata)
+
+    @staticmethod
+    def _validated(metadata: dict[str, Any]) -> dict[str, Any]:
+        """RFC 8414 (+ RFC 9207), checked by authlib when the tenant starts: a document a client
+        would reject never goes out. (Not authlib's OpenIDProviderMetadata: OpenID Connect
+        Discovery §3 requires RS256 among the ID token algorithms, and this tenant signs ES256
+        only.)"""
+        AuthorizationServerMetadata(metadata).validate(metadata_classes=[IssuerMetadata])
+        return metadata
+
+    def _build_metadata(self) -> dict[str, Any]:
         i = self.issuer
         return {
             "issuer": i,
@@ -168,16 +190,13 @@ class VerifyTenant:
             "backchannel_authentication_endpoint": f"{i}/bc-authorize",
             "backchannel_token_delivery_modes_supported": ["poll"],
             "backchannel_user_code_parameter_supported": False,
-            "grant_types_supported": list(self._grants),
+            "grant_types_supported": [g.GRANT_TYPE for g in self._grants],
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
             "code_challenge_methods_supported": ["S256"],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic",
-                                                      "client_secret_post", "none"],
-            "introspection_endpoint_auth_methods_supported": ["client_secret_basic",
-                                                              "client_secret_post"],
-            "revocation_endpoint_auth_methods_supported": ["client_secret_basic",
-                                                           "client_secret_post", "none"],
+            "token_endpoint_auth_methods_supported": [*CONFIDENTIAL_AUTH_METHODS, "none"],
+            "introspection_endpoint_auth_methods_supported": Introspection.CLIENT_AUTH_METHODS,
+            "revocation_endpoint_auth_methods_supported": Revocation.CLIENT_AUTH_METHODS,
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["ES256"],
             "scopes_supported": ["openid", "email", "profile", "offline_access"],
@@ -195,45 +214,22 @@ class VerifyTenant:
     async def jwks(self, request: Request) -> JSONResponse:
         return JSONResponse(self.keys.jwks(use="sig"), headers={"Cache-Control": "max-age=60"})
 
-    # -- endpoints that authenticate the client ---------------------------------------------
-
-    async def _client_call(self, request: Request, handler: Callable[..., Response]) -> Response:
-        """Authenticate the client, then run the handler in a worker thread: handlers do blocking
-        work (Vault writes on secret rotation, fetching the SPIFFE bundle from a server that may
-        share this event loop, Cedar evaluation)."""
-        form = await request.form()
-
-        def call() -> Response:
-            try:
-                client = authenticate_client(request, form, self.clients)
-                return handler(client, form)
-            except OAuthError as exc:
-                return exc.response()
-
-        return await run_in_threadpool(call)
+    # -- endpoints that authenticate the client: authlib's server ------------------------
 
     async def token(self, request: Request) -> Response:
-        def dispatch(client: Client, form: Any) -> Response:
-            grant_type = form.get("grant_type")
-            if not grant_type:
-                raise InvalidRequest("grant_type is required")
-            handler = self._grants.get(grant_type)
-            if handler is None:
-                raise UnsupportedGrantType(f"grant type {grant_type!r} is not supported")
-            if grant_type not in client.grant_types:
-                raise UnauthorizedClient(f"{client.client_id} may not use {grant_type}")
-            return handler(client, form)
-
-        return await self._client_call(request, dispatch)
+        return await self.server.token(request)
 
     async def introspect(self, request: Request) -> Response:
-        return await self._client_call(request, self.oidc.introspect)
+        return await self.server.endpoint(Introspection.ENDPOINT_NAME, request)
 
     async def revoke(self, request: Request) -> Response:
-        return await self._client_call(request, self.oidc.revoke)
+        return await self.server.endpoint(Revocation.ENDPOINT_NAME, request)
 
     async def bc_authorize(self, request: Request) -> Response:
-        return await self._client_call(request, self.ciba.authorize)
+        """CIBA §7.1: no token grant, but the client authenticates as at the token endpoint."""
+        return await self.server.with_client(
+            request, [*CONFIDENTIAL_AUTH_METHODS, "none"], "backchannel_authentication",
+            self.ciba.authorize)
 
     # -- lab helpers ------------------------------------------------------------------------
 

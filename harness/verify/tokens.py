@@ -1,13 +1,15 @@
 """Tokens the tenant mints and checks.
 
-* access tokens: RFC 9068 JWT profile (`typ: at+jwt`), for the MCP server resource;
+* access tokens: RFC 9068 JWT profile (`typ: at+jwt`), for the MCP server resource, minted by
+  authlib's `JWTBearerTokenGenerator` (`AccessTokenGenerator`: our claims, the tenant's clock,
+  the current key of the rotating key set, its `kid` in the header);
 * ID tokens (OpenID Connect Core §2);
   both carry `groups` (RFC 9068 §2.2.3.1, RFC 7643 §4.1.2: the IDs of the user's groups) when the
   tenant wires `groups_of` (its directory);
 * on-behalf-of tokens from token exchange (RFC 8693 §4.1 `act`, RFC 9396 `authorization_details`),
   for the admin API;
 * refresh tokens: opaque, rotated on every use, reuse of a spent one ends the session
-  (RFC 9700 §4.14.2).
+  (RFC 9700 §4.14.2); the generator makes them, `keep_refresh_token` stores what they grant.
 
 Every token carries `sid`; `validate` refuses a token whose session has ended, whose `jti` was
 revoked (RFC 7009), or that is not exactly what the caller expects.
@@ -21,15 +23,20 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import jwt
+from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
+from joserfc.jwk import ECKey, KeySet
+from jwt.types import Options
 
 from harness.expiring import ExpiringSet
 from harness.keyset import RotatingKeySet
+from harness.verify.client_auth import Client
 from harness.verify.sessions import Session, SessionStore
 
-__all__ = ["RefreshGrant", "TokenInvalid", "TokenService", "member_groups"]
+__all__ = ["AccessTokenGenerator", "Grantee", "RefreshGrant", "TokenInvalid", "TokenService",
+           "member_groups"]
 
 
 class TokenInvalid(ValueError):
@@ -45,6 +52,61 @@ class RefreshGrant:
     resource: str
     expires_at: float
     used: bool = False
+
+    # -- authlib's TokenMixin (refresh and revocation endpoints) -------------------------------
+
+    def check_client(self, client: Any) -> bool:
+        return bool(self.client_id == client.get_client_id())
+
+    def get_scope(self) -> str:
+        return self.scope
+
+
+@dataclass(frozen=True)
+class Grantee:
+    """Whom a user token is for: authlib's `user` of a grant (its session, the resource the
+    token is for, the agent it may act for, the login's nonce and the user's name)."""
+
+    session: Session
+    resource: str
+    may_act: str | None = None
+    nonce: str | None = None
+    name: str | None = None
+
+    def get_user_id(self) -> str:
+        return self.session.user_id
+
+
+class AccessTokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]
+    """RFC 9068 user access tokens by authlib's generator, with this tenant's claims (`sid`,
+    `email`, `groups`, `may_act`), times from the tenant's clock and the current key."""
+
+    def __init__(self, service: TokenService) -> None:
+        super().__init__(service.issuer, alg="ES256",
+                         refresh_token_generator=lambda **_: secrets.token_urlsafe(32),
+                         expires_generator=lambda client, grant_type: service.access_ttl)
+        self.service = service
+
+    def get_jwks(self) -> KeySet:
+        key = self.service.keys.current  # one key: joserfc puts its kid in the header
+        return KeySet([ECKey.import_key(key.private_key, {"kid": key.kid, "alg": "ES256"})])
+
+    def get_audiences(self, client: Any, user: Grantee, scope: str) -> str:
+        return user.resource
+
+    def get_auth_time(self, user: Grantee) -> int:
+        return int(user.session.created_at)
+
+    def get_extra_claims(self, client: Any, grant_type: str, user: Grantee,
+                         scope: str) -> dict[str, Any]:
+        now = int(self.service.clock())
+        claims: dict[str, Any] = {"iat": now, "exp": now + self.service.access_ttl,
+                                  "sid": user.session.sid, "email": user.session.email}
+        if self.service.groups_of is not None:
+            claims["groups"] = list(self.service.groups_of(user.session.user_id))
+        if user.may_act:
+            claims["may_act"] = {"sub": user.may_act}
+        return claims
 
 
 def member_groups(tenant: Any) -> Callable[[str], list[str]]:
@@ -83,6 +145,10 @@ class TokenService:
         self._refresh: dict[str, RefreshGrant] = {}
         # user id -> the IDs of the groups the user is a member of, read when a token is minted
         self.groups_of: Callable[[str], Sequence[str]] | None = None
+        self.generator = AccessTokenGenerator(self)
+
+    def clock(self) -> float:
+        return self._clock()
 
     # -- minting ----------------------------------------------------------------------------
 
@@ -94,14 +160,13 @@ class TokenService:
 
     def access_token(self, session: Session, *, client_id: str, audience: str, scope: str,
                      may_act: str | None) -> tuple[str, dict[str, Any]]:
-        claims = self._base(session, self.access_ttl)
-        claims.update({"aud": audience, "client_id": client_id, "scope": scope,
-                       "auth_time": int(session.created_at)})
-        if self.groups_of is not None:
-            claims["groups"] = list(self.groups_of(session.user_id))
-        if may_act:
-            claims["may_act"] = {"sub": may_act}
-        return self.keys.sign(claims, typ="at+jwt"), claims
+        """A user access token outside a grant (the authorization server's grants go through
+        `generator` themselves): the token and its claims."""
+        token: str = self.generator.access_token_generator(
+            client=Client(client_id=client_id, public=True, grant_types=frozenset()),
+            grant_type="authorization_code", scope=scope,
+            user=Grantee(session=session, resource=audience, may_act=may_act))
+        return token, jwt.decode(token, options={"verify_signature": False})
 
     def id_token(self, session: Session, *, client_id: str, nonce: str | None,
                  name: str | None) -> str:
@@ -139,14 +204,13 @@ class TokenService:
                        "authorization_details": [dict(d) for d in authorization_details]})
         return self.keys.sign(claims, typ="at+jwt"), claims
 
-    def refresh_token(self, session: Session, *, client_id: str, scope: str,
-                      resource: str) -> str:
-        token = secrets.token_urlsafe(32)
+    def keep_refresh_token(self, token: str, session: Session, *, client_id: str, scope: str,
+                           resource: str) -> None:
+        """Store what a refresh token the generator made grants (only its digest is kept)."""
         with self._lock:
             self._refresh[_hash(token)] = RefreshGrant(
                 sid=session.sid, user_id=session.user_id, client_id=client_id, scope=scope,
                 resource=resource, expires_at=self._clock() + self.refresh_ttl)
-        return token
 
     def use_refresh_token(self, token: str, client_id: str) -> RefreshGrant:
         """Spend a refresh token (rotation). Presenting a spent one ends its session."""
@@ -208,7 +272,7 @@ class TokenService:
                                    "verify_exp": False, "verify_iat": False, "verify_nbf": False}
         try:
             claims = jwt.decode(token, key, algorithms=["ES256"], issuer=self.issuer,
-                                audience=audience, options=options)
+                                audience=audience, options=cast(Options, options))
         except jwt.InvalidAudienceError as exc:
             raise TokenInvalid(f"the token's audience is not {audience}") from exc
         except jwt.InvalidIssuerError as exc:
