@@ -60,23 +60,34 @@ class Trail:
         self.events: list[dict[str, Any]] = []
         self.waiting_since: float | None = None
         self._stop = threading.Event()
+        self._cursor = 0
+        self._pulling = threading.Lock()  # the reader thread and settle() share the cursor
 
     def start(self) -> None:
         threading.Thread(target=self._read, daemon=True).start()
         if sys.stdout.isatty():  # a progress line needs a terminal to redraw on
             threading.Thread(target=self._progress, daemon=True).start()
 
-    def _read(self) -> None:
-        cursor = 0
-        while not self._stop.is_set():
-            try:
-                new, cursor = self.client.events(cursor)
-            except httpx.HTTPError:
-                if not self._stop.is_set():
-                    say(c("31", "    (the console stopped answering)"))
-                return
+    def pull(self) -> int:
+        """Read the events the console holds past our cursor; how many arrived."""
+        with self._pulling:
+            new, self._cursor = self.client.events(self._cursor)
             for event in new:
                 self._arrived(event)
+            return len(new)
+
+    def _read(self) -> None:
+        failing_since: float | None = None
+        while not self._stop.is_set():
+            try:
+                self.pull()
+                failing_since = None
+            except httpx.HTTPError:
+                # a slow answer on a busy machine is not a dead console: keep trying for a while
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > 60 and not self._stop.is_set():
+                    say(c("31", "    (the console stopped answering)"))
+                    return
             time.sleep(0.1)
 
     def _arrived(self, event: dict[str, Any]) -> None:
@@ -90,12 +101,12 @@ class Trail:
         if self.verbose or event["type"] not in self.QUIET:
             self.show(event)
 
-    def settle(self, quiet_for: float = 0.4) -> None:
-        """Wait until no new event arrived for `quiet_for` seconds."""
-        seen = -1
-        while seen != len(self.events):
-            seen = len(self.events)
-            time.sleep(quiet_for)
+    def settle(self) -> None:
+        """Read every event the console holds now. A turn's own events are on the console
+        before the turn's answer is (the MCP server records each decision as it makes it), so
+        after a turn this shows all of them: a condition, not a pause."""
+        while self.pull():
+            pass
 
     def show(self, e: dict[str, Any]) -> None:
         color = self.COLORS.get(e.get("outcome", ""), "0")
@@ -165,9 +176,10 @@ def _anomaly(client: LabClient, endpoints: dict[str, str], trail: Trail) -> dict
     """Two blocked attempts in one session -> CAEP session-revoked -> the next call is 401."""
     converse(client, trail, "please review the contractors")  # the poisoned record: delete_user
     converse(client, trail, "make bob@example.com an admin")  # a second blocked action
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # the SET travels Antenna -> receivers asynchronously
     while time.monotonic() < deadline and not any(
             e["type"] == "caep:session_revoked" for e in trail.events):
+        trail.settle()
         time.sleep(0.05)
     announced = time.monotonic()
     done = converse(client, trail, "list users")
