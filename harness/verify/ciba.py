@@ -19,6 +19,10 @@ only a token exchange in the same session can redeem it; for a tier-2 consent th
 in authorization_details must be that token's session. `login_hint` (the user's email) is still
 accepted, but a tier-3 approval pushed with it names no session and serves no exchange.
 
+Each rule is one method: `authorize` and `grant` are the ordered lists of them. A refusal made
+because the user's session has ended (the login_hint_token's at bc-authorize, the one the
+approval was asked for at the token request) carries `iia.protocol.SESSION_ENDED`.
+
 The phone is `/lab/phone` (a page and a small JSON API) and `iia-lab approvals | approve | deny`.
 """
 
@@ -49,16 +53,19 @@ from harness.verify.errors import (
     InvalidRequest,
     InvalidScope,
     OAuthError,
+    SessionEndedGrant,
+    SessionEndedRequest,
     SlowDown,
     UnauthorizedClient,
 )
 from harness.verify.rar import RarRegistry, parse_authorization_details
 from harness.verify.sessions import SessionStore
 from harness.verify.tokens import TokenInvalid, TokenService
+from iia.protocol import ACCESS_TOKEN_TYP, CIBA_GRANT
+from iia.rar import RarType
 
 __all__ = ["CIBA_GRANT", "Ciba", "PushLimits", "UnknownUserId"]
 
-CIBA_GRANT = "urn:openid:params:grant-type:ciba"
 MAX_BINDING_MESSAGE = 200
 PUSH_WINDOW = 60.0  # seconds: the "minute" of PushLimits.max_per_minute
 
@@ -118,49 +125,99 @@ class Ciba:
     # -- §7 backchannel authentication request ----------------------------------------------
 
     def authorize(self, client: Client, form: Mapping[str, str]) -> JSONResponse:
+        """§7.1 the request's checks, in the order they run, then the push (§7.3)."""
+        self._client_registered(client)
+        self._openid_scope(form)
+        user, hinted_sid = self._hinted_user(form)
+        binding = self._binding_message(form)
+        details, spec = self._one_object(form)
+        session = self._approval_session(spec, details[0], user, hinted_sid)
+        expiry = self._requested_expiry(form)
+        push = self._push(client, user, spec, details, binding, session, expiry)
+        return JSONResponse({"auth_req_id": push.auth_req_id,
+                             "expires_in": int(push.expires_at - push.created_at),
+                             "interval": int(push.interval)},
+                            headers=NO_STORE)
+
+    def _client_registered(self, client: Client) -> None:
+        """§13 `unauthorized_client`: the client is registered for CIBA (both endpoints)."""
         if CIBA_GRANT not in client.grant_types:
             raise UnauthorizedClient(f"{client.client_id} is not registered for CIBA")
+
+    def _openid_scope(self, form: Mapping[str, str]) -> None:
+        """§7.1: a CIBA request asks for the `openid` scope."""
         if "openid" not in form.get("scope", "").split():
             raise InvalidScope("a CIBA request must ask for the openid scope")
-        user, hinted_sid = self._hinted_user(form)
+
+    def _binding_message(self, form: Mapping[str, str]) -> str:
+        """§7.1 binding_message: required here, 1 to MAX_BINDING_MESSAGE characters."""
         binding = form.get("binding_message", "")
         if not binding or len(binding) > MAX_BINDING_MESSAGE:
             raise InvalidRequest(f"binding_message is required (1 to {MAX_BINDING_MESSAGE} "
                                  "characters): it is what the user reads on the phone")
+        return binding
+
+    def _one_object(self, form: Mapping[str, str]) -> tuple[list[dict[str, Any]], RarType]:
+        """RFC 9396 §5: exactly one authorization_details object, of a type the registry knows
+        and that may be approved."""
         details = parse_authorization_details(form.get("authorization_details"))
         if len(details) != 1:
             raise InvalidAuthorizationDetails("push exactly one authorization_details object")
-        spec = self.registry.validate(details[0], location=self.admin_api_url, approval=True)
-        session: str | None = None
+        return details, self.registry.validate(details[0], location=self.admin_api_url,
+                                               approval=True)
+
+    def _approval_session(self, spec: RarType, obj: Mapping[str, Any], user: User[Any],
+                          hinted_sid: str | None) -> str | None:
+        """The session the approval will belong to: a consent's own session, or the hint's for
+        a tier-3 approval (which serves only the session that asked)."""
         if spec.name == "agent_write_consent":
-            session = details[0]["session"]
-            owner = self.sessions.get(session)
-            if owner is None or not owner.alive or owner.user_id != user.id:
-                raise InvalidAuthorizationDetails("session is not a live session of this user")
-            if hinted_sid is not None and session != hinted_sid:
-                raise InvalidAuthorizationDetails("session is not the session of the "
-                                                  "login_hint_token: consent is asked for the "
-                                                  "session that makes the request")
-        elif spec.tier == 4:
+            return self._consent_session(obj, user, hinted_sid)
+        self._pushable_tier(spec)
+        return hinted_sid
+
+    def _consent_session(self, obj: Mapping[str, Any], user: User[Any],
+                         hinted_sid: str | None) -> str:
+        """Tier 2: the consent names a live session of this user, and with a
+        login_hint_token, that token's session (consent is asked by the session it covers)."""
+        session = str(obj["session"])
+        owner = self.sessions.get(session)
+        if owner is None or not owner.alive or owner.user_id != user.id:
+            raise InvalidAuthorizationDetails("session is not a live session of this user")
+        if hinted_sid is not None and session != hinted_sid:
+            raise InvalidAuthorizationDetails("session is not the session of the "
+                                              "login_hint_token: consent is asked for the "
+                                              "session that makes the request")
+        return session
+
+    def _pushable_tier(self, spec: RarType) -> None:
+        """Only tier 3 is pushed besides consent: tier 4 can never be approved (§13
+        access_denied), tier 1 needs no approval."""
+        if spec.tier == 4:
             raise AuthenticationRequestDenied(
                 f"{spec.name} is blocked by tenant policy; there is nothing to approve")
-        elif spec.tier != 3:
+        if spec.tier != 3:
             raise InvalidAuthorizationDetails(
                 f"{spec.name} is tier {spec.tier}: only tier-2 session consent "
                 "(agent_write_consent) and tier-3 operations are approved by push")
-        else:
-            session = hinted_sid  # a tier-3 approval serves only the session that asked
-        expiry = None
-        if form.get("requested_expiry"):
-            try:
-                expiry = max(1.0, min(float(form["requested_expiry"]), self.approvals.request_ttl))
-            except ValueError as exc:
-                raise InvalidRequest("requested_expiry must be a number of seconds") from exc
+
+    def _requested_expiry(self, form: Mapping[str, str]) -> float | None:
+        """§7.1 requested_expiry: seconds, clamped to 1 s .. the tenant's request TTL."""
+        if not form.get("requested_expiry"):
+            return None
+        try:
+            return max(1.0, min(float(form["requested_expiry"]), self.approvals.request_ttl))
+        except ValueError as exc:
+            raise InvalidRequest("requested_expiry must be a number of seconds") from exc
+
+    def _push(self, client: Client, user: User[Any], spec: RarType,
+              details: list[dict[str, Any]], binding: str, session: str | None,
+              expiry: float | None) -> PushRequest:
+        """Within the user's push limits, put the request on the phone and record it."""
         with self._push_lock:  # a flood of concurrent requests cannot all pass the count
-            self._within_push_limits(client, user.id, user.user_name or "", spec.name,
+            self._within_push_limits(client, user.id or "", user.user_name or "", spec.name,
                                      spec.tier, details[0], session)
             push = self.approvals.create(
-                client_id=client.client_id, user_id=user.id, email=user.user_name or "",
+                client_id=client.client_id, user_id=user.id or "", email=user.user_name or "",
                 tier=spec.tier, binding_message=binding, authorization_details=details,
                 session=session, expiry=expiry)
         self.audit.record(Decision(kind="ciba", outcome="pending", user=push.email,
@@ -168,10 +225,7 @@ class Ciba:
                                    tier=spec.tier, approval_id=push.id,
                                    target=str(details[0].get("target", "")) or None,
                                    reason=binding))
-        return JSONResponse({"auth_req_id": push.auth_req_id,
-                             "expires_in": int(push.expires_at - push.created_at),
-                             "interval": int(push.interval)},
-                            headers=NO_STORE)
+        return push
 
     def _within_push_limits(self, client: Client, user_id: str, email: str, rar_type: str,
                             tier: int, details: Mapping[str, Any], session: str | None) -> None:
@@ -205,42 +259,99 @@ class Ciba:
     def _hinted_user(self, form: Mapping[str, str]) -> tuple[User[Any], str | None]:
         """§7.1: exactly one hint. The user it names and, for a login_hint_token (the user's
         access token for the MCP server), the session it belongs to."""
+        if self._one_hint(form) == "login_hint":
+            return self._login_hint_user(form["login_hint"]), None
+        claims = self._hint_token_claims(form["login_hint_token"])
+        self._hint_session_alive(claims)
+        self._hint_not_delegated(claims)
+        return self._hint_token_user(claims), str(claims["sid"])
+
+    def _one_hint(self, form: Mapping[str, str]) -> str:
+        """§7.1: exactly one of login_hint_token and login_hint (id_token_hint is not taken)."""
         hints = [h for h in ("login_hint", "login_hint_token", "id_token_hint") if form.get(h)]
         if hints not in (["login_hint"], ["login_hint_token"]):
             raise InvalidRequest("send exactly one hint: login_hint_token (the user's access "
                                  "token, which binds the approval to its session) or "
                                  "login_hint (the user's email)")
-        if hints == ["login_hint"]:
-            user = self.directory.user_by_username(form["login_hint"])
-            if user is None or not user.active or user.id is None:
-                raise UnknownUserId("login_hint does not name an active user of this tenant")
-            return user, None
+        return hints[0]
+
+    def _login_hint_user(self, email: str) -> User[Any]:
+        """§13 unknown_user_id: login_hint names an active user of this tenant."""
+        user = self.directory.user_by_username(email)
+        if user is None or not user.active or user.id is None:
+            raise UnknownUserId("login_hint does not name an active user of this tenant")
+        return user
+
+    def _hint_token_claims(self, token: str) -> dict[str, Any]:
+        """The login_hint_token is a user's access token of this tenant for the MCP server
+        (RFC 9068: signature, issuer, typ, audience, expiry (§13 expired_login_hint_token), not
+        revoked); its session is checked next, on its own."""
         try:
-            claims = self.tokens.decode(form["login_hint_token"], typ="at+jwt",
-                                        audience=self.mcp_resource)
+            return self.tokens.decode(token, typ=ACCESS_TOKEN_TYP, audience=self.mcp_resource,
+                                      check_session=False)
         except TokenInvalid as exc:
             if str(exc) == "the token has expired":  # TokenService.decode's words
                 raise ExpiredLoginHintToken("login_hint_token has expired") from exc
             raise InvalidRequest(f"login_hint_token is not a user's access token of this "
                                  f"tenant for the MCP server: {exc}") from exc
+
+    def _hint_session_alive(self, claims: Mapping[str, Any]) -> None:
+        """The login_hint_token's session is alive: nobody is asked on behalf of a session that
+        has ended (`invalid_request`, marked `session_ended`, iia.protocol)."""
+        if not self.sessions.alive(claims["sid"]):
+            raise SessionEndedRequest.because("login_hint_token: the token's session",
+                                              self.sessions.get(claims["sid"]))
+
+    def _hint_not_delegated(self, claims: Mapping[str, Any]) -> None:
+        """The login_hint_token is the user's own token, not an on-behalf-of token (`act`)."""
         if "act" in claims:
             raise InvalidRequest("login_hint_token is a delegated token, not the user's own")
+
+    def _hint_token_user(self, claims: Mapping[str, Any]) -> User[Any]:
+        """§13 unknown_user_id: the token's user is an active user of this tenant, now."""
         user = self.directory.user(str(claims["sub"]))
         if user is None or not user.active or user.id is None:
             raise UnknownUserId("login_hint_token does not name an active user of this tenant")
-        return user, str(claims["sid"])
+        return user
 
     # -- §10/§11 the token request ----------------------------------------------------------
 
     def grant(self, client: Client, form: Mapping[str, str]) -> JSONResponse:
+        """§10.1 the token request's checks, in the order they run, then the tokens (§10.2)."""
+        push = self._own_push(client, form)
+        self._not_redeemed(push)
+        self._push_session_alive(push)
+        self._answered(push)
+        self._redeem_once(push)
+        self._push_user_active(push)
+        return self._approval_tokens(client, push)
+
+    def _own_push(self, client: Client, form: Mapping[str, str]) -> PushRequest:
+        """§11 invalid_grant: auth_req_id names a request of this very client."""
         auth_req_id = form.get("auth_req_id")
         if not auth_req_id:
             raise InvalidRequest("auth_req_id is required")
         push = self.approvals.by_auth_req_id(auth_req_id)
         if push is None or push.client_id != client.client_id:
             raise InvalidGrant("auth_req_id is unknown or belongs to another client")
+        return push
+
+    def _not_redeemed(self, push: PushRequest) -> None:
+        """§11 invalid_grant: an auth_req_id is exchanged for tokens once."""
         if push.redeemed:
             raise InvalidGrant("auth_req_id was already exchanged for tokens")
+
+    def _push_session_alive(self, push: PushRequest) -> None:
+        """The session the approval was asked for (the login_hint_token's, or the consent's)
+        is alive: when it has ended there is nothing left to approve for (`invalid_grant`,
+        marked `session_ended`, iia.protocol)."""
+        if push.session is not None and not self.sessions.alive(push.session):
+            raise SessionEndedGrant.because("the session this approval was asked for",
+                                            self.sessions.get(push.session))
+
+    def _answered(self, push: PushRequest) -> None:
+        """§11: expired_token, access_denied, slow_down or authorization_pending until the
+        user has approved."""
         since = self.approvals.poll(push)
         if push.status == "expired":
             raise ExpiredToken("the request expired before the user answered")
@@ -251,14 +362,23 @@ class Ciba:
             if since < push.interval:
                 raise SlowDown(f"poll at most every {push.interval:g} s")
             raise AuthorizationPending("the user has not answered yet")
+
+    def _redeem_once(self, push: PushRequest) -> None:
+        """§11 invalid_grant: of two concurrent polls of an approval, one gets the tokens."""
         if not self.approvals.redeem(push):
             raise InvalidGrant("auth_req_id was already exchanged for tokens")
+
+    def _push_user_active(self, push: PushRequest) -> None:
+        """The user who approved is still an active user."""
         user = self.directory.user(push.user_id)
         if user is None or not user.active:
             raise InvalidGrant("the user is no longer active")
-        # The approval authenticated the user on their device: as in any CIBA flow, that is a
-        # session of its own, at the requesting client. Its tokens are receipts for the client
-        # (aud = client_id), accepted by no resource server, and the session lapses with them.
+
+    def _approval_tokens(self, client: Client, push: PushRequest) -> JSONResponse:
+        """§10.2. The approval authenticated the user on their device: as in any CIBA flow,
+        that is a session of its own, at the requesting client. Its tokens are receipts for the
+        client (aud = client_id), accepted by no resource server, and the session lapses with
+        them."""
         session = self.sessions.create(push.user_id, push.email, client.client_id,
                                        lifetime=self.tokens.access_ttl)
         token, claims = self.tokens.approval_token(

@@ -2,13 +2,28 @@
 
 One exception per wire code; `response()` renders the JSON body and status, so a handler raises
 and the token endpoint answers exactly what the spec says.
+
+    OAuthError ── InvalidRequest ─────────┬─ SessionEndedRequest   (+ "session_ended": true)
+               ├─ InvalidGrant ───────────┴─ SessionEndedGrant     (+ "session_ended": true)
+               ├─ InvalidClient, UnauthorizedClient, UnsupportedGrantType, InvalidScope,
+               │  InvalidTarget, InvalidAuthorizationDetails
+               ├─ AccessDenied ── AuthenticationRequestDenied (CIBA §13, HTTP 403)
+               └─ AuthorizationPending, SlowDown, ExpiredToken (CIBA §11)
+    SessionEnded: the mixin of a refusal made *because the user's IdP session has ended* (ended,
+    revoked or lapsed); only it puts `iia.protocol.SESSION_ENDED` in the body, so a client knows
+    without reading `error_description`.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from starlette.responses import JSONResponse
+
+from iia.protocol import SESSION_ENDED
+
+if TYPE_CHECKING:
+    from harness.verify.sessions import Session
 
 __all__ = [
     "NO_STORE",
@@ -23,6 +38,9 @@ __all__ = [
     "InvalidScope",
     "InvalidTarget",
     "OAuthError",
+    "SessionEnded",
+    "SessionEndedGrant",
+    "SessionEndedRequest",
     "SlowDown",
     "UnauthorizedClient",
     "UnsupportedGrantType",
@@ -116,3 +134,29 @@ class ExpiredToken(OAuthError):
     """OpenID CIBA §11: the auth_req_id expired before the user answered."""
 
     error = "expired_token"
+
+
+class SessionEnded(OAuthError):
+    """Mixin: the request was refused because the user's IdP session has ended (ended, revoked or
+    lapsed). The body carries the extension member `iia.protocol.SESSION_ENDED` = true beside
+    `error` (RFC 6749 §5.2 allows extension members); the wire code is the other base's."""
+
+    @classmethod
+    def because(cls, what: str, session: Session | None) -> Self:
+        """`<what> has ended (<why>)`: the session's end reason, or that it lapsed (a lapsed
+        session has none, and the store forgets lapsed sessions)."""
+        why = session.end_reason if session is not None and session.end_reason else "it lapsed"
+        return cls(f"{what} has ended ({why})")
+
+    def body(self) -> dict[str, Any]:
+        return {**super().body(), SESSION_ENDED: True}
+
+
+class SessionEndedGrant(SessionEnded, InvalidGrant):
+    """`invalid_grant` because the grant's session is over: the subject token's (RFC 8693) or the
+    session a CIBA approval was asked for (CIBA §11)."""
+
+
+class SessionEndedRequest(SessionEnded, InvalidRequest):
+    """`invalid_request` at the backchannel authentication endpoint because the
+    login_hint_token's session is over (CIBA §13)."""

@@ -52,8 +52,9 @@ class TokenExchangePolicy:
 
     def _action_entities(self) -> list[dict[str, Any]]:
         tiers = sorted({t.tier for t in self.registry.types.values()})
-        entities = [{"uid": {"type": "Verify::Action", "id": f"tier{n}"}, "attrs": {},
-                     "parents": []} for n in tiers]
+        entities: list[dict[str, Any]] = [
+            {"uid": {"type": "Verify::Action", "id": f"tier{n}"}, "attrs": {}, "parents": []}
+            for n in tiers]
         for spec in self.registry.types.values():
             entities.append({"uid": {"type": "Verify::Action", "id": spec.name}, "attrs": {},
                              "parents": [{"type": "Verify::Action", "id": f"tier{spec.tier}"}]})
