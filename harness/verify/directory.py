@@ -11,11 +11,12 @@ from __future__ import annotations
 import datetime
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from scim2_models import (
     Group,
     Meta,
+    Resource,
     ResourceType,
     SCIMException,
     ScimProvider,
@@ -46,10 +47,12 @@ class Directory:
         self.user_type: ResourceType = self._resource_type("User")
         self.group_type: ResourceType = self._resource_type("Group")
         now = datetime.datetime.now(datetime.UTC)
-        resources = []
+        resources: list[Resource[Any]] = []
         for endpoint, name, file in (("/Users", "User", "users.json"),
                                      ("/Groups", "Group", "groups.json")):
             model = self.provider.model_for_endpoint(endpoint)
+            if model is None or not issubclass(model, Resource):
+                raise ValueError(f"the SCIM provider serves no resource at {endpoint}")
             for raw in json.loads((tenant / file).read_text()):
                 resource = model.model_validate(raw)
                 resource.meta = Meta(resource_type=name, created=now, last_modified=now,
@@ -74,16 +77,21 @@ class Directory:
     # -- lookups (copies; the storage holds the truth) ---------------------------------------
 
     def _search(self, resource_type: ResourceType, scim_filter: str | None) -> list[Any]:
-        page = self.storage.search([resource_type], SearchRequest(filter=scim_filter,
-                                                                  count=1000))
+        # validated from the string, as a request body would be (binds the filter to the types)
+        request: SearchRequest[Any] = SearchRequest.model_validate({"filter": scim_filter,
+                                                                    "count": 1000})
+        page = self.storage.search([resource_type], request)
         return list(page.resources)
 
     def users(self) -> list[User[Any]]:
         return sorted(self._search(self.user_type, None), key=lambda u: u.user_name or "")
 
+    # The storage holds the provider's models, built from the discovery schemas: they carry
+    # scim2_models.User's and Group's attributes but are not their subclasses, hence the casts.
+
     def user(self, user_id: str) -> User[Any] | None:
         try:
-            return self.storage.get(self.user_type, user_id)
+            return cast("User[Any]", self.storage.get(self.user_type, user_id))
         except SCIMException:
             return None
 
@@ -91,17 +99,17 @@ class Directory:
         found = self._search(self.user_type, f'userName eq "{_quote(username)}"')
         return found[0] if found else None
 
-    def group(self, group_id: str) -> Group[Any] | None:
+    def group(self, group_id: str) -> Group | None:
         try:
-            return self.storage.get(self.group_type, group_id)
+            return cast(Group, self.storage.get(self.group_type, group_id))
         except SCIMException:
             return None
 
-    def group_by_name(self, display_name: str) -> Group[Any] | None:
+    def group_by_name(self, display_name: str) -> Group | None:
         found = self._search(self.group_type, f'displayName eq "{_quote(display_name)}"')
         return found[0] if found else None
 
-    def groups_of(self, user_id: str) -> list[Group[Any]]:
+    def groups_of(self, user_id: str) -> list[Group]:
         return [g for g in self._search(self.group_type, None)
                 if any(m.value == user_id for m in (g.members or []))]
 

@@ -11,8 +11,10 @@ from scim2_models import (
     AuthenticationScheme,
     Bulk,
     ChangePassword,
+    External,
     ForbiddenException,
     PatchOp,
+    Reference,
     Resource,
     ResourceType,
     SCIMException,
@@ -39,7 +41,7 @@ def service_provider_config(directory: Directory) -> ServiceProviderConfig:
         type=AuthenticationScheme.Type.oauthbearertoken, name="OAuth Bearer Token",
         description="An on-behalf-of token from token exchange (RFC 8693) whose one "
                     "authorization_details object (RFC 9396) covers exactly one request",
-        spec_uri="https://www.rfc-editor.org/rfc/rfc6750", primary=True)
+        spec_uri=Reference[External]("https://www.rfc-editor.org/rfc/rfc6750"), primary=True)
     return base.model_copy(update={
         "bulk": Bulk(supported=False, max_operations=0, max_payload_size=0),
         "change_password": ChangePassword(supported=False),
@@ -93,8 +95,10 @@ class AdminScimService(ScimService):
         patched = super().apply_patch(current, patch_op, conditions)
         if patched is None:
             return None
-        if getattr(patched, "members", None):
-            patched.members = _unique_members(patched.members)
+        # a Group is the provider's schema-built model, not a scim2_models.Group subclass
+        group: Any = patched
+        if getattr(group, "members", None):
+            group.members = _unique_members(group.members)
         return None if patched.model_dump(exclude={"meta"}) == original else patched
 
     def www_authenticate(self, exception: SCIMException) -> str | None:
