@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # JupyterLab refuses to run as root unless told; containers and CI sandboxes often are root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: install lab demo test lint bench mutants up down status clean
+.PHONY: install lab demo test lint typecheck bench mutants up down status clean
 
 install: $(STAMP)
 
@@ -29,7 +29,7 @@ demo: install
 	$(BIN)/python -m harness.demo $(ARGS)
 
 ## test: lint, the test suite, and every notebook executed once (a scripted phone answers)
-test: install lint
+test: install lint typecheck
 	@# a private lab directory: the suite never attaches to (or answers pushes in) a running lab
 	d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT && \
 	  IIA_LAB_DIR=$$d IIA_PHONE=scripted $(BIN)/pytest tests
@@ -48,6 +48,10 @@ mutants: install
 
 lint: install
 	$(BIN)/ruff check .
+
+## typecheck: the product is typed throughout (mypy --strict; settings in pyproject.toml)
+typecheck: install
+	$(BIN)/mypy --strict iia
 
 up: install
 	$(BIN)/iia-lab up --detach

@@ -58,8 +58,8 @@ def load(job: dict[str, Any]) -> Any:
 
 
 def counters(lab: Lab) -> dict[str, int]:
-    return {"jwks_fetches": lab.mcp.verifier.jwks_fetches,
-            "key_parses": lab.mcp.verifier.key_parses,
+    return {"jwks_fetches": lab.mcp.verifier.jwks.fetches,
+            "key_parses": lab.mcp.verifier.jwks.key_parses,
             "vault_logins": lab.mcp_identity.vault.logins,
             "svid_fetches": lab.mcp_identity.svids.fetches}
 

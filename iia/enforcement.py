@@ -36,7 +36,7 @@ from iia.identity import WorkloadIdentity
 from iia.oauth.client import AuthorizationServerClient
 from iia.oauth.errors import OAuthError
 from iia.oauth.token_exchange import JWT, OboToken, exchange
-from iia.rar import authorization_details, session_consent_details
+from iia.rar import RarDetails, authorization_details, session_consent_details
 from iia.resource_server import Caller
 from iia.sessions import SessionRevocations
 
@@ -178,7 +178,7 @@ class EnforcementChain:
                                   f"the MCP server failed ({exc.__class__.__name__}); "
                                   "nothing was done", trail=trail)
 
-    def _enforce(self, tool: Tool, args: dict[str, Any], details: dict[str, Any],
+    def _enforce(self, tool: Tool, args: dict[str, Any], details: RarDetails,
                  caller: Caller, timings: StepTimings, began: float,
                  trail: _Trail) -> ToolOutcome:
         # 3. workload identity, whole: the JWT-SVID and the Vault-held credential (so a
@@ -190,7 +190,7 @@ class EnforcementChain:
                 return self._authorize_and_send(tool, args, details, caller, timings, began,
                                                 trail)
 
-    def _authorize_and_send(self, tool: Tool, args: dict[str, Any], details: dict[str, Any],
+    def _authorize_and_send(self, tool: Tool, args: dict[str, Any], details: RarDetails,
                             caller: Caller, timings: StepTimings, began: float,
                             trail: _Trail) -> ToolOutcome:
         # 4. human in the loop
@@ -237,7 +237,7 @@ class EnforcementChain:
 
     # -- human in the loop ------------------------------------------------------------------
 
-    def _session_consent(self, details: Mapping[str, Any], caller: Caller,
+    def _session_consent(self, details: RarDetails, caller: Caller,
                          trail: _Trail) -> None:
         cached = self.consents.consent(caller.sid)
         if cached is not None:
@@ -256,7 +256,7 @@ class EnforcementChain:
                                       "minutes? First: ", details["summary"]))
         self.consents.remember(caller.sid, trail.approval_id)
 
-    def _approve(self, caller: Caller, details: Mapping[str, Any], message: str) -> str:
+    def _approve(self, caller: Caller, details: RarDetails, message: str) -> str:
         """Push to the user and wait; returns the approval's correlation id. A denial emits
         `agent:hitl_denied`, a push nobody answered in time `agent:hitl_expired`; both raise."""
         self.events.emit("agent:hitl_required", outcome="pending", duration_ms=0,

@@ -10,38 +10,56 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from enum import StrEnum
+from typing import Protocol
 
 from iia.errors import IIAError
 from iia.identity import WorkloadIdentity
 from iia.oauth.client import AuthorizationServerClient
 from iia.oauth.errors import OAuthError
-from iia.rar import wire
+from iia.protocol import CIBA_GRANT
+from iia.rar import RarDetails, wire
 
-__all__ = ["Approval", "ApprovalChannel", "ApprovalDeniedError", "ApprovalRefusedError",
-           "ApprovalTimeoutError", "CibaApprovalChannel", "ConsentCache"]
-
-CIBA_GRANT = "urn:openid:params:grant-type:ciba"
-
-
-class ApprovalDeniedError(IIAError):
-    code = "approval_denied"
-    status = 403
+__all__ = ["Approval", "ApprovalChannel", "ApprovalDeniedError", "ApprovalError",
+           "ApprovalRefusedError", "ApprovalTimeoutError", "CibaApprovalChannel", "CibaOutcome",
+           "ConsentCache"]
 
 
-class ApprovalTimeoutError(IIAError):
-    code = "approval_timeout"
-    status = 403
+class CibaOutcome(StrEnum):
+    """What the token endpoint answers a CIBA poll that issues no token (OpenID CIBA Core
+    §11), and what bc-authorize answers when it will not push (§13). Compared as values:
+    `CibaOutcome.of(exc)` is None for any other error."""
+
+    AUTHORIZATION_PENDING = "authorization_pending"  # the user has not answered yet
+    SLOW_DOWN = "slow_down"  # poll less often: the interval grows by 5 s
+    ACCESS_DENIED = "access_denied"  # the user denied (or, at bc-authorize, no push was sent)
+    EXPIRED_TOKEN = "expired_token"  # noqa: S105 - the auth_req_id expired unanswered
+
+    @classmethod
+    def of(cls, exc: OAuthError) -> CibaOutcome | None:
+        try:
+            return cls(exc.code)
+        except ValueError:
+            return None
 
 
-class ApprovalRefusedError(IIAError):
+class ApprovalError(IIAError, status=403):
+    """The human in the loop did not approve: the call does not run."""
+
+
+class ApprovalDeniedError(ApprovalError, code="approval_denied"):
+    """The user denied the request on their phone."""
+
+
+class ApprovalTimeoutError(ApprovalError, code="approval_timeout"):
+    """Nobody answered the push in time."""
+
+
+class ApprovalRefusedError(ApprovalError, code="approval_refused"):
     """The identity provider refused to send the push at all (CIBA §13 `access_denied` at
     bc-authorize, e.g. the user already has too many pushes waiting): nobody was asked."""
-
-    code = "approval_refused"
-    status = 403
 
 
 @dataclass(frozen=True)
@@ -52,7 +70,7 @@ class Approval:
 
 
 class ApprovalChannel(Protocol):
-    def request(self, *, user: str, details: Mapping[str, Any], binding_message: str,
+    def request(self, *, user: str, details: RarDetails, binding_message: str,
                 on_pending: Callable[[str, float], None] | None = None,
                 user_token: str | None = None) -> Approval:
         """Ask `user` to approve `details`; return once approved, raise when denied or when
@@ -71,7 +89,7 @@ class CibaApprovalChannel:
         self._sleep = sleep
         self._clock = clock
 
-    def request(self, *, user: str, details: Mapping[str, Any], binding_message: str,
+    def request(self, *, user: str, details: RarDetails, binding_message: str,
                 on_pending: Callable[[str, float], None] | None = None,
                 user_token: str | None = None) -> Approval:
         started = self._clock()
@@ -86,7 +104,7 @@ class CibaApprovalChannel:
             started_body = self.identity.with_credential(
                 lambda credential: self.server.backchannel_authorize(form, credential))
         except OAuthError as exc:
-            if exc.code != "access_denied":
+            if CibaOutcome.of(exc) is not CibaOutcome.ACCESS_DENIED:
                 raise
             raise ApprovalRefusedError(
                 f"the identity provider refused to push to {user}'s phone ({exc.code}): "
@@ -103,19 +121,20 @@ class CibaApprovalChannel:
                 self.identity.with_credential(lambda credential: self.server.token(
                     {"grant_type": CIBA_GRANT, "auth_req_id": auth_req_id}, credential))
             except OAuthError as exc:
-                if exc.code == "authorization_pending":
+                outcome = CibaOutcome.of(exc)
+                if outcome is CibaOutcome.AUTHORIZATION_PENDING:
                     if self._clock() >= deadline:
                         raise ApprovalTimeoutError(
                             f"{user} did not answer the push within {self.timeout:.0f} s") \
                             from exc
                     continue
-                if exc.code == "slow_down":
+                if outcome is CibaOutcome.SLOW_DOWN:
                     interval += 5  # CIBA §11
                     continue
-                if exc.code == "access_denied":
+                if outcome is CibaOutcome.ACCESS_DENIED:
                     raise ApprovalDeniedError(f"{user} denied the request on their phone") \
                         from exc
-                if exc.code == "expired_token":
+                if outcome is CibaOutcome.EXPIRED_TOKEN:
                     raise ApprovalTimeoutError(f"{user} did not answer the push in time") \
                         from exc
                 raise

@@ -92,17 +92,17 @@ def test_jwks_is_cached_and_refetched_once_on_rotation(lab: Lab) -> None:
     tokens = [user_token(lab)["access_token"] for _ in range(3)]
     for token in tokens:
         assert post(lab, token).status_code == 200
-    fetches = verifier.jwks_fetches
+    fetches = verifier.jwks.fetches
     for token in tokens:
         assert post(lab, token).status_code == 200
-    assert verifier.jwks_fetches == fetches  # warm: no fetch
+    assert verifier.jwks.fetches == fetches  # warm: no fetch
     time.sleep(verifier.min_refresh + 0.1)  # unknown-kid refetches are rate-limited
     lab.verify.keys.rotate()
     fresh = user_token(lab)["access_token"]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         statuses = list(pool.map(lambda _: post(lab, fresh).status_code, range(8)))
     assert statuses == [200] * 8
-    assert verifier.jwks_fetches == fetches + 1  # one refetch, shared by all eight
+    assert verifier.jwks.fetches == fetches + 1  # one refetch, shared by all eight
     assert post(lab, tokens[0]).status_code == 200  # the retired key still verifies
 
 
@@ -140,10 +140,10 @@ def test_an_unreachable_idp_fails_closed_without_ending_the_session(lab: Lab) ->
         assert "invalid_token" not in response.headers.get("www-authenticate", "")
         assert response.json()["error"]["code"] == -32002
         assert "signing keys" in response.json()["error"]["message"]
-        failures = verifier.jwks_failures
+        failures = verifier.jwks.failures
         with pytest.raises(McpUnavailableError, match="cannot check the access token"):
             mcp_call(lab, token, "list_users", {"count": 1})
-        assert verifier.jwks_failures == failures  # within min_refresh: no new fetch attempt
+        assert verifier.jwks.failures == failures  # within min_refresh: no new fetch attempt
     finally:
         verifier.jwks_uri = saved
         verifier.forget_keys()

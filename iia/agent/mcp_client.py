@@ -12,7 +12,7 @@ import json
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 from mcp import Client, MCPError
@@ -20,24 +20,21 @@ from mcp.client.streamable_http import streamable_http_client
 
 from iia.errors import DependencyError, IIAError
 
+if TYPE_CHECKING:
+    from anthropic.types import ToolParam
+
 __all__ = ["McpToolClient", "McpUnavailableError", "SessionEndedError", "ToolResult"]
 
 AUTH_UNAVAILABLE = -32002  # the server could not check the token (iia.mcp_server.auth)
 
 
-class SessionEndedError(IIAError):
+class SessionEndedError(IIAError, code="session_ended", status=401):
     """The MCP server refused the user's token (401): the session was ended or the token is
     no longer valid."""
 
-    code = "session_ended"
-    status = 401
 
-
-class McpUnavailableError(DependencyError):
-    code = "mcp_unavailable"
-
-    def __init__(self, description: str) -> None:
-        super().__init__(description, dependency="mcp")
+class McpUnavailableError(DependencyError, code="mcp_unavailable", dependency="mcp"):
+    """The MCP server does not answer, or cannot check the access token right now."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +135,7 @@ class McpToolClient:
             return SessionEndedError("the MCP server refused the access token")
         return exc
 
-    async def list_tools(self) -> list[dict[str, Any]]:
+    async def list_tools(self) -> list[ToolParam]:
         """Tool definitions as the Messages API wants them (name, description, input_schema)."""
         assert self._client is not None, "use `async with McpToolClient(...)`"
         try:

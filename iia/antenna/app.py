@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -45,7 +46,8 @@ def antenna_app(antenna: Antenna) -> Starlette:
             raise StreamError("the body must be a JSON object")
         return data
 
-    def guarded(handler: Any) -> Any:
+    def guarded(handler: Callable[[Request, str], Awaitable[Response]]
+                ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             client = owner(request)
             if client is None:
@@ -53,7 +55,7 @@ def antenna_app(antenna: Antenna) -> Starlette:
             try:
                 return await handler(request, client)
             except StreamError as exc:
-                return _error(exc.http_status, exc.description)
+                return _error(exc.status, exc.description)
 
         return endpoint
 

@@ -29,7 +29,7 @@ FAULT_PAUSE = 1.0  # seconds a worker waits after a fault of its own before tryi
 
 
 def backoff(attempts: int) -> float:
-    return min(30.0, 0.5 * 2 ** attempts) * random.uniform(0.8, 1.0)  # noqa: S311 - jitter
+    return min(30.0, 0.5 * 2.0 ** attempts) * random.uniform(0.8, 1.0)  # noqa: S311 - jitter
 
 
 class PushWorker:

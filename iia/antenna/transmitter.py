@@ -33,14 +33,11 @@ POLL = "urn:ietf:rfc:8936"
 STATUSES = ("enabled", "paused", "disabled")
 
 
-class StreamError(IIAError):
+class StreamError(IIAError, code="invalid_request", status=400):
     """A management request Antenna refuses; `status` is the HTTP status (SSF §8.1)."""
 
-    code = "invalid_request"
-
     def __init__(self, description: str, status: int = 400) -> None:
-        super().__init__(description)
-        self.http_status = status
+        super().__init__(description, status=status)
 
 
 def _digest(token: str) -> str:

@@ -48,6 +48,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from iia.agent import AgentLoop, McpToolClient
+from iia.agent.loop import ToolCall
 from iia.agent.mcp_client import McpUnavailableError, SessionEndedError
 from iia.chat.sessions import ChatSession, ChatSessionStore
 from iia.errors import ConfigurationError
@@ -57,6 +58,7 @@ from iia.settings import AgentSettings, ChatSettings, web_origin
 
 if TYPE_CHECKING:
     import anthropic
+    from anthropic.types import MessageParam
 
 __all__ = ["COOKIE", "ChatApp"]
 
@@ -223,14 +225,17 @@ class ChatApp:
         async def on_text(text: str) -> None:
             await queue.put({"event": "text", "data": json.dumps({"delta": text})})
 
-        async def on_tool(phase: str, call: dict[str, Any]) -> None:
-            shown = {k: call[k] for k in ("name", "input", "is_error") if k in call}
+        async def on_tool(phase: str, call: ToolCall) -> None:
+            shown: dict[str, object] = {"name": call["name"], "input": call["input"]}
+            if "is_error" in call:
+                shown["is_error"] = call["is_error"]
             if phase == "end":
-                shown["result"] = str(call.get("result", ""))[:500]
+                shown["result"] = call.get("result", "")[:500]
             await queue.put({"event": "tool", "data": json.dumps({"phase": phase, **shown})})
 
         async def run() -> None:
-            history = [*session.messages, {"role": "user", "content": message}]
+            history: list[MessageParam] = [*session.messages,
+                                           {"role": "user", "content": message}]
             try:
                 async def token() -> str:  # a refresh does I/O: off the event loop
                     return await run_in_threadpool(self.sessions.token, session)

@@ -8,10 +8,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import jwt
+
+if TYPE_CHECKING:
+    from anthropic.types import MessageParam
 
 __all__ = ["ChatSession", "ChatSessionStore"]
 
@@ -27,7 +30,7 @@ class ChatSession:
     id_token: str | None = field(default=None, repr=False)
     expires_at: float = 0.0
     created_at: float = field(default_factory=time.time)
-    messages: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[MessageParam] = field(default_factory=list)
     ended: str | None = None  # why the session ended, when it did
     # the IDs of the user's groups, as the IdP's latest ID token asserts them (`groups`)
     groups: tuple[str, ...] = ()

@@ -18,52 +18,37 @@ __all__ = [
 ]
 
 
-class WorkloadApiError(DependencyError):
+class WorkloadApiError(DependencyError, code="workload_api_error", dependency="spire"):
     """The SPIFFE Workload API (SPIRE agent) did not give us a JWT-SVID."""
 
-    code = "workload_api_error"
 
-    def __init__(self, description: str, *, upstream_code: str | None = None) -> None:
-        super().__init__(description, dependency="spire", upstream_code=upstream_code)
-
-
-class WorkloadApiUnavailableError(WorkloadApiError):
-    code = "workload_api_unavailable"
+class WorkloadApiUnavailableError(WorkloadApiError, code="workload_api_unavailable"):
+    """The agent's socket does not answer."""
 
 
-class WorkloadNotAttestedError(WorkloadApiError):
+class WorkloadNotAttestedError(WorkloadApiError, code="workload_not_attested", status=403):
     """The agent attested this process and found no registration entry for it."""
 
-    code = "workload_not_attested"
-    status = 403
+
+class VaultError(DependencyError, code="vault_error", dependency="vault"):
+    """Vault did not give us the client credential."""
 
 
-class VaultError(DependencyError):
-    code = "vault_error"
-
-    def __init__(self, description: str, *, upstream_code: str | None = None) -> None:
-        super().__init__(description, dependency="vault", upstream_code=upstream_code)
+class VaultUnavailableError(VaultError, code="vault_unavailable"):
+    """Vault does not answer."""
 
 
-class VaultUnavailableError(VaultError):
-    code = "vault_unavailable"
+class VaultSealedError(VaultError, code="vault_sealed"):
+    """Vault answered that it is sealed."""
 
 
-class VaultSealedError(VaultError):
-    code = "vault_sealed"
-
-
-class VaultLoginRefusedError(VaultError):
+class VaultLoginRefusedError(VaultError, code="vault_login_refused", status=403):
     """Vault's JWT auth refused our JWT-SVID (wrong subject or audience, expired, unknown key)."""
 
-    code = "vault_login_refused"
-    status = 403
+
+class VaultPermissionDeniedError(VaultError, code="vault_permission_denied", status=403):
+    """Vault's policy does not let this role read the secret."""
 
 
-class VaultPermissionDeniedError(VaultError):
-    code = "vault_permission_denied"
-    status = 403
-
-
-class VaultSecretMissingError(VaultError):
-    code = "vault_secret_missing"
+class VaultSecretMissingError(VaultError, code="vault_secret_missing"):
+    """The secret path holds no client credential."""

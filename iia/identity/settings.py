@@ -87,10 +87,10 @@ class IdentitySettings:
                 value = source.get("VAULT_ADDR")
             if value:
                 values[name] = value
-        for key, value in overrides.items():
+        for key, override in overrides.items():
             if key not in names:
                 raise ConfigurationError(f"unknown identity setting {key!r}")
-            values[key] = value
+            values[key] = override
         if "spiffe_socket" not in values:
             raise ConfigurationError("SPIFFE_ENDPOINT_SOCKET is not set: where is the SPIFFE "
                                      "Workload API (SPIRE agent) socket?")

@@ -109,7 +109,9 @@ class VaultCredentialSource:
         self._clock = clock
         self._lock = threading.Lock()
         self._token: _VaultToken | None = None
-        self._client = hvac.Client(url=settings.vault_addr, timeout=settings.timeout,
+        # the timeout is a float (requests takes one); types-hvac says int
+        self._client = hvac.Client(url=settings.vault_addr,
+                                   timeout=settings.timeout,  # type: ignore[arg-type]
                                    verify=settings.vault_ca_cert or True)
         self.logins = 0
         self.reads = 0

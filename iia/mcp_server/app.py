@@ -130,7 +130,8 @@ class McpServer:
         path = url.path or "/"
         return Starlette(lifespan=lifespan, routes=[
             Route(path, endpoint=endpoint, methods=["GET", "POST", "DELETE"]),
-            *create_protected_resource_routes(resource, [self.settings.issuer],
+            *create_protected_resource_routes(AnyHttpUrl(resource),
+                                              [AnyHttpUrl(self.settings.issuer)],
                                               resource_name="IIA MCP server"),
             Route("/ssf/events", self.ssf.push, methods=["POST"]),
             Route("/healthz", health),

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from iia.protocol import CAEP_EVENT
 from iia.sessions import SessionRevocations
-from iia.ssf import SetRefused, SetValidator, Transmitter
+from iia.ssf import SetClaims, SetRefused, SetValidator, Transmitter
 
 __all__ = ["SESSION_REVOKED", "SsfPushReceiver"]
 
-SESSION_REVOKED = "https://schemas.openid.net/secevent/caep/event-type/session-revoked"
+SESSION_REVOKED = CAEP_EVENT["session-revoked"]
 
 
 class SsfPushReceiver:
@@ -30,7 +30,7 @@ class SsfPushReceiver:
         self.revocations = revocations
         self._lock = threading.Lock()
         self.validator = SetValidator(audience)
-        self.received: list[dict[str, Any]] = []
+        self.received: list[SetClaims] = []
         self.on_revoked: Callable[[str, str], None] | None = None
 
     def subscribe(self, issuer: str, jwks_uri: str, authorization: str | None = None) -> None:
@@ -38,7 +38,7 @@ class SsfPushReceiver:
         set, pushes must carry exactly that Authorization header (RFC 8935 §2)."""
         self.validator.trust(Transmitter(issuer, jwks_uri, authorization))
 
-    def receive(self, claims: dict[str, Any]) -> None:
+    def receive(self, claims: SetClaims) -> None:
         """Act on a SET the validator accepted (its jti once: a replay was refused)."""
         with self._lock:
             self.received.append(claims)

@@ -23,11 +23,8 @@ from iia.oauth.errors import error_from_response
 __all__ = ["AuthorizationServerClient", "IdpUnavailableError", "discover"]
 
 
-class IdpUnavailableError(DependencyError):
-    code = "idp_unavailable"
-
-    def __init__(self, description: str, *, upstream_code: str | None = None) -> None:
-        super().__init__(description, dependency="idp", upstream_code=upstream_code)
+class IdpUnavailableError(DependencyError, code="idp_unavailable", dependency="idp"):
+    """The identity provider does not answer, or answers 5xx or nonsense."""
 
 
 def discover(issuer: str, *, http: httpx.Client | None = None,

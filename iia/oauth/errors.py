@@ -1,14 +1,17 @@
 """OAuth 2.0 error responses (RFC 6749 §5.2), typed by their `error` code.
 
 `error_from_response` turns a token-endpoint error body into the subclass that carries its code,
-so callers branch on types (`except InvalidClientError`) and tests assert on `.code`.
+so callers branch on types (`except InvalidClientError`) and tests assert on `.code`. The IdP's
+explicit "the user's session has ended" member (`iia.protocol.SESSION_ENDED`) becomes the typed
+`session_ended` attribute: nothing reads it out of the description.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Mapping
 
 from iia.errors import IIAError
+from iia.protocol import SESSION_ENDED
 
 __all__ = [
     "AccessDeniedError",
@@ -21,19 +24,20 @@ __all__ = [
 ]
 
 
-class OAuthError(IIAError):
-    """An OAuth error returned by the authorization server (`error` + `error_description`)."""
+class OAuthError(IIAError, status=400, dependency="idp"):
+    """An OAuth error returned by the authorization server (`error` + `error_description`).
+    `extra` holds the body's other members; `session_ended` is True only when the IdP said, in
+    its `session_ended` member, that it refused because the user's session is over."""
 
-    code: ClassVar[str] = "server_error"
-    status = 400
-
-    def __init__(self, description: str, *, code: str | None = None, dependency: str = "idp",
-                 upstream_status: int | None = None, extra: dict[str, Any] | None = None) -> None:
-        super().__init__(description, dependency=dependency,
+    def __init__(self, description: str, *, code: str | None = None,
+                 upstream_status: int | None = None,
+                 extra: Mapping[str, object] | None = None) -> None:
+        super().__init__(description,
                          upstream_code=str(upstream_status) if upstream_status else None)
         if code is not None:
             self.code = code  # an error code we have no subclass for keeps its wire value
-        self.extra = dict(extra or {})
+        self.extra: dict[str, object] = dict(extra or {})
+        self.session_ended: bool = self.extra.get(SESSION_ENDED) is True
 
     @property
     def policy_id(self) -> str | None:
@@ -43,35 +47,28 @@ class OAuthError(IIAError):
 
     @property
     def ends_session(self) -> bool:
-        """The IdP refused because the user's session is over (RFC 8693 has no code of its
-        own for this: it is `invalid_grant` about the subject token's session)."""
-        return self.code == "invalid_grant" and "session" in self.description
+        """Same as `session_ended` (the name older callers use)."""
+        return self.session_ended
 
 
-class InvalidRequestError(OAuthError):
-    code = "invalid_request"
+class InvalidRequestError(OAuthError, code="invalid_request"):
+    """The request is malformed (a parameter missing, repeated or unsupported)."""
 
 
-class InvalidClientError(OAuthError):
+class InvalidClientError(OAuthError, code="invalid_client", status=401):
     """Client authentication failed: unknown client, or a secret that is wrong or stale."""
 
-    code = "invalid_client"
-    status = 401
+
+class InvalidGrantError(OAuthError, code="invalid_grant"):
+    """The grant (the subject or actor token, the code, the auth_req_id) is not good."""
 
 
-class InvalidGrantError(OAuthError):
-    code = "invalid_grant"
+class AccessDeniedError(OAuthError, code="access_denied", status=403):
+    """The IdP's policy refused (its id in `policy_id`), or the user denied."""
 
 
-class AccessDeniedError(OAuthError):
-    code = "access_denied"
-    status = 403
-
-
-class InvalidTargetError(OAuthError):
+class InvalidTargetError(OAuthError, code="invalid_target"):
     """RFC 8693 §2.2.2: the requested audience/resource is unknown or not allowed."""
-
-    code = "invalid_target"
 
 
 _BY_CODE: dict[str, type[OAuthError]] = {
@@ -81,14 +78,14 @@ _BY_CODE: dict[str, type[OAuthError]] = {
 }
 
 
-def error_from_response(status: int, body: Any) -> OAuthError:
+def error_from_response(status: int, body: object) -> OAuthError:
     """Build the typed error for an RFC 6749 §5.2 error body (or a body that is not one)."""
     if not isinstance(body, dict) or not isinstance(body.get("error"), str):
         return OAuthError(f"the identity provider answered HTTP {status} without an OAuth error",
                           upstream_status=status)
-    code = body["error"]
+    code = str(body["error"])
     description = body.get("error_description") or code
-    extra = {k: v for k, v in body.items() if k not in ("error", "error_description")}
+    extra = {str(k): v for k, v in body.items() if k not in ("error", "error_description")}
     cls = _BY_CODE.get(code)
     if cls is None:
         return OAuthError(str(description), code=code, upstream_status=status, extra=extra)

@@ -12,6 +12,7 @@ from iia.ssf.set_validation import (
     InvalidIssuer,
     InvalidKey,
     InvalidRequest,
+    SetClaims,
     SetRefused,
     SetValidator,
     Transmitter,
@@ -19,5 +20,5 @@ from iia.ssf.set_validation import (
 )
 
 __all__ = ["ALLOWED_ALGORITHMS", "AccessDenied", "AlreadyReceived", "AuthenticationFailed",
-           "InvalidAudience", "InvalidIssuer", "InvalidKey", "InvalidRequest", "SetRefused",
-           "SetValidator", "Transmitter", "TransmitterKeysUnavailable"]
+           "InvalidAudience", "InvalidIssuer", "InvalidKey", "InvalidRequest", "SetClaims",
+           "SetRefused", "SetValidator", "Transmitter", "TransmitterKeysUnavailable"]

@@ -36,7 +36,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, NotRequired, TypedDict, cast
 
 import httpx
 import jwt
@@ -45,85 +45,94 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from iia.errors import IIAError
 from iia.jwks import JwksCache, JwksUnavailableError
+from iia.protocol import SET_MEDIA_TYPE, SET_TYP
 
 __all__ = ["ALLOWED_ALGORITHMS", "IAT_LEEWAY", "MEDIA_TYPE", "SET_TYPE", "AccessDenied",
            "AlreadyReceived", "AuthenticationFailed", "InvalidAudience", "InvalidIssuer",
-           "InvalidKey", "InvalidRequest", "SeenJtis", "SetRefused", "SetValidator", "Transmitter",
-           "TransmitterKeysUnavailable"]
+           "InvalidKey", "InvalidRequest", "SeenJtis", "SetClaims", "SetErrorBody", "SetRefused",
+           "SetValidator", "Transmitter", "TransmitterKeysUnavailable"]
 
-SET_TYPE = "secevent+jwt"
-MEDIA_TYPE = "application/secevent+jwt"
+SET_TYPE = SET_TYP
+MEDIA_TYPE = SET_MEDIA_TYPE
 ALLOWED_ALGORITHMS = ("ES256", "RS256")
 IAT_LEEWAY = 30  # seconds a transmitter's clock may run ahead of ours
 SEEN_CAPACITY = 10_000  # jtis remembered per receiver
 MIN_RSA_BITS = 2048
 
 
-class SetRefused(Exception):
-    """A pushed SET refused, with its RFC 8935 §2.4 error code."""
+class SetClaims(TypedDict):
+    """The claims of a SET `SetValidator.validate` accepted (RFC 8417 §2.2, the SSF 1.0 SET
+    profile): each member below was checked, except the optional ones it does not read."""
 
-    err: ClassVar[str] = "invalid_request"
-    status: ClassVar[int] = 400
+    iss: str
+    aud: str | list[str]
+    iat: int
+    jti: str
+    events: dict[str, dict[str, Any]]  # exactly one: event-type URI -> its payload
+    sub_id: NotRequired[dict[str, Any]]  # SSF 1.0 §4.1: the subject
+    txn: NotRequired[str]
+    toe: NotRequired[int]
 
-    def __init__(self, description: str) -> None:
-        super().__init__(description)
-        self.description = description
 
-    def body(self) -> dict[str, str]:
-        return {"err": self.err, "description": self.description}
+class SetErrorBody(TypedDict):
+    """RFC 8935 §2.3: the body of a refused push."""
+
+    err: str
+    description: str
+
+
+class SetRefused(IIAError, code="invalid_request", status=400):
+    """A pushed SET refused; `code` (also `err`) is its RFC 8935 §2.4 error code."""
+
+    @property
+    def err(self) -> str:
+        return self.code
+
+    def body(self) -> SetErrorBody:
+        return {"err": self.code, "description": self.description}
 
     def response(self) -> Response:
         return JSONResponse(self.body(), status_code=self.status)
 
 
-class InvalidRequest(SetRefused):
+class InvalidRequest(SetRefused, code="invalid_request"):
     """The body is not a SET, or the SET breaks the SET profile."""
 
-    err = "invalid_request"
 
-
-class InvalidKey(SetRefused):
+class InvalidKey(SetRefused, code="invalid_key"):
     """The signing key or algorithm is unknown or unacceptable, or the signature is wrong."""
 
-    err = "invalid_key"
+
+class InvalidIssuer(SetRefused, code="invalid_issuer"):
+    """`iss` is not the trusted transmitter."""
 
 
-class InvalidIssuer(SetRefused):
-    err = "invalid_issuer"
+class InvalidAudience(SetRefused, code="invalid_audience"):
+    """`aud` does not include this receiver."""
 
 
-class InvalidAudience(SetRefused):
-    err = "invalid_audience"
+class AuthenticationFailed(SetRefused, code="authentication_failed", status=401):
+    """The push does not carry the Authorization header the receiver asked for."""
 
 
-class AuthenticationFailed(SetRefused):
-    err = "authentication_failed"
-    status = 401
+class AccessDenied(SetRefused, code="access_denied", status=403):
+    """The push is authenticated but not allowed here."""
 
 
-class AccessDenied(SetRefused):
-    err = "access_denied"
-    status = 403
-
-
-class AlreadyReceived(SetRefused):
+class AlreadyReceived(SetRefused, code="duplicate", status=202):
     """A SET this receiver accepted before (same issuer and jti): acknowledged again with 202 and
     not acted on again. Delivery is at least once (RFC 8935 §2: a transmitter that did not see
     the first 202, because it was lost or came late, sends the SET again); refusing the repeat
     would make the transmitter record a SET the receiver holds as failed."""
 
-    err = "duplicate"
-    status = 202
-
     def response(self) -> Response:
         return Response(status_code=202)
 
 
-class TransmitterKeysUnavailable(InvalidKey):
+class TransmitterKeysUnavailable(InvalidKey, status=503):
     """The trusted transmitter's JWKS cannot be fetched: not the SET's fault, so 503 (retry)."""
-
-    status = 503
 
 
 @dataclass(frozen=True)
@@ -195,7 +204,7 @@ class SetValidator:
         self._trusted = transmitter
         self._jwks.forget()
 
-    async def read(self, request: Request) -> tuple[dict[str, Any], str]:
+    async def read(self, request: Request) -> tuple[SetClaims, str]:
         """Receive one pushed SET (RFC 8935 §2): (its verified claims, the SET as sent). The
         validation runs in a worker thread: it may fetch the transmitter's JWKS."""
         trusted = self._trusted
@@ -211,7 +220,7 @@ class SetValidator:
         token = (await request.body()).decode(errors="replace").strip()
         return await run_in_threadpool(self.validate, token), token
 
-    def validate(self, token: str) -> dict[str, Any]:
+    def validate(self, token: str) -> SetClaims:
         """The claims of `token` when it is a SET this receiver accepts; else SetRefused. An
         accepted SET's jti is remembered: the same SET a second time is refused."""
         trusted = self._trusted
@@ -272,7 +281,7 @@ class SetValidator:
         if not isinstance(jti, str) or not jti:
             raise InvalidRequest("the SET has no jti")
         self.seen.add(trusted.issuer, jti, iat)
-        return claims
+        return cast(SetClaims, claims)
 
     def _key(self, kid: str) -> Any:
         try:
