@@ -305,7 +305,7 @@ class EnforcementChain:
             # the IdP no longer honours this session's consent (it expired there first): forget
             # ours too, so the next write asks the user again instead of failing until we expire
             self.consents.forget(caller.sid)
-        if exc.ends_session:
+        if exc.session_ended:  # the IdP said so (iia.protocol.SESSION_ENDED), not its words
             self.revocations.revoke(caller.sid, exc.description)
             return self._fail(tool, timings, began, "session_revoked",
                               f"the user's session has ended ({exc.description}); sign in "

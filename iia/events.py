@@ -26,11 +26,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 __all__ = [
     "REDACTED",
     "EventBus",
+    "EventFields",
     "SecurityEvent",
     "bound_fields",
     "current_fields",
@@ -143,6 +144,27 @@ class SecurityEvent:
                 stack.extend(item)
 
 
+class EventFields(TypedDict, total=False):
+    """The fields `EventBus.emit` and `bound_fields` take: `SecurityEvent`'s, but `type` (and
+    the generated `event_id`, `timestamp`). A misspelt field is a type error, not a lost one."""
+
+    outcome: str
+    reason: str | None
+    duration_ms: int | None
+    user_email: str | None
+    session_id: str | None
+    tool_name: str | None
+    tier: int | None
+    rar_type: str | None
+    rar_summary: str | None
+    actor_token_type: str | None
+    spiffe_id: str | None
+    obo_token_expires_in: int | None
+    call_id: str | None
+    details: Mapping[str, Any]
+    correlation: Mapping[str, str]
+
+
 def _redacted(event: SecurityEvent) -> SecurityEvent:
     changes = {f.name: redact(getattr(event, f.name)) for f in dataclasses.fields(event)
                if isinstance(getattr(event, f.name), str | Mapping)}
@@ -164,7 +186,7 @@ def current_fields() -> Mapping[str, Any]:
 
 
 @contextlib.contextmanager
-def bound_fields(**fields: Any) -> Iterator[None]:
+def bound_fields(**fields: Unpack[EventFields]) -> Iterator[None]:
     """Attach fields (e.g. `session_id`, `user_email`, `tool_name`) to every event emitted in
     this context, so a lower layer (the identity chain) need not know whose call it serves."""
     token = _AMBIENT.set(MappingProxyType({**_AMBIENT.get(), **fields}))
@@ -212,7 +234,7 @@ class EventBus:
             self._local.queue = None
         return event
 
-    def emit(self, type: str, **fields: Any) -> SecurityEvent:
+    def emit(self, type: str, **fields: Unpack[EventFields]) -> SecurityEvent:
         """Build and publish an event in one call; fields bound by `bound_fields` fill gaps."""
         ambient = _AMBIENT.get()
         merged = {**ambient, **{k: v for k, v in fields.items() if v is not None}}

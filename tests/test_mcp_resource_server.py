@@ -77,6 +77,34 @@ def test_bad_tokens_are_401_and_nothing_runs(lab: Lab, alice: dict, case: str) -
     assert len(lab.verify.audit) == before  # nothing reached the IdP
 
 
+@pytest.mark.parametrize("typ", ["at+jwt", "application/at+jwt", "AT+JWT"])
+def test_both_rfc_9068_typ_spellings_are_access_tokens(lab: Lab, alice: dict, typ: str) -> None:
+    """RFC 9068 §4: `at+jwt` and `application/at+jwt` (RFC 7515 §4.1.9: the media type with its
+    prefix, compared case-insensitively)."""
+    claims = jwt.decode(alice["access_token"], options={"verify_signature": False})
+    response = post(lab, lab.verify.keys.sign(claims, typ=typ))
+    assert response.status_code == 200, response.text
+    assert "tools" in response.text
+
+
+@pytest.mark.parametrize("typ", ["JWT", "application/jwt", "at+jwt+x", None])
+def test_another_typ_or_none_is_not_an_access_token(lab: Lab, alice: dict,
+                                                    typ: str | None) -> None:
+    """Every claim right and the IdP's signature, but not typed as an access token (None: no
+    typ at all, which authlib's own check would let through)."""
+    claims = jwt.decode(alice["access_token"], options={"verify_signature": False})
+    key = lab.verify.keys.current
+    token = jwt.encode(claims, key.private_key, algorithm="ES256",
+                       headers={"kid": key.kid, "typ": typ})
+    calls, decisions = len(lab.mcp.chain.history), len(lab.verify.audit)
+    response = post(lab, token)
+    assert response.status_code == 401, response.text
+    challenge = response.headers["www-authenticate"]
+    assert 'error="invalid_token"' in challenge and "not an access token" in challenge
+    assert response.json()["error"]["code"] == -32001
+    assert len(lab.mcp.chain.history) == calls and len(lab.verify.audit) == decisions
+
+
 def test_the_tool_list_comes_from_the_catalog(lab: Lab, alice: dict) -> None:
     from iia.catalog import CATALOG
 
