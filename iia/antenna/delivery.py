@@ -45,7 +45,7 @@ class PushWorker:
         self._wake = threading.Condition()
         self._stopped = False
         self._http = httpx.Client(timeout=timeout)
-        self.faults = 0
+        self.faults = 0  # instrumentation for tests: the worker's own faults survived
         self._thread = threading.Thread(target=self._run, name=f"antenna-push-{stream_id}",
                                         daemon=True)
 

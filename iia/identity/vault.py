@@ -113,8 +113,9 @@ class VaultCredentialSource:
         self._client = hvac.Client(url=settings.vault_addr,
                                    timeout=settings.timeout,  # type: ignore[arg-type]
                                    verify=settings.vault_ca_cert or True)
-        self.logins = 0
-        self.reads = 0
+        # -- instrumentation for tests and benchmarks only (nothing in iia reads it) --
+        self.logins = 0  # JWT-SVID logins to Vault (a warm token is not one)
+        self.reads = 0  # credential reads from kv-v2
         self._cached_calls: OrderedDict[str, None] = OrderedDict()  # recent calls announced
 
     # -- login ------------------------------------------------------------------------------
