@@ -49,9 +49,11 @@ mutants: install
 lint: install
 	$(BIN)/ruff check .
 
-## typecheck: the product is typed throughout (mypy --strict; settings in pyproject.toml)
+## typecheck: the product is typed throughout (mypy --strict), the harness checked (mypy);
+##            settings in pyproject.toml
 typecheck: install
 	$(BIN)/mypy --strict iia
+	$(BIN)/mypy harness
 
 up: install
 	$(BIN)/iia-lab up --detach
