@@ -1,16 +1,24 @@
 """How our HTTP servers listen: one place for the socket and the keep-alive policy, used by
-`python -m iia.serve` and by the lab harness (which may import iia; never the reverse)."""
+`python -m iia.serve` and by the lab harness (which may import iia; never the reverse).
+
+A supervisor may hand the listening sockets over instead (`inherited_sockets`: the systemd
+socket-activation protocol, `sd_listen_fds(3)`), so that a restarted process serves the same
+port and the connections made meanwhile wait in the socket's backlog."""
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Mapping
 
 import uvicorn
 from starlette.types import ASGIApp
 
+from iia.errors import ConfigurationError
 from iia.http_edge import EdgeGuard
 
-__all__ = ["KEEP_ALIVE_S", "listening_socket", "server_config"]
+__all__ = ["KEEP_ALIVE_S", "LISTEN_FDS_START", "inherited_sockets", "listening_socket",
+           "server_config"]
 
 # seconds an idle keep-alive connection stays open on our servers: longer than clients pool
 # them (httpx: 5 s), so a client never reuses a connection at the instant the server closes it
@@ -28,6 +36,64 @@ def listening_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+LISTEN_FDS_START = 3  # SD_LISTEN_FDS_START: the first handed-over descriptor
+
+
+def inherited_sockets(environ: Mapping[str, str] | None = None) -> dict[str, socket.socket]:
+    """The listening sockets handed to this process, by name (systemd's socket activation:
+    `LISTEN_FDS=N` descriptors from fd 3, named by `LISTEN_FDNAMES=a:b:...`).
+
+    Empty when `LISTEN_FDS` is unset, or when `LISTEN_PID` is set and names another process
+    (the variables were meant for a parent; `sd_listen_fds` returns 0 then too). A malformed
+    variable, a name count that does not match, a name given twice, or a descriptor that is not a
+    listening stream socket is a ConfigurationError. The sockets come back non-blocking and
+    close-on-exec; they own their descriptors, so call this once per process."""
+    env = os.environ if environ is None else environ
+    count = env.get("LISTEN_FDS")
+    if count is None or count == "":
+        return {}
+    pid = env.get("LISTEN_PID")
+    if pid:
+        if not pid.isdigit() or int(pid) < 1:
+            raise ConfigurationError(f"LISTEN_PID must be a process id, got {pid!r}")
+        if int(pid) != os.getpid():
+            return {}
+    if not count.isdigit() or int(count) < 1:
+        raise ConfigurationError(f"LISTEN_FDS must be the number of sockets handed over (1 or "
+                                 f"more), got {count!r}")
+    n = int(count)
+    names = env.get("LISTEN_FDNAMES")
+    labels = names.split(":") if names else ["unknown"] * n
+    if len(labels) != n:
+        raise ConfigurationError(f"LISTEN_FDNAMES names {len(labels)} sockets ({names!r}) but "
+                                 f"LISTEN_FDS is {n}")
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise ConfigurationError(f"LISTEN_FDNAMES names more than one socket {twice[0]!r}; "
+                                 "each handed-over socket needs a name of its own")
+    sockets: dict[str, socket.socket] = {}
+    for fd, label in enumerate(labels, start=LISTEN_FDS_START):
+        sockets[label] = _listening(fd, label)
+    return sockets
+
+
+def _listening(fd: int, label: str) -> socket.socket:
+    """The handed-over descriptor `fd` as a socket, if it is a listening stream socket."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise ConfigurationError(f"handed-over descriptor {fd} ({label}) is not a socket: "
+                                 f"{exc.strerror or exc}") from exc
+    if sock.type != socket.SOCK_STREAM \
+            or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.detach()  # not ours to close
+        raise ConfigurationError(f"handed-over descriptor {fd} ({label}) is not a listening "
+                                 "stream socket")
+    sock.set_inheritable(False)
     sock.setblocking(False)
     return sock
 
