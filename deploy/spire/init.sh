@@ -9,11 +9,18 @@
 # Both must match: another process of uid 10001, or the image's Python run by anyone else, gets
 # no identity.
 set -eu
+# the join token file (read by the agent: agent.conf join_token_file) is for root only
+umask 077
 SOCKET=/tmp/spire-server/private/api.sock
+TOKEN_FILE=/run/spire/shared/join_token
 MCP_UID=$(id -u iia-mcp)
 PYTHON=$(readlink -f "$(command -v python)")
 spire-server token generate -socketPath "$SOCKET" -spiffeID spiffe://iia.lab/agent \
-  | sed -n 's/^Token: //p' > /run/spire/shared/join_token
+  | sed -n 's/^Token: //p' > "$TOKEN_FILE"
+if [ ! -s "$TOKEN_FILE" ]; then
+  echo "spire-init: spire-server token generate printed no token" >&2
+  exit 1
+fi
 spire-server entry create -socketPath "$SOCKET" \
   -parentID spiffe://iia.lab/agent \
   -spiffeID spiffe://iia.lab/agentic-workload \
