@@ -5,7 +5,11 @@ come from the environment, over an env file if one is named (`--env-file PATH` o
 `IIA_ENV_FILE`; IDs and URLs only, see `iia.settings.load_env`).
 
 `--console` adds the lab's security console (`iia.console`: every user's events, unauthenticated),
-off by default, and only on a loopback `IIA_BIND`: any other address is refused at start-up.
+off by default, and only on a loopback address: any other is refused at start-up.
+
+A supervisor may hand the listening sockets over (systemd socket activation, `iia.net.
+inherited_sockets`: `LISTEN_FDS`, `LISTEN_FDNAMES` with the names `mcp`, `chat`, `antenna`,
+`console`, `LISTEN_PID`); a socket not handed over is bound from the settings below.
 
     IIA_BIND (127.0.0.1 by default), IIA_MCP_PORT, IIA_CHAT_PORT, IIA_ANTENNA_PORT,
     IIA_CONSOLE_PORT (with --console); IIA_ANTENNA_URL (as receivers reach it), IIA_ANTENNA_DB
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,7 +42,7 @@ from iia.errors import ConfigurationError
 from iia.events import EventBus
 from iia.identity import IdentitySettings, WorkloadIdentity
 from iia.mcp_server import McpServer
-from iia.net import listening_socket, server_config
+from iia.net import inherited_sockets, listening_socket, server_config
 from iia.settings import (
     AgentSettings,
     ChatSettings,
@@ -47,18 +52,27 @@ from iia.settings import (
     ssf_receivers,
 )
 
-__all__ = ["check_console_bind", "main"]
+__all__ = ["SOCKETS", "check_console_bind", "check_sockets", "main", "run"]
+
+# the sockets this process serves, by the name a supervisor hands each over with
+SOCKETS = ("mcp", "chat", "antenna", "console")
 
 
-def check_console_bind(host: str) -> None:
+def check_console_bind(host: str, *, handed_over: bool = False) -> None:
     """The security console is unauthenticated (it shows every user's events): it is served on
     a loopback address or not at all. (It also refuses non-loopback peers and Host names, but
-    that is its second line, not a reason to publish it.)"""
+    that is its second line, not a reason to publish it.) `handed_over`: `host` is the address
+    of the socket a supervisor handed over, not IIA_BIND."""
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
     if not loopback:
+        if handed_over:
+            raise ConfigurationError(
+                f"--console serves the unauthenticated security console, on a loopback "
+                f"address only: the handed-over console socket is bound to {host!r}. Hand "
+                f"over a socket bound to 127.0.0.1, or leave --console off")
         raise ConfigurationError(
             f"--console serves the unauthenticated security console, on a loopback address "
             f"only: IIA_BIND is {host!r}. Set IIA_BIND=127.0.0.1, or leave --console off")
@@ -83,10 +97,53 @@ def subscribe_receivers(antenna: Antenna, receivers: Sequence[SsfReceiver]) -> N
             antenna.update_stream(receiver.name, {**body, "stream_id": stream_id})
 
 
-async def run(env: Mapping[str, str], *, console: bool = False) -> None:
-    host = env.get("IIA_BIND", "127.0.0.1")
+def _served(console: bool) -> tuple[str, ...]:
+    return SOCKETS if console else SOCKETS[:-1]
+
+
+def check_sockets(env: Mapping[str, str], handed: Mapping[str, socket.socket],
+                  console: bool) -> None:
+    """Before anything starts: a handed-over socket this process would not serve is a
+    configuration error (a supervisor's mistake should not go unnoticed), and the console's
+    socket, handed over or bound on IIA_BIND, must be a loopback one."""
+    served = _served(console)
+    extra = sorted(set(handed) - set(served))
+    if extra:
+        raise ConfigurationError(
+            f"LISTEN_FDNAMES hands over {', '.join(extra)}, which this process does not serve "
+            f"(it serves {', '.join(served)}{'' if console else '; console only with --console'})")
     if console:
-        check_console_bind(host)  # configuration errors first, before anything starts
+        if "console" in handed:
+            check_console_bind(handed["console"].getsockname()[0], handed_over=True)
+        else:
+            check_console_bind(env.get("IIA_BIND", "127.0.0.1"))
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    setting = f"IIA_{name.upper()}_PORT"
+    raw = env.get(setting) or str(default)
+    if not raw.isdigit() or not 0 <= int(raw) <= 65535:
+        raise ConfigurationError(f"{setting} must be a TCP port (0-65535), got {raw!r}")
+    return int(raw)
+
+
+def _listening(env: Mapping[str, str], handed: Mapping[str, socket.socket],
+               console: bool) -> dict[str, socket.socket]:
+    """One listening socket per served app: the one handed over by that name, else one bound
+    on IIA_BIND and the app's port setting."""
+    host = env.get("IIA_BIND", "127.0.0.1")
+    defaults = {"mcp": 8000, "chat": 8001, "antenna": 8002, "console": 8003}
+    return {name: handed[name] if name in handed
+            else listening_socket(host, _port(env, name, defaults[name]))
+            for name in _served(console)}
+
+
+async def run(env: Mapping[str, str], *, console: bool = False,
+              sockets: Mapping[str, socket.socket] | None = None) -> None:
+    """Serve the MCP server, the chat route, Antenna (and the console) until cancelled, on the
+    handed-over `sockets` or on sockets bound from `env`."""
+    handed = sockets or {}
+    check_sockets(env, handed, console)  # configuration errors first, before anything starts
     receivers = ssf_receivers(env)
     events = EventBus()
     identity = WorkloadIdentity(IdentitySettings.from_env(env), events=events)
@@ -101,18 +158,17 @@ async def run(env: Mapping[str, str], *, console: bool = False) -> None:
             mcp.ssf.subscribe(antenna.issuer, antenna.issuer + "/jwks",
                               receiver.authorization_header())
     subscribe_receivers(antenna, receivers)
-    apps = [(mcp.app(), int(env.get("IIA_MCP_PORT", "8000")), True),
-            (chat.app(), int(env.get("IIA_CHAT_PORT", "8001")), False),
-            (antenna_app(antenna), int(env.get("IIA_ANTENNA_PORT", "8002")), False)]
-    if console:
-        apps.append((console_app(events, mcp.chain), int(env.get("IIA_CONSOLE_PORT", "8003")),
-                     False))
-    servers = [uvicorn.Server(server_config(app, lifespan=lifespan, log_level="info",
-                                            graceful_shutdown_s=3))
-               for app, _, lifespan in apps]
     try:
-        await asyncio.gather(*(server.serve(sockets=[listening_socket(host, port)])
-                               for server, (_, port, _) in zip(servers, apps, strict=True)))
+        listening = _listening(env, handed, console)
+        apps = [(mcp.app(), listening["mcp"], True), (chat.app(), listening["chat"], False),
+                (antenna_app(antenna), listening["antenna"], False)]
+        if console:
+            apps.append((console_app(events, mcp.chain), listening["console"], False))
+        servers = [uvicorn.Server(server_config(app, lifespan=lifespan, log_level="info",
+                                                graceful_shutdown_s=3))
+                   for app, _, lifespan in apps]
+        await asyncio.gather(*(server.serve(sockets=[sock])
+                               for server, (_, sock, _) in zip(servers, apps, strict=True)))
     finally:
         antenna.stop()
         await chat.aclose()
@@ -129,11 +185,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "default: $IIA_ENV_FILE, else none")
     parser.add_argument("--console", action="store_true",
                         help="also serve the lab's unauthenticated security console on "
-                             "IIA_CONSOLE_PORT (loopback IIA_BIND only; default: off)")
+                             "IIA_CONSOLE_PORT or the handed-over socket `console` (loopback "
+                             "only; default: off)")
     args = parser.parse_args(argv)
     try:
         env = load_env(args.env_file)
-        asyncio.run(run(env, console=args.console))
+        handed = inherited_sockets()  # a process fact, not a setting: the real environment
+        asyncio.run(run(env, console=args.console, sockets=handed))
     except ConfigurationError as exc:
         sys.exit(f"iia.serve: {exc}")
 
