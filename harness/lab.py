@@ -21,20 +21,18 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
 from harness.caep_receiver import CaepReceiver
 from harness.claude import MessagesApi, ScriptedModel
-from harness.errors import HarnessError
+from harness.lab_settings import LabSettings
 from harness.lab_state import write_state
 from harness.net import HttpService, bind_loopback, reserve_loopback
 from harness.openbao import OpenBaoServer, VaultLayout, bootstrap
-from harness.paths import fixtures_dir
 from harness.spire import JwtAuthority, WorkloadApiServer, discovery_app, load_registry
 from harness.verify import VerifyTenant
 from harness.verify.rotation import RotatingClientSecret
@@ -54,54 +52,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 WORKLOAD_SPIFFE_ID = "spiffe://iia.lab/agentic-workload"
-
-
-@dataclass
-class LabSettings:
-    """Knobs a trainer may turn, from arguments or `IIA_LAB_*` environment variables."""
-
-    fixtures: Path = field(default_factory=fixtures_dir)
-    svid_ttl: float = 300.0
-    spiffe_key_rotation: float = 3600.0
-    secret_grace_seconds: float = 30.0
-    obo_ttl: int = 900  # lifetime of the on-behalf-of tokens token exchange mints, <= 1 h
-    start_timeout: float = 5.0
-    clock: Callable[[], float] = time.time
-
-    _ENV: ClassVar[dict[str, str]] = {
-        "svid_ttl": "IIA_LAB_SVID_TTL",
-        "spiffe_key_rotation": "IIA_LAB_SPIFFE_KEY_ROTATION",
-        "secret_grace_seconds": "IIA_LAB_SECRET_GRACE",
-        "obo_ttl": "IIA_LAB_OBO_TTL",
-    }
-    MAX_OBO_TTL: ClassVar[int] = 3600
-
-    def __post_init__(self) -> None:
-        if isinstance(self.obo_ttl, bool) or not isinstance(self.obo_ttl, int) \
-                or not 0 < self.obo_ttl <= self.MAX_OBO_TTL:
-            raise HarnessError(f"the OBO token lifetime (IIA_LAB_OBO_TTL) must be a whole "
-                               f"number of seconds in 1..{self.MAX_OBO_TTL}, got "
-                               f"{self.obo_ttl!r}")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> LabSettings:
-        source = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for name, var in cls._ENV.items():
-            if source.get(var):
-                try:
-                    values[name] = float(source[var])
-                except ValueError as exc:
-                    raise HarnessError(f"{var} must be a number of seconds, "
-                                       f"got {source[var]!r}") from exc
-                if values[name] < 0 or (name != "secret_grace_seconds" and values[name] == 0):
-                    raise HarnessError(f"{var} must be positive, got {source[var]!r}")
-                if name == "obo_ttl":
-                    if values[name] > cls.MAX_OBO_TTL or not values[name].is_integer():
-                        raise HarnessError(f"{var} must be a whole number of seconds, at most "
-                                           f"{cls.MAX_OBO_TTL}, got {source[var]!r}")
-                    values[name] = int(values[name])
-        return cls(**{**values, **overrides})
 
 
 class Lab:
