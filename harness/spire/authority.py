@@ -6,7 +6,9 @@ signing key, `typ: JWT`, and claims `sub` (the SPIFFE ID), `aud` (the requested 
 
 Signing keys rotate every `rotation_period` seconds. A retired key stays in the bundle until the
 last SVID it signed has expired (retirement time + SVID TTL), so rotation never invalidates a
-token that is still in use. Keys exist only in memory and die with the process.
+token that is still in use. Private keys exist only in memory and die with the process; with a
+`bundle_file`, the public keys it published outlive it (`harness.spire.bundle`), so a restart
+does not invalidate the SVIDs issued before it either.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from harness.keyset import RotatingKeySet
+from harness.spire.bundle import TrustBundle
 
 __all__ = ["JwtAuthority"]
 
@@ -31,11 +35,14 @@ class JwtAuthority:
         svid_ttl: float = 300.0,
         rotation_period: float = 3600.0,
         clock: Callable[[], float] = time.time,
+        bundle_file: Path | None = None,
     ) -> None:
         self.trust_domain = trust_domain
         self.issuer = issuer
         self.svid_ttl = svid_ttl
         self.keys = RotatingKeySet(rotation_period=rotation_period, retain=svid_ttl, clock=clock)
+        # what relying parties are given: these keys plus earlier runs' (with a bundle file)
+        self.bundle = TrustBundle(self.keys, retain=svid_ttl, path=bundle_file, clock=clock)
         self._clock = clock
         self._lock = threading.Lock()
         self.svids_issued = 0

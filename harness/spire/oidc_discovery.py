@@ -29,7 +29,8 @@ def discovery_app(authority: JwtAuthority) -> Starlette:
         })
 
     async def keys(request: Request) -> JSONResponse:
-        return JSONResponse(authority.keys.jwks(use="sig"), headers={"Cache-Control": "max-age=30"})
+        return JSONResponse(authority.bundle.jwks(use="sig"),
+                            headers={"Cache-Control": "max-age=30"})
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})

@@ -148,7 +148,7 @@ class WorkloadApiServer:
         await stream.send_message(pb.JWTSVIDResponse(svids=svids))
 
     def _bundles_message(self) -> pb.JWTBundlesResponse:
-        jwks = json.dumps(self.authority.keys.jwks(use="jwt-svid")).encode()
+        jwks = json.dumps(self.authority.bundle.jwks(use="jwt-svid")).encode()
         return pb.JWTBundlesResponse(bundles={self.authority.trust_domain: jwks})
 
     async def fetch_jwt_bundles(self, stream: Stream) -> None:
@@ -160,7 +160,7 @@ class WorkloadApiServer:
         def wake() -> None:  # called from whichever thread rotated the keys
             loop.call_soon_threadsafe(changed.set)
 
-        remove = self.authority.keys.on_change(wake)
+        remove = self.authority.bundle.on_change(wake)
         try:
             while True:
                 changed.clear()
@@ -177,7 +177,7 @@ class WorkloadApiServer:
             raise GRPCError(Status.INVALID_ARGUMENT, "audience must be specified")
         if not request.svid:
             raise GRPCError(Status.INVALID_ARGUMENT, "svid must be specified")
-        bundles = {self.authority.trust_domain: self.authority.keys.public_keys()}
+        bundles = {self.authority.trust_domain: self.authority.bundle.public_keys()}
         try:
             claims = validate_jwt_svid(request.svid, bundles, request.audience)
         except SvidValidationError as exc:
