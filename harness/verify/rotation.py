@@ -6,6 +6,11 @@ it: Verify writes a fresh secret to Vault at once. The secret just used stays va
 grace window (default 30 s) so that concurrent calls that read it before the rotation are not
 serialized behind each other; after that it is stale and client authentication fails with
 `invalid_client`. Only SHA-256 digests of secrets are kept here.
+
+`rotate()` is the operator's rotation (the lab's `POST /lab/credential/rotate`, after Vault lost
+its memory): a fresh secret goes to Vault and the previous one is refused at once. All Verify
+needs of Vault is to write that one kv-v2 path (`create` and `update` on
+`<mount>/data/<path>`, see `harness.openbao.create_rotator_token`); it never reads it back.
 """
 
 from __future__ import annotations
@@ -19,10 +24,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import hvac
+import hvac.exceptions
+import requests
 
+from harness.errors import HarnessError
 from harness.expiring import ExpiringSet
 
-__all__ = ["RotatingClientSecret", "RotationStats"]
+__all__ = ["CredentialStoreError", "RotatingClientSecret", "RotationStats"]
+
+
+class CredentialStoreError(HarnessError):
+    """Vault did not take the new secret (unreachable, sealed, or it refused the token); the
+    message names Vault and why. The secret that was current stays current."""
 
 
 def _digest(secret: str) -> bytes:
@@ -64,11 +77,34 @@ class RotatingClientSecret:
         with self._lock:
             self._write_new_secret()
 
+    def rotate(self) -> int:
+        """Write a fresh secret to Vault now and refuse the previous one from now on (no grace:
+        whoever needs the secret reads it from Vault); returns the new kv-v2 version. Raises
+        CredentialStoreError, with nothing changed, when Vault does not take it."""
+        with self._lock:
+            self._write_new_secret()
+            self.stats.rotations += 1
+            return self.version
+
+    @property
+    def location(self) -> str:
+        """Where the secret lives: the kv-v2 data path in Vault."""
+        return f"{self.kv_mount}/data/{self.path}"
+
     def _write_new_secret(self) -> None:
         secret = secrets.token_urlsafe(32)
-        resp = self._vault.secrets.kv.v2.create_or_update_secret(
-            path=self.path, mount_point=self.kv_mount,
-            secret={"client_id": self.client_id, "client_secret": secret})
+        try:
+            resp = self._vault.secrets.kv.v2.create_or_update_secret(
+                path=self.path, mount_point=self.kv_mount,
+                secret={"client_id": self.client_id, "client_secret": secret})
+        except hvac.exceptions.VaultError as exc:
+            raise CredentialStoreError(
+                f"Vault at {self._vault.url} refused the new secret of {self.client_id} at "
+                f"{self.location}: {type(exc).__name__}: {exc}") from exc
+        except requests.RequestException as exc:
+            raise CredentialStoreError(
+                f"Vault at {self._vault.url} is unreachable; the secret of {self.client_id} "
+                f"was not rotated: {type(exc).__name__}") from exc
         self._current = _digest(secret)
         self.version = int(resp["data"]["version"])
 

@@ -10,10 +10,14 @@ under `/v2.0/`. Lab-only helpers (the push "phone", the audit trail) live under 
     /lab/phone            pending push approvals (page + JSON API); /lab/decisions audit trail
     /lab/delegations      who delegated to the agent; POST /lab/delegations/{email}/revoke|grant
                           is the tenant admin withdrawing or restoring a user's delegation
+    POST /lab/credential/rotate   the MCP server's client secret rotated into Vault now (after a
+                          Vault restart lost it); loopback callers only, the secret never in the
+                          answer
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 from collections.abc import Callable
@@ -24,6 +28,7 @@ from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 from authlib.oauth2.rfc9207 import AuthorizationServerMetadata as IssuerMetadata
 from scim2_models import User
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -47,7 +52,7 @@ from harness.verify.grants import (
 from harness.verify.oidc import Introspection, OidcProvider, Revocation, TenantIssuer
 from harness.verify.policy import TokenExchangePolicy
 from harness.verify.rar import RarRegistry
-from harness.verify.rotation import RotatingClientSecret
+from harness.verify.rotation import CredentialStoreError, RotatingClientSecret
 from harness.verify.sessions import SessionStore
 from harness.verify.spiffe_bundle import SpiffeBundleSource
 from harness.verify.ssf_receiver import SsfReceiver
@@ -57,6 +62,13 @@ from harness.verify.tokens import TokenService
 __all__ = ["OIDC_BASE", "VerifyTenant", "load_push_limits"]
 
 OIDC_BASE = "/oidc/endpoint/default"
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def load_push_limits(fixtures: Path) -> PushLimits:
@@ -125,6 +137,7 @@ class VerifyTenant:
         self.tokens = TokenService(self.issuer, self.keys, self.sessions,
                                    access_ttl=access_token_ttl, obo_ttl=obo_token_ttl,
                                    clock=clock)
+        self.mcp_client_secret = mcp_client_secret
         self.clients = load_clients(fixtures, mcp_client_secret)
         self.registry = RarRegistry(fixtures / "policy" / "rar_types.json")
         self.policy = TokenExchangePolicy(fixtures / "policy" / "token_exchange.cedar",
@@ -281,6 +294,27 @@ class VerifyTenant:
                                 status_code=404)
         return JSONResponse(result)
 
+    # -- the lab operator's rotation of the Vault-held credential --------------------------
+
+    async def rotate_credential(self, request: Request) -> JSONResponse:
+        """Write a fresh client secret of the MCP server's client to Vault (the supervisor
+        calls this after Vault restarted empty). Loopback callers only; the answer says which
+        client and where the secret is, never the secret."""
+        peer = request.client.host if request.client else ""
+        if not _loopback(peer):
+            return JSONResponse({"error": "access_denied", "error_description":
+                                 "the lab's credential rotation answers loopback callers only"},
+                                status_code=403)
+        secret = self.mcp_client_secret
+        try:
+            version = await run_in_threadpool(secret.rotate)
+        except CredentialStoreError as exc:
+            return JSONResponse({"error": "temporarily_unavailable", "dependency": "vault",
+                                 "error_description": str(exc)}, status_code=503,
+                                headers={"Retry-After": "1"})
+        return JSONResponse({"client_id": secret.client_id, "rotated": True,
+                             "secret": f"in Vault at {secret.location}", "version": version})
+
     async def health(self, request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
@@ -305,6 +339,7 @@ class VerifyTenant:
             Route("/lab/delegations", self.delegations),
             Route("/lab/delegations/{email}/{action:str}", self.change_delegation,
                   methods=["POST"]),
+            Route("/lab/credential/rotate", self.rotate_credential, methods=["POST"]),
             Route("/healthz", self.health),
             Mount("/v2.0", app=self.admin_api.app()),
         ])
