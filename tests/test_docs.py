@@ -1,9 +1,7 @@
 """The architecture document stands on its own (issue #13, deliverable 5): `docs/architecture.md`
-is in the repository, every module it names is in the tree, and no code points readers at a
-design document outside the repository.
-
-A path the document names inside a "(moving, issue #13 ...)" remark is code being moved right now;
-such a path may not exist yet. Every other path must.
+is in the repository, every module it names is in the tree, it describes the code as it is (no
+"(moving, ...)" remark about code on its way), and no code points readers at a design document
+outside the repository.
 """
 
 from __future__ import annotations
@@ -13,36 +11,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "architecture.md"
-MOVING = "(moving, issue #13"
 
 # a backticked repository path: `iia/...py`, `harness/...py`, `fixtures/...`
 NAMED = re.compile(r"`((?:iia|harness)/[\w./-]+\.py|fixtures/[\w./-]+)`")
 
 
-def _moving_spans(text: str) -> list[tuple[int, int]]:
-    """(start, end) of every "(moving, issue #13 ...)" remark, up to its matching parenthesis."""
-    spans = []
-    start = text.find(MOVING)
-    while start != -1:
-        depth, end = 0, start
-        for end in range(start, len(text)):
-            depth += {"(": 1, ")": -1}.get(text[end], 0)
-            if depth == 0:
-                break
-        spans.append((start, end))
-        start = text.find(MOVING, end)
-    return spans
+def named_paths(text: str) -> set[str]:
+    """The repository paths the document names."""
+    return {match.group(1) for match in NAMED.finditer(text)}
 
 
-def named_paths(text: str) -> tuple[set[str], set[str]]:
-    """The paths the document names: (outside any moving remark, inside one)."""
-    spans = _moving_spans(text)
-    settled: set[str] = set()
-    moving: set[str] = set()
-    for match in NAMED.finditer(text):
-        inside = any(a <= match.start() <= b for a, b in spans)
-        (moving if inside else settled).add(match.group(1))
-    return settled, moving
+def missing_paths(text: str, root: Path = ROOT) -> list[str]:
+    """The paths `text` names that are not in the tree under `root`."""
+    return sorted(p for p in named_paths(text) if not (root / p).exists())
 
 
 def test_the_architecture_document_is_in_the_repository() -> None:
@@ -55,19 +36,25 @@ def test_the_architecture_document_is_in_the_repository() -> None:
 
 
 def test_every_module_the_document_names_exists() -> None:
-    settled, _moving = named_paths(DOC.read_text(encoding="utf-8"))
-    assert len(settled) > 50, "the document names too few modules to map the protocol steps"
-    missing = sorted(p for p in settled if not (ROOT / p).exists())
-    assert not missing, (f"docs/architecture.md names paths that are not in the tree: {missing}; "
-                         f"fix the document, or mark a move in progress with {MOVING}: ...)")
+    text = DOC.read_text(encoding="utf-8")
+    assert len(named_paths(text)) > 50, "the document names too few modules to map the steps"
+    missing = missing_paths(text)
+    assert not missing, f"docs/architecture.md names paths that are not in the tree: {missing}"
 
 
-def test_the_moving_marker_is_recognised() -> None:
-    text = ("`iia/jwks.py` (moving, issue #13: into `iia/new (part).py` and\n`harness/x.py`) "
-            "then `harness/lab.py`")
-    settled, moving = named_paths(text)
-    assert settled == {"iia/jwks.py", "harness/lab.py"}
-    assert moving == {"harness/x.py"}
+def test_a_missing_path_is_caught() -> None:
+    """The check above can fail: a path written like the document's, but not in the tree."""
+    text = ("`iia/jwks.py` (the cache) and `harness/verify/nowhere.py`, "
+            "`fixtures/policy/rar_types.json`; `iia/jwks` is no module path")
+    assert named_paths(text) == {"iia/jwks.py", "harness/verify/nowhere.py",
+                                 "fixtures/policy/rar_types.json"}
+    assert missing_paths(text) == ["harness/verify/nowhere.py"]
+
+
+def test_the_document_describes_what_is() -> None:
+    """The issue #13 moves have landed: no remark says a step is still on its way."""
+    text = DOC.read_text(encoding="utf-8")
+    assert "(moving" not in text, "docs/architecture.md still marks code as moving"
 
 
 def test_no_code_points_at_a_design_document_outside_the_repository() -> None:
