@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Callable
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -64,16 +65,21 @@ class HttpService:
         self._server = uvicorn.Server(server_config(app, lifespan=lifespan))
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, timeout: float | None = 2.5) -> None:
+        """Serve, and return once serving (`timeout`: give up after about that many seconds
+        of polling; None: wait until it serves or stops, as a process's entry point does)."""
         self._task = asyncio.create_task(self._server.serve(sockets=[self.sock]),
                                          name=f"http:{self.name}")
-        for _ in range(500):
+        polls = 0
+        while timeout is None or polls < timeout / 0.005:
             if self._server.started:
                 return
             if self._task.done():
                 self._task.result()  # raise what stopped it
+                raise RuntimeError(f"{self.name} stopped before it served")
             await asyncio.sleep(0.005)
-        raise TimeoutError(f"{self.name} did not start serving within 2.5 s")
+            polls += 1
+        raise TimeoutError(f"{self.name} did not start serving within {timeout:g} s")
 
     async def stop(self) -> None:
         self._server.should_exit = True
@@ -123,8 +129,11 @@ class ServiceLoop:
         self.close()
 
 
-async def serve_until_signalled(services: list[HttpService]) -> None:
-    """Run services (containers' entry points) until SIGTERM or SIGINT, then stop them."""
+async def serve_until_signalled(services: list[HttpService], *,
+                                tick: Callable[[], object] | None = None) -> None:
+    """Run services (a process's entry point) until SIGTERM or SIGINT, then stop them. `tick`
+    runs every second meanwhile (key rotation); if it raises, the services stop and the error
+    is raised (the process exits with it, and a supervisor restarts it)."""
     import signal
 
     stop = asyncio.Event()
@@ -132,7 +141,27 @@ async def serve_until_signalled(services: list[HttpService]) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     for service in services:
-        await service.start()
-    await stop.wait()
-    for service in reversed(services):
-        await service.stop()
+        await service.start(timeout=None)
+        print(f"{service.name}: serving on {service.url}", flush=True)  # for the log
+
+    async def ticking() -> None:
+        assert tick is not None
+        while True:
+            await asyncio.sleep(1.0)
+            tick()
+
+    async def signalled() -> None:
+        await stop.wait()
+
+    waits = [asyncio.create_task(signalled(), name="signal")]
+    if tick is not None:
+        waits.append(asyncio.create_task(ticking(), name="tick"))
+    try:
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+        for service in reversed(services):
+            await service.stop()
+    for task in done:
+        task.result()  # a tick's error
