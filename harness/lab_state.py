@@ -2,26 +2,45 @@
 
     endpoints.json   service name -> URL or unix:// socket
     iia.env          the IIA_* settings that point `iia` at this lab (IDs and URLs only)
-    lab.json         who runs it: {"pid", "mode", "runtime_dir", "started_at", "fixtures"}
+    lab.json         who runs it: {"pid", "mode", "runtime_dir", "started_at", "fixtures"}, and
+                     for the process lab ("mode": "processes") "control" and "children"
+                     (service -> pid)
+    control.sock     the supervisor's control API (unix socket, 0600): `control()` talks to it
+    logs/<svc>.log   each service's output (rotated to <svc>.log.1)
+    lab.lock         held by the process that runs the lab
 
 Each file is replaced atomically, so a reader never sees half of one.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from iia.identity.settings import read_env_file
 
-__all__ = ["ENDPOINTS", "ENV", "STATE", "STATE_FILES", "process_alive", "read_json", "read_state",
-           "write_state"]
+__all__ = ["CONTROL", "ENDPOINTS", "ENV", "LOCK", "LOGS", "SERVICE_ENDPOINTS", "STATE",
+           "STATE_FILES", "ControlError", "control", "process_alive", "read_json", "read_state",
+           "write_json", "write_state"]
 
 ENDPOINTS, ENV, STATE = "endpoints.json", "iia.env", "lab.json"
-STATE_FILES = (ENDPOINTS, ENV, STATE)
+CONTROL, LOCK, LOGS = "control.sock", "lab.lock", "logs"
+STATE_FILES = (ENDPOINTS, ENV, STATE, CONTROL)
+
+# the process lab's services and the endpoints each one serves (the first is its URL)
+SERVICE_ENDPOINTS: dict[str, tuple[str, ...]] = {
+    "spire": ("spiffe_oidc", "spiffe_socket"),
+    "vault": ("vault",),
+    "verify": ("verify",),
+    "model": ("model",),
+    "caep_receiver": ("caep_receiver",),
+    "iia": ("mcp", "chat", "antenna", "console"),
+}
 
 
 def write_state(directory: Path, endpoints: Mapping[str, str], env: Mapping[str, str],
@@ -33,6 +52,14 @@ def write_state(directory: Path, endpoints: Mapping[str, str], env: Mapping[str,
         tmp = directory / f".{name}.tmp"
         tmp.write_text(text)
         tmp.replace(directory / name)
+
+
+def write_json(directory: Path, name: str, data: Mapping[str, Any]) -> None:
+    """One JSON state file, replaced atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{name}.tmp"
+    tmp.write_text(json.dumps(dict(data), indent=2) + "\n")
+    tmp.replace(directory / name)
 
 
 def read_json(directory: Path, name: str) -> dict[str, Any] | None:
@@ -76,3 +103,36 @@ def _proc_state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return ""
+
+
+# -- the supervisor's control socket ----------------------------------------------------------
+
+class ControlError(Exception):
+    """The control socket is not there or did not answer."""
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+def control(directory: Path, method: str, path: str,
+            timeout: float = 120.0) -> tuple[int, dict[str, Any]]:
+    """(status, JSON body) of one request to the supervisor's control socket in `directory`."""
+    connection = _UnixConnection(str(directory / CONTROL), timeout)
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        body = json.loads(response.read() or b"{}")
+    except (OSError, http.client.HTTPException, json.JSONDecodeError) as exc:
+        raise ControlError(f"the lab's control socket {directory / CONTROL} did not answer "
+                           f"({exc.__class__.__name__}: {exc})") from exc
+    finally:
+        connection.close()
+    return response.status, body
