@@ -1,7 +1,10 @@
 """`iia-lab`: run the simulated world.
 
-    iia-lab up [--detach]   start every service on 127.0.0.1 (foreground, or return once healthy)
-    iia-lab status [--json] a table of services, endpoints and health
+    iia-lab up [--detach]   start every service on 127.0.0.1, one process per zone, supervised
+                            (foreground, or in the background: returns once all are healthy)
+    iia-lab status [--json] services (pid, state, uptime, restarts, URL) and endpoint health
+    iia-lab logs SERVICE [-f]   a service's output (logs/<service>.log), -f follows it
+    iia-lab restart|stop|start SERVICE   e.g. take Vault or the IdP down live, then back
     iia-lab down            stop the lab and remove its processes, sockets and temp dirs
     iia-lab token USER      log USER in (code + PKCE) and print only the access token
     iia-lab approvals [--json]   pending push approvals (the user's "phone")
@@ -9,9 +12,11 @@
     iia-lab delegation revoke USER | grant USER   the tenant admin withdraws or restores USER's
                             delegation to the agent (the next token exchange follows it)
 
-`up` writes `.lab/endpoints.json` (service -> URL or unix:// socket) and `.lab/iia.env` (the IIA_*
-settings that point `iia` at this lab). Only one lab runs per lab directory: `up` holds an
-exclusive lock on `.lab/lab.lock` for as long as it runs.
+Services: spire, vault, verify, model, caep_receiver, iia (harness/supervisor.py). `up` writes
+`.lab/endpoints.json` (endpoint -> URL or unix:// socket), `.lab/iia.env` (the IIA_* settings that
+point `iia` at this lab) and `.lab/logs/`; the running supervisor answers `status`, `restart`,
+`stop` and `start` on `.lab/control.sock`. Only one lab runs per lab directory: the supervisor
+holds an exclusive lock on `.lab/lab.lock` for as long as it runs.
 """
 
 from __future__ import annotations
@@ -29,14 +34,20 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, LabAlreadyRunningError
 from harness.health import ServiceHealth, probe_all
 from harness.lab_state import (
+    CONTROL,
     ENDPOINTS,
+    LOCK,
+    LOGS,
+    SERVICE_ENDPOINTS,
     STATE,
     STATE_FILES,
+    ControlError,
+    control,
     process_alive,
     read_json,
     write_state,
@@ -52,7 +63,7 @@ __all__ = ["main"]
 def _try_lock(directory: Path) -> IO[str] | None:
     """The lab lock, held open; None when another process holds it."""
     directory.mkdir(parents=True, exist_ok=True)
-    handle = (directory / "lab.lock").open("a+")
+    handle = (directory / LOCK).open("a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -86,50 +97,76 @@ def _already_running(directory: Path, state: dict[str, object]) -> int:
     return 1
 
 
+class _StopRequested(Exception):
+    """SIGTERM, SIGINT or SIGHUP while the lab was starting."""
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     directory = lab_dir()
     if args.docker:
         return _up_docker(directory)
     if args.detach:
         return _up_detached(directory, args.timeout)
-    lock = _try_lock(directory)
-    if lock is None:
-        return _already_running(directory, _running_state(directory) or {})
-    # Imported late: the lab pulls in the servers; `status`/`down` stay light.
-    from harness.lab import Lab
+    running = _running_state(directory)
+    if running is not None:
+        return _already_running(directory, running)
+    # Imported late: `status`, `logs` and `down` stay light.
+    from harness.lab_settings import LabSettings
+    from harness.supervisor import Supervisor
 
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("iia-lab: %(message)s"))
+    supervisor_log = logging.getLogger("harness.supervisor")
+    supervisor_log.addHandler(handler)
+    supervisor_log.setLevel(logging.INFO)
+    supervisor_log.propagate = False
+    started = False
     stop_requested = False
 
     def request_stop(signum: int, frame: object) -> None:
         nonlocal stop_requested
         stop_requested = True
+        if not started:
+            raise _StopRequested
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, request_stop)
-    lab = Lab()
+    supervisor: Supervisor | None = None
     try:
         began = time.monotonic()
-        lab.start()
-        lab.write_state(directory, os.getpid())
-        print(f"iia-lab: {len(lab.endpoints)} services healthy in "
+        supervisor = Supervisor(LabSettings.from_env(), directory=directory)
+        supervisor.start(timeout=args.timeout)
+        started = True
+        print(f"iia-lab: {len(supervisor.status())} services, one process each, healthy in "
               f"{time.monotonic() - began:.2f} s", flush=True)
-        _print_table(probe_all(lab.endpoints))
+        _print_services(supervisor.endpoints, [s.to_dict() for s in supervisor.status()],
+                        probe_all(supervisor.endpoints))
         print(f"iia-lab: endpoints in {directory / 'endpoints.json'}; settings for iia in "
-              f"{directory / 'iia.env'}. Ctrl-C or `iia-lab down` stops the lab.", flush=True)
+              f"{directory / 'iia.env'}; logs in {directory / LOGS}. Ctrl-C or `iia-lab "
+              "down` stops the lab.", flush=True)
         while not stop_requested:
             signal.pause() if hasattr(signal, "pause") else time.sleep(0.5)
         print("iia-lab: stopping", flush=True)
         return 0
+    except _StopRequested:
+        print("iia-lab: stopped while starting", flush=True)
+        return 1
+    except LabAlreadyRunningError:
+        return _already_running(directory, _running_state(directory) or {})
     except HarnessError as exc:
-        print(f"iia-lab: the lab did not start: {exc}", file=sys.stderr)
+        print(f"iia-lab: the lab did not start: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
-        lab.stop()
-        _clear_state(directory)
-        lock.close()
+        started = True  # a signal from here on only asks for what is happening anyway
+        if supervisor is not None:
+            supervisor.stop()
 
 
-def _up_detached(directory: Path, timeout: float) -> int:
+def _up_detached(directory: Path, timeout: float | None) -> int:
+    """Start `iia-lab up` in the background and follow its start through the control socket:
+    a line per service that comes up or goes down; done when all are healthy. No budget by
+    default: it fails when a service has failed (crash loop) or the lab exited, with the log
+    tail (or after --timeout seconds, if given)."""
     state = _running_state(directory)
     if state is not None:
         return _already_running(directory, state)
@@ -140,25 +177,63 @@ def _up_detached(directory: Path, timeout: float) -> int:
             [sys.executable, "-m", "harness.cli", "up"],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
             start_new_session=True, cwd=os.getcwd())
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    began = time.monotonic()
+    seen: dict[str, str] = {}
+    while True:
         if child.poll() is not None:
             print(f"iia-lab: the lab exited during start-up (code {child.returncode}):\n"
-                  f"{_tail(log_path)}", file=sys.stderr)
+                  f"{_failure(log_path)}", file=sys.stderr)
             return 1
-        endpoints = _read_endpoints(directory)
-        if endpoints and _state_pid(directory) == child.pid:
-            health = probe_all(endpoints)
-            if all(h.healthy for h in health):
-                _print_table(health)
-                print(f"iia-lab: running in the background (pid {child.pid}); "
-                      "`iia-lab down` stops it.")
+        body = _control_status(directory) if _state_pid(directory) == child.pid else None
+        if body is not None:
+            services = body["services"]
+            _progress(services, seen, began)
+            failed = [s for s in services if s["state"] == "failed"]
+            if failed:
+                print(f"iia-lab: {failed[0]['name']} failed: {failed[0]['detail']}\n"
+                      "iia-lab: stopping the lab.", file=sys.stderr)
+                _stop_pid(child.pid, directory)
+                return 1
+            if all(s["state"] == "healthy" for s in services) and \
+                    _read_endpoints(directory) is not None:
+                print(f"iia-lab: {len(services)} services healthy in "
+                      f"{time.monotonic() - began:.2f} s")
+                _print_services(body["endpoints"], services, probe_all(body["endpoints"]))
+                print(f"iia-lab: running in the background (pid {child.pid}); logs in "
+                      f"{directory / LOGS}; `iia-lab down` stops it.")
                 return 0
-        time.sleep(0.1)
-    print(f"iia-lab: not healthy within {timeout:.0f} s; stopping it.\n{_tail(log_path)}",
-          file=sys.stderr)
-    _stop_pid(child.pid, directory)
-    return 1
+        if timeout is not None and time.monotonic() - began > timeout:
+            waiting = ", ".join(f"{n} {st}" for n, st in seen.items() if st != "healthy")
+            print(f"iia-lab: not healthy within {timeout:.0f} s ({waiting or 'starting'}); "
+                  f"stopping it.\n{_tail(log_path)}", file=sys.stderr)
+            _stop_pid(child.pid, directory)
+            return 1
+        time.sleep(0.2)
+
+
+def _control_status(directory: Path) -> dict[str, Any] | None:
+    if not (directory / CONTROL).exists():
+        return None
+    try:
+        code, body = control(directory, "GET", "/status", timeout=30)
+    except ControlError:
+        return None
+    return body if code == 200 else None
+
+
+def _progress(services: list[dict[str, Any]], seen: dict[str, str], began: float) -> None:
+    """One line per change of a service's state (healthy, restarting, failed...)."""
+    healthy = sum(state == "healthy" for state in seen.values())
+    for s in services:
+        if seen.get(s["name"]) == s["state"]:
+            continue
+        seen[s["name"]] = s["state"]
+        if s["state"] == "healthy":
+            healthy += 1
+            print(f"iia-lab: {s['name']} healthy (pid {s['pid']}, "
+                  f"{time.monotonic() - began:.1f} s; {healthy}/{len(services)})", flush=True)
+        elif s["state"] in ("restarting", "stopped"):
+            print(f"iia-lab: {s['name']} {s['state']}: {s['detail']}", flush=True)
 
 
 def _up_docker(directory: Path) -> int:
@@ -190,6 +265,17 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
+def _failure(log_path: Path) -> str:
+    """What the lab said when it gave up (its error and the failed service's log tail), else
+    the end of its log."""
+    try:
+        text = log_path.read_text()
+    except OSError:
+        return ""
+    marker = text.rfind("iia-lab: the lab did not start")
+    return text[marker:].rstrip() if marker >= 0 else _tail(log_path)
+
+
 def _read_endpoints(directory: Path) -> dict[str, str] | None:
     return read_json(directory, ENDPOINTS)
 
@@ -204,17 +290,46 @@ def _state_pid(directory: Path) -> int | None:
 # -- status -----------------------------------------------------------------------------------
 
 def _print_table(rows: Sequence[ServiceHealth]) -> None:
-    width_s = max([len("SERVICE")] + [len(r.service) for r in rows])
-    width_e = max([len("ENDPOINT")] + [len(r.endpoint) for r in rows])
-    print(f"{'SERVICE':<{width_s}}  {'ENDPOINT':<{width_e}}  HEALTH")
+    width_s = max([len("ENDPOINT")] + [len(r.service) for r in rows])
+    width_e = max([len("URL")] + [len(r.endpoint) for r in rows])
+    print(f"{'ENDPOINT':<{width_s}}  {'URL':<{width_e}}  HEALTH")
     for r in rows:
         mark = "healthy" if r.healthy else "DOWN"
         print(f"{r.service:<{width_s}}  {r.endpoint:<{width_e}}  {mark}: {r.detail}")
 
 
+def _uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def _print_services(endpoints: dict[str, str], services: list[dict[str, Any]],
+                    health: Sequence[ServiceHealth]) -> None:
+    """The process table (one row per service), then every endpoint and its live health."""
+    rows = [(s["name"], str(s["pid"] or "-"), s["state"], _uptime(s["uptime"]),
+             str(s["restarts"]), s["url"]) for s in services]
+    head = ("SERVICE", "PID", "STATE", "UPTIME", "RESTARTS", "URL")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    for row in (head, *rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for s in services:
+        if s["state"] != "healthy" and s["detail"]:
+            print(f"  {s['name']}: {s['detail']}")
+    print()
+    _print_table(health)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     directory = lab_dir()
     state = _running_state(directory)
+    if state is not None and state.get("mode") != "docker":
+        return _status_processes(directory, state, args.json)
     endpoints = _read_endpoints(directory) if state is not None else None
     if not endpoints:
         if args.json:
@@ -225,16 +340,136 @@ def cmd_status(args: argparse.Namespace) -> int:
     health = probe_all(endpoints)
     if args.json:
         print(json.dumps({"running": True, "pid": state.get("pid") if state else None,
-                          "services": [h.__dict__ for h in health]}, indent=2))
+                          "mode": "docker", "endpoints": endpoints,
+                          "health": [h.__dict__ for h in health]}, indent=2))
     else:
         _print_table(health)
     return 0 if all(h.healthy for h in health) else 1
 
 
+def _status_processes(directory: Path, state: dict[str, Any], as_json: bool) -> int:
+    try:
+        _code, body = control(directory, "GET", "/status", timeout=30)
+    except ControlError as exc:
+        print(f"iia-lab: the lab (pid {state.get('pid')}) holds the lock but {exc}",
+              file=sys.stderr)
+        return 1
+    endpoints, services = body["endpoints"], body["services"]
+    health = probe_all(endpoints)
+    by_key = {h.service: h for h in health}
+    ok = all(s["state"] == "healthy" for s in services) and all(h.healthy for h in health)
+    if as_json:
+        for s in services:
+            s["health"] = {key: {"healthy": by_key[key].healthy, "detail": by_key[key].detail}
+                           for key in SERVICE_ENDPOINTS[s["name"]] if key in by_key}
+        print(json.dumps({"running": True, "pid": body["pid"], "mode": "processes",
+                          "started_at": body["started_at"], "healthy": ok,
+                          "endpoints": endpoints, "services": services}, indent=2))
+    else:
+        _print_services(endpoints, services, health)
+    return 0 if ok else 1
+
+
+# -- logs, restart, stop, start ---------------------------------------------------------------
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    path = lab_dir() / LOGS / f"{args.service}.log"
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        print(f"iia-lab: no log of {args.service} in {path.parent} (has the lab run here?)",
+              file=sys.stderr)
+        return 1
+    with handle:
+        sys.stdout.write(_last_lines(handle, args.lines))
+        sys.stdout.flush()
+        if not args.follow:
+            return 0
+        with contextlib.suppress(KeyboardInterrupt):
+            _follow(path, handle)
+    return 0
+
+
+def _last_lines(handle: IO[bytes], count: int) -> str:
+    handle.seek(0, os.SEEK_END)
+    size = handle.tell()
+    handle.seek(max(0, size - 256 * 1024))
+    text = handle.read().decode(errors="replace")
+    lines = text.splitlines(keepends=True)[-count:] if count else []
+    return "".join(lines)
+
+
+def _follow(path: Path, handle: IO[bytes]) -> None:
+    """Print what is appended, like `tail -F`: a rotated log (renamed to .1, a new file in its
+    place) is followed into the new file."""
+    current = handle
+    try:
+        while True:
+            chunk = current.read()
+            if chunk:
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+                continue
+            try:
+                replaced = path.stat().st_ino != os.fstat(current.fileno()).st_ino
+            except FileNotFoundError:
+                replaced = False
+            if replaced:
+                rest = current.read()
+                if rest:
+                    sys.stdout.write(rest.decode(errors="replace"))
+                if current is not handle:
+                    current.close()
+                current = path.open("rb")
+                continue
+            time.sleep(0.2)
+    finally:
+        if current is not handle:
+            current.close()
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    """`restart`, `stop` or `start` one service of the running process lab."""
+    directory = lab_dir()
+    state = _running_state(directory)
+    if state is None or state.get("mode") == "docker":
+        print("iia-lab: no process lab is running (start one with `iia-lab up --detach`; a "
+              "docker lab's services are containers: use docker).", file=sys.stderr)
+        return 1
+    name, action = args.service, args.command
+    try:
+        code, body = control(directory, "POST", f"/services/{name}/{action}")
+    except ControlError as exc:
+        print(f"iia-lab: {exc}", file=sys.stderr)
+        return 1
+    if code != 200:
+        print(f"iia-lab: {body.get('error_description', body)}", file=sys.stderr)
+        return 1
+    if action == "stop":
+        print(f"iia-lab: {name} stopped; it stays down until `iia-lab start {name}`.")
+        return 0
+    print(f"iia-lab: {name} {'restarting' if action == 'restart' else 'starting'}", flush=True)
+    while True:
+        status = _control_status(directory)
+        if status is None:
+            print("iia-lab: the lab stopped answering on its control socket", file=sys.stderr)
+            return 1
+        service = next(s for s in status["services"] if s["name"] == name)
+        if service["state"] == "healthy":
+            print(f"iia-lab: {name} healthy (pid {service['pid']})")
+            return 0
+        if service["state"] in ("failed", "stopped"):
+            print(f"iia-lab: {name} is {service['state']}: {service['detail']}",
+                  file=sys.stderr)
+            return 1
+        time.sleep(0.2)
+
+
 # -- down -------------------------------------------------------------------------------------
 
-def _stop_pid(pid: int, directory: Path, grace: float = 10.0) -> None:
-    """SIGTERM the lab, wait for it to exit (it removes what it made), SIGKILL it if it hangs."""
+def _stop_pid(pid: int, directory: Path, grace: float = 60.0) -> None:
+    """SIGTERM the lab, wait for it to exit (it stops its children and removes what it made),
+    SIGKILL it if it hangs (its children die with it: parent-death signal)."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
@@ -242,12 +477,21 @@ def _stop_pid(pid: int, directory: Path, grace: float = 10.0) -> None:
         if not process_alive(pid):
             return
         time.sleep(0.05)
-    # It did not stop in time: kill it; OpenBao dies with it (parent-death signal).
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     while process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def _lab_child(pid: int) -> bool:
+    """Whether `pid` is still one of the lab's children (and not a reused pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    return process_alive(pid) and any(m in cmdline for m in (
+        "harness.serve", "iia.serve", "bao", "server -dev"))
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -271,11 +515,17 @@ def cmd_down(args: argparse.Namespace) -> int:
         return 0
     pid = state.get("pid")
     runtime_dir = state.get("runtime_dir")
+    children = state.get("children")
     if not isinstance(pid, int):
         print("iia-lab: a lab holds the lock but its pid is unknown; stop it by hand.",
               file=sys.stderr)
         return 1
     _stop_pid(pid, directory)
+    # a child that outlived its supervisor (it should not: parent-death signal)
+    for child in (children.values() if isinstance(children, dict) else ()):
+        if isinstance(child, int) and _lab_child(child):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
     if isinstance(runtime_dir, str) and Path(runtime_dir).name.startswith("iia-lab-"):
         shutil.rmtree(runtime_dir, ignore_errors=True)
     _clear_state(directory)
@@ -376,12 +626,25 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--detach", action="store_true", help="return once every service is healthy")
     up.add_argument("--docker", action="store_true",
                     help="real SPIRE and Vault from docker-compose.yml (needs a Docker engine)")
-    up.add_argument("--timeout", type=float, default=30.0,
-                    help="seconds --detach waits for health (default 30)")
+    up.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                    help="give up when not every service is healthy by then (default: no "
+                         "limit; a service that crash-loops or a lab that exits fails at once)")
     up.set_defaults(func=cmd_up)
     status = sub.add_parser("status", help="show services and their health")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+    services = list(SERVICE_ENDPOINTS)
+    logs = sub.add_parser("logs", help="show a service's log")
+    logs.add_argument("service", choices=services)
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing what it logs")
+    logs.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
+    logs.set_defaults(func=cmd_logs)
+    for name, text in (("restart", "restart a service (also a failed one)"),
+                       ("stop", "stop a service; it stays down until `start`"),
+                       ("start", "start a stopped or failed service")):
+        action = sub.add_parser(name, help=text)
+        action.add_argument("service", choices=services)
+        action.set_defaults(func=cmd_service)
     down = sub.add_parser("down", help="stop the lab")
     down.set_defaults(func=cmd_down)
     token = sub.add_parser("token", help="print a fresh access token for USER")

@@ -1,9 +1,12 @@
-"""`iia-lab up --detach | status | down` as a person runs them: real processes, real ports."""
+"""`iia-lab up --detach | status | logs | restart | stop | start | down` as a person runs them:
+real processes (one per zone, under the supervisor), real ports. No test asserts a duration;
+every wait is for a condition, with a generous timeout."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,9 +17,12 @@ import pytest
 
 from harness.health import probe_all
 
+WAIT = 600.0  # seconds: a command that has not finished by then is hung, not slow
 
-def run(lab_dir: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "IIA_LAB_DIR": str(lab_dir)}
+
+def run(lab_dir: Path, *args: str, timeout: float = WAIT,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "IIA_LAB_DIR": str(lab_dir), **(env or {})}
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -56,6 +62,10 @@ def lab_dir(tmp_path: Path) -> Iterator[Path]:
 def test_up_status_down_leaves_nothing_behind(lab_dir: Path) -> None:
     up = run(lab_dir, "up", "--detach")
     assert up.returncode == 0, up.stderr
+    # progress as each service came up, then the process table
+    for service in ("spire", "vault", "verify", "model", "caep_receiver", "iia"):
+        assert f"iia-lab: {service} healthy (pid " in up.stdout, up.stdout
+    assert "6 services healthy" in up.stdout
     endpoints = json.loads((lab_dir / "endpoints.json").read_text())
     assert set(endpoints) >= {"spiffe_socket", "spiffe_oidc", "vault", "verify"}
     assert endpoints["spiffe_socket"].startswith("unix:///")
@@ -68,15 +78,20 @@ def test_up_status_down_leaves_nothing_behind(lab_dir: Path) -> None:
     assert "SPIFFE_ENDPOINT_SOCKET=unix:///" in env and "IIA_VAULT_ADDR=http://127.0.0.1:" in env
 
     status = run(lab_dir, "status")
-    assert status.returncode == 0
+    assert status.returncode == 0, status.stdout + status.stderr
     for service in endpoints:
         assert service in status.stdout
     assert "DOWN" not in status.stdout
 
     state = json.loads((lab_dir / "lab.json").read_text())
+    assert state["mode"] == "processes"
+    children = state["children"]
+    assert set(children) == {"spire", "vault", "verify", "model", "caep_receiver", "iia"}
+    assert len(set(children.values())) == 6 and all(running(p) for p in children.values())
     runtime_dir = Path(state["runtime_dir"])
     socket_path = Path(endpoints["spiffe_socket"].removeprefix("unix://"))
-    assert socket_path.exists() and runtime_dir.is_dir()
+    control = lab_dir / "control.sock"
+    assert socket_path.exists() and runtime_dir.is_dir() and control.exists()
     assert processes_mentioning(str(runtime_dir)), "OpenBao should be running"
 
     again = run(lab_dir, "up", "--detach")
@@ -85,12 +100,95 @@ def test_up_status_down_leaves_nothing_behind(lab_dir: Path) -> None:
 
     down = run(lab_dir, "down")
     assert down.returncode == 0, down.stderr
-    assert not socket_path.exists() and not runtime_dir.exists()
+    assert not socket_path.exists() and not runtime_dir.exists() and not control.exists()
     assert not processes_mentioning(str(runtime_dir)), "OpenBao outlived the lab"
+    assert not [name for name, pid in children.items() if running(pid)], "a child outlived it"
     assert not running(state["pid"])
     assert not (lab_dir / "endpoints.json").exists() and not (lab_dir / "iia.env").exists()
+    assert not (lab_dir / "lab.json").exists()
     after = run(lab_dir, "status")
     assert after.returncode == 1 and "no lab is running" in after.stdout
+    # the logs stay, for a post-mortem
+    assert "started pid" in (lab_dir / "logs" / "verify.log").read_text()
+
+
+def test_status_logs_stop_start_restart(lab_dir: Path) -> None:
+    assert run(lab_dir, "up", "--detach").returncode == 0
+    status = json.loads(run(lab_dir, "status", "--json").stdout)
+    assert status["running"] and status["mode"] == "processes" and status["healthy"]
+    services = {s["name"]: s for s in status["services"]}
+    assert list(services) == ["spire", "vault", "verify", "model", "caep_receiver", "iia"]
+    for s in services.values():
+        assert s["state"] == "healthy" and isinstance(s["pid"], int) and s["restarts"] == 0
+        assert s["uptime"] >= 0 and s["url"].startswith("http://127.0.0.1:")
+        assert s["health"] and all(h["healthy"] for h in s["health"].values()), s
+    assert set(services["iia"]["health"]) == {"mcp", "chat", "antenna", "console"}
+
+    logs = run(lab_dir, "logs", "verify")
+    assert logs.returncode == 0 and f"started pid {services['verify']['pid']}" in logs.stdout
+    unknown = run(lab_dir, "logs", "nginx")
+    assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
+
+    # a trainer takes the IdP down: it stays down, status says so
+    stop = run(lab_dir, "stop", "verify")
+    assert stop.returncode == 0 and "stays down" in stop.stdout, stop.stderr
+    assert not running(services["verify"]["pid"])
+    down = run(lab_dir, "status", "--json")
+    assert down.returncode == 1
+    verify = next(s for s in json.loads(down.stdout)["services"] if s["name"] == "verify")
+    assert verify["state"] == "stopped" and verify["pid"] is None
+    assert not verify["health"]["verify"]["healthy"]
+    token = run(lab_dir, "token", "alice@example.com")
+    assert token.returncode != 0
+    # ... and brings it back
+    start = run(lab_dir, "start", "verify")
+    assert start.returncode == 0 and "verify healthy (pid" in start.stdout, start.stderr
+    assert run(lab_dir, "token", "alice@example.com").returncode == 0
+
+    # `logs -f` follows a restart
+    env = {**os.environ, "IIA_LAB_DIR": str(lab_dir)}
+    follow = subprocess.Popen([sys.executable, "-m", "harness.cli", "logs", "model", "-f",
+                               "-n", "1"], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        restart = run(lab_dir, "restart", "model")
+        assert restart.returncode == 0 and "model healthy (pid" in restart.stdout
+        new_pid = int(restart.stdout.rsplit("(pid ", 1)[1].split(")")[0])
+        assert new_pid != services["model"]["pid"]
+        assert follow.stdout is not None
+        seen = ""
+        while f"started pid {new_pid}" not in seen:
+            line = follow.stdout.readline()
+            assert line, f"logs -f ended: {seen}"
+            seen += line
+    finally:
+        follow.terminate()
+        follow.wait(timeout=WAIT)
+        if follow.stdout:
+            follow.stdout.close()
+    after = {s["name"]: s for s in json.loads(run(lab_dir, "status", "--json").stdout)[
+        "services"]}
+    assert after["model"]["restarts"] == 1 and after["model"]["pid"] == new_pid
+
+
+def test_up_detach_fails_on_a_crash_loop_and_leaves_nothing(lab_dir: Path,
+                                                           tmp_path: Path) -> None:
+    from harness.paths import fixtures_dir
+
+    fixtures = tmp_path / "fixtures"
+    shutil.copytree(fixtures_dir(), fixtures)
+    (fixtures / "scripts" / "claude.json").write_text("{ not json")  # the model cannot start
+    tmp = tmp_path / "tmp"  # the lab's runtime directory is made here
+    tmp.mkdir()
+    up = run(lab_dir, "up", "--detach", env={"IIA_FIXTURES_DIR": str(fixtures),
+                                             "TMPDIR": str(tmp)})
+    assert up.returncode == 1
+    assert "model" in up.stderr and "crashed 6 times" in up.stderr, up.stderr
+    assert "claude.json" in up.stderr or "JSONDecodeError" in up.stderr  # its log tail
+    assert not processes_mentioning(str(fixtures)), "a child outlived the failed start"
+    assert not (lab_dir / "control.sock").exists() and not (lab_dir / "lab.json").exists()
+    assert list(tmp.iterdir()) == []  # no runtime directory left
+    log = (lab_dir / "logs" / "model.log").read_text()
+    assert log.count("started pid") == 6
 
 
 def test_down_when_nothing_runs_is_harmless(lab_dir: Path) -> None:
@@ -103,13 +201,16 @@ def test_foreground_up_stops_cleanly_on_sigterm(lab_dir: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "up"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while not (lab_dir / "lab.json").exists() and time.monotonic() < deadline:
+        deadline = time.monotonic() + WAIT
+        while not (lab_dir / "endpoints.json").exists():  # written once all are healthy
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "the lab never became healthy"
             time.sleep(0.05)
-        runtime_dir = json.loads((lab_dir / "lab.json").read_text())["runtime_dir"]
+        state = json.loads((lab_dir / "lab.json").read_text())
+        runtime_dir, children = state["runtime_dir"], state["children"]
+        assert all(running(pid) for pid in children.values())
         proc.terminate()
-        assert proc.wait(timeout=15) == 0
+        assert proc.wait(timeout=WAIT) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -117,11 +218,13 @@ def test_foreground_up_stops_cleanly_on_sigterm(lab_dir: Path) -> None:
             proc.stdout.close()
     assert not Path(runtime_dir).exists()
     assert not processes_mentioning(runtime_dir)
+    assert not [name for name, pid in children.items() if running(pid)]
+    assert not (lab_dir / "control.sock").exists()
 
 
 def test_lab_settings_come_from_the_environment() -> None:
     from harness.errors import HarnessError
-    from harness.lab import LabSettings
+    from harness.lab_settings import LabSettings
 
     s = LabSettings.from_env({"IIA_LAB_SVID_TTL": "120", "IIA_LAB_SPIFFE_KEY_ROTATION": "600",
                               "IIA_LAB_SECRET_GRACE": "0"})
