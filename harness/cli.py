@@ -148,9 +148,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             signal.pause() if hasattr(signal, "pause") else time.sleep(0.5)
         print("iia-lab: stopping", flush=True)
         return 0
-    except _StopRequested:
-        print("iia-lab: stopped while starting", flush=True)
-        return 1
+    except _StopRequested:  # asked to stop before it was up: done, cleanly
+        print("iia-lab: stopping (it was still starting)", flush=True)
+        return 0
     except LabAlreadyRunningError:
         return _already_running(directory, _running_state(directory) or {})
     except HarnessError as exc:
@@ -498,7 +498,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     directory = lab_dir()
     state = _running_state(directory)
     if state is None:
-        print("iia-lab: no lab is running.")
+        left = _remove_leftovers(read_json(directory, STATE) or {})
+        print("iia-lab: no lab is running." + (f" Removed what a lab that was killed left: "
+                                               f"{', '.join(left)}." if left else ""))
         _clear_state(directory)
         return 0
     if state.get("mode") == "docker":
@@ -514,23 +516,33 @@ def cmd_down(args: argparse.Namespace) -> int:
         print(f"iia-lab: stopped the docker lab ({removed} containers removed).")
         return 0
     pid = state.get("pid")
-    runtime_dir = state.get("runtime_dir")
-    children = state.get("children")
     if not isinstance(pid, int):
         print("iia-lab: a lab holds the lock but its pid is unknown; stop it by hand.",
               file=sys.stderr)
         return 1
     _stop_pid(pid, directory)
-    # a child that outlived its supervisor (it should not: parent-death signal)
-    for child in (children.values() if isinstance(children, dict) else ()):
-        if isinstance(child, int) and _lab_child(child):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGKILL)
-    if isinstance(runtime_dir, str) and Path(runtime_dir).name.startswith("iia-lab-"):
-        shutil.rmtree(runtime_dir, ignore_errors=True)
+    _remove_leftovers(state)
     _clear_state(directory)
     print(f"iia-lab: stopped (pid {pid}).")
     return 0
+
+
+def _remove_leftovers(state: dict[str, Any]) -> list[str]:
+    """What a supervisor that is gone (stopped, or killed) may have left: a child that outlived
+    it (it should not: parent-death signal) and its runtime directory."""
+    left = []
+    children = state.get("children")
+    for name, child in (children.items() if isinstance(children, dict) else ()):
+        if isinstance(child, int) and _lab_child(child):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+            left.append(f"{name} (pid {child})")
+    runtime_dir = state.get("runtime_dir")
+    if isinstance(runtime_dir, str) and Path(runtime_dir).name.startswith("iia-lab-") \
+            and Path(runtime_dir).is_dir():
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+        left.append(runtime_dir)
+    return left
 
 
 # -- the running lab's users and phone --------------------------------------------------------

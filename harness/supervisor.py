@@ -73,6 +73,7 @@ from harness.lab_state import (
     LOGS,
     SERVICE_ENDPOINTS,
     STATE,
+    read_json,
     write_json,
     write_state,
 )
@@ -227,6 +228,7 @@ class _Service:
     kill_at: float | None = None
     probing: bool = False
     busy: bool = False  # vault: a start/bootstrap job is running
+    abort: bool = False  # vault: the running job is to give up (a restart was asked for)
     generation: int = 0  # one per process started (stale probe results are dropped)
     detail: str = ""
 
@@ -285,6 +287,7 @@ class Supervisor:
         if self._thread is not None:
             raise HarnessError("this supervisor is already started")
         self._lock_file = _take_lock(self.directory)
+        _remove_stale_runtime_dir(self.directory)
         try:
             self._prepare()
             self.started_at = time.time()
@@ -491,6 +494,8 @@ class Supervisor:
             svc.wanted = True
             if svc.state in (FAILED, STOPPED):
                 svc.state, svc.next_start = RESTARTING, 0.0
+            if svc.busy:
+                svc.abort = True  # vault, still starting: start over
             self._ask_exit(svc)
             self._cond.notify_all()
         self._wait_exit(svc)
@@ -736,7 +741,7 @@ class Supervisor:
                 assert proc is not None
                 self._started(svc, proc)
                 svc.busy = True
-                if not svc.wanted or self._closing:
+                if not svc.wanted or svc.abort or self._closing:
                     raise _Abort
                 svc.detail = "waiting for spire (Vault fetches its discovery document)"
             self._until(lambda: self._services["spire"].state == HEALTHY, svc)
@@ -754,6 +759,7 @@ class Supervisor:
             openbao.stop()
             with self._cond:
                 svc.busy, svc.proc, svc.since, svc.stopping = False, None, None, False
+                svc.abort = False
                 svc.state = RESTARTING if svc.wanted and not self._closing else STOPPED
                 svc.next_start = time.monotonic()
                 self._cond.notify_all()
@@ -762,6 +768,7 @@ class Supervisor:
             svc.log.note(f"start failed: {exc}")
             with self._cond:
                 svc.busy, svc.proc, svc.since, svc.stopping = False, None, None, False
+                svc.abort = False
                 self._crashed(svc, f"could not start: {exc}", time.monotonic())
 
     def _until(self, ready: Callable[[], bool], svc: _Service) -> None:
@@ -769,7 +776,7 @@ class Supervisor:
         has died."""
         with self._cond:
             while not ready():
-                if self._closing or not svc.wanted or not svc.alive():
+                if self._closing or not svc.wanted or svc.abort or not svc.alive():
                     raise _Abort
                 self._cond.wait(0.1)
 
@@ -782,10 +789,23 @@ class Supervisor:
         if not verify.alive():
             return
         url = self.endpoints["verify"] + "/lab/credential/rotate"
-        response = httpx.post(url, timeout=30)
-        if response.status_code != 200:
-            raise HarnessError(f"POST {url} answered {response.status_code}: "
-                               f"{response.text[:200]}")
+        why = ""
+        for _attempt in range(10):  # Verify may be busy or restarting itself: not Vault's fault
+            try:
+                response = httpx.post(url, timeout=30)
+            except httpx.HTTPError as exc:
+                why = f"{exc.__class__.__name__}"
+            else:
+                if response.status_code == 200:
+                    return
+                why = f"{response.status_code}: {response.text[:200]}"
+            if not verify.alive():
+                return  # a Verify that starts again writes a fresh secret itself
+            time.sleep(1)
+        assert svc.log is not None
+        svc.log.note(f"Verify did not rotate the client credential (POST {url}: {why}); the "
+                     "MCP server has no credential in Vault until `iia-lab restart verify`")
+        log.error("vault: Verify did not rotate the client credential (%s)", why)
 
     # -- state files ------------------------------------------------------------------------
 
@@ -847,6 +867,14 @@ def _take_lock(directory: Path) -> IO[str]:
         handle.close()
         raise LabAlreadyRunningError(f"a lab is already running in {directory}") from None
     return handle
+
+
+def _remove_stale_runtime_dir(directory: Path) -> None:
+    """The runtime directory of a supervisor that was killed here (we hold the lock now)."""
+    state = read_json(directory, STATE) or {}
+    runtime_dir = state.get("runtime_dir")
+    if isinstance(runtime_dir, str) and Path(runtime_dir).name.startswith("iia-lab-"):
+        shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
 def _admin_group_id(fixtures: Path) -> str:

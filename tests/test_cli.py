@@ -222,6 +222,36 @@ def test_foreground_up_stops_cleanly_on_sigterm(lab_dir: Path) -> None:
     assert not (lab_dir / "control.sock").exists()
 
 
+def test_children_die_with_a_killed_supervisor(lab_dir: Path) -> None:
+    """kill -9 of the supervisor itself: no child outlives it (parent-death signal); `down`
+    then clears what it left (runtime directory, control socket, state files)."""
+    env = {**os.environ, "IIA_LAB_DIR": str(lab_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "up"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + WAIT
+        while not (lab_dir / "endpoints.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        state = json.loads((lab_dir / "lab.json").read_text())
+        children = state["children"]
+        assert all(running(pid) for pid in children.values())
+        proc.kill()
+        proc.wait(timeout=WAIT)
+        while [pid for pid in children.values() if running(pid)]:
+            assert time.monotonic() < deadline, "children outlived their supervisor"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    down = run(lab_dir, "down")
+    assert down.returncode == 0 and "no lab is running" in down.stdout
+    assert state["runtime_dir"] in down.stdout  # what it removed
+    assert not Path(state["runtime_dir"]).exists() and not (lab_dir / "control.sock").exists()
+    assert not (lab_dir / "lab.json").exists()
+
+
 def test_lab_settings_come_from_the_environment() -> None:
     from harness.errors import HarnessError
     from harness.lab_settings import LabSettings

@@ -251,13 +251,16 @@ def test_vault_stopped_fails_closed_then_heals(sup: Supervisor) -> None:
     assert len(decisions(sup)) > before
 
 
-def test_operator_restart(sup: Supervisor) -> None:
-    old = sup.service("caep_receiver")
+@pytest.mark.parametrize("name", ["caep_receiver", "vault"])
+def test_operator_restart(sup: Supervisor, name: str) -> None:
+    token = user_token(sup)
+    old = sup.service(name)
     assert old.pid is not None
-    sup.restart("caep_receiver")
+    sup.restart(name)
     assert not alive(old.pid)
-    new = replaced(sup, "caep_receiver", old.pid)
+    new = replaced(sup, name, old.pid)
     assert new.restarts == old.restarts + 1 and new.url == old.url
+    assert listed(call(sup, token))  # Vault: bootstrapped again, a fresh credential in it
 
 
 # -- a crash loop: failed, with its log tail; not restarted until started again --------------
