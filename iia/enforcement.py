@@ -24,9 +24,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
-
 from iia.admin_api import AdminApiClient, AdminApiError
 from iia.catalog import CATALOG, CatalogContext, Tool
 from iia.errors import IIAError
@@ -39,6 +36,7 @@ from iia.oauth.token_exchange import JWT, OboToken, exchange
 from iia.rar import RarDetails, authorization_details, session_consent_details
 from iia.resource_server import Caller
 from iia.sessions import SessionRevocations
+from iia.tool_schema import Draft202012Validator, best_match
 
 __all__ = ["EnforcementChain", "StepTimings", "ToolOutcome"]
 

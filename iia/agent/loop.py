@@ -11,6 +11,8 @@ that the session was ended and why.
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from iia.agent.mcp_client import McpToolClient, SessionEndedError, ToolResult
 from iia.errors import ConfigurationError, DependencyError, IIAError
 from iia.settings import AgentSettings
 
-if TYPE_CHECKING:  # the SDK takes a second to import: load it when a model is first needed
+if TYPE_CHECKING:  # the SDK takes seconds to import: ModelClient loads it on the first turn
     import anthropic
     from anthropic.types import (
         ContentBlockParam,
@@ -29,8 +31,8 @@ if TYPE_CHECKING:  # the SDK takes a second to import: load it when a model is f
         ToolResultBlockParam,
     )
 
-__all__ = ["SYSTEM_PROMPT", "AgentLoop", "AgentResult", "ModelUnavailableError", "ToolCall",
-           "model_client"]
+__all__ = ["SYSTEM_PROMPT", "AgentLoop", "AgentResult", "ModelClient", "ModelUnavailableError",
+           "ToolCall", "model_client"]
 
 SYSTEM_PROMPT = (
     "You administer an IBM Security Verify tenant for the signed-in user, only through the "
@@ -69,20 +71,56 @@ class AgentResult:
     reason: str | None = None
 
 
-def model_client(settings: AgentSettings, *, max_retries: int = 2) -> anthropic.AsyncAnthropic:
-    """The real Claude when no base URL is set (needs ANTHROPIC_API_KEY), else the URL given
-    (the lab's scripted stand-in), through the same SDK."""
-    import anthropic
+class ModelClient:
+    """The Messages API client (the anthropic SDK's `AsyncAnthropic`), made when the agent loop
+    first talks to the model.
 
+    The SDK takes 1-2.5 s to import (its generated types), so it is not on any start path:
+    `model_client` only reads the settings, and the first turn imports the SDK in a worker
+    thread. In `python -m iia.serve` the chat route shares its event loop with the MCP server
+    and Antenna, which keep serving while the SDK loads; a process that never chats never loads
+    it. The price is paid once, by the first turn, before its model request."""
+
+    def __init__(self, *, api_key: str, base_url: str | None, max_retries: int) -> None:
+        self._api_key = api_key
+        self._base_url = base_url
+        self._max_retries = max_retries
+        self._client: anthropic.AsyncAnthropic | None = None
+
+    async def client(self) -> anthropic.AsyncAnthropic:
+        if self._client is None:
+            await asyncio.to_thread(importlib.import_module, "anthropic")
+            import anthropic  # loaded by the line above, off the event loop
+
+            if self._client is None:  # another turn may have made it meanwhile
+                self._client = anthropic.AsyncAnthropic(
+                    api_key=self._api_key, base_url=self._base_url,
+                    max_retries=self._max_retries)
+        return self._client
+
+    async def close(self) -> None:
+        """Close the SDK client's connections, if a turn made one."""
+        if self._client is not None:
+            await self._client.close()
+
+    async def __aenter__(self) -> ModelClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def model_client(settings: AgentSettings, *, max_retries: int = 2) -> ModelClient:
+    """The real Claude when no base URL is set (needs ANTHROPIC_API_KEY), else the URL given
+    (the lab's scripted stand-in), through the same SDK, which the first turn loads."""
     key = os.environ.get("ANTHROPIC_API_KEY", "")
     if settings.uses_real_claude:
         if not key:
             raise ConfigurationError("set ANTHROPIC_API_KEY to use the real Claude, or "
                                      "IIA_ANTHROPIC_BASE_URL to use the lab's scripted model")
-        return anthropic.AsyncAnthropic(api_key=key, max_retries=max_retries)
-    return anthropic.AsyncAnthropic(api_key=key or "lab-scripted-model",
-                                    base_url=settings.anthropic_base_url,
-                                    max_retries=max_retries)
+        return ModelClient(api_key=key, base_url=None, max_retries=max_retries)
+    return ModelClient(api_key=key or "lab-scripted-model",
+                       base_url=settings.anthropic_base_url, max_retries=max_retries)
 
 
 async def _maybe(value: Awaitable[None] | None) -> None:
@@ -100,7 +138,7 @@ def _block(block: Any) -> ContentBlockParam:
 
 
 class AgentLoop:
-    def __init__(self, settings: AgentSettings, model: anthropic.AsyncAnthropic, *,
+    def __init__(self, settings: AgentSettings, model: ModelClient, *,
                  system: str = SYSTEM_PROMPT) -> None:
         self.settings = settings
         self.model = model
@@ -160,10 +198,11 @@ class AgentLoop:
                     on_text: OnText | None) -> anthropic.types.Message:
         """One model turn, its text streamed to `on_text`. The Messages API's failures become
         `ModelUnavailableError` here, once, keeping the upstream status."""
-        import anthropic
+        client = await self.model.client()
+        import anthropic  # loaded by the client above
 
         try:
-            async with self.model.messages.stream(
+            async with client.messages.stream(
                     model=self.settings.model, max_tokens=self.settings.max_tokens,
                     system=self.system, messages=history, tools=tools) as stream:
                 async for text in stream.text_stream:

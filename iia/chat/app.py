@@ -47,7 +47,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from iia.agent import AgentLoop, McpToolClient
+from iia.agent import AgentLoop, McpToolClient, ModelClient
 from iia.agent.loop import ToolCall
 from iia.agent.mcp_client import McpUnavailableError, SessionEndedError
 from iia.chat.sessions import ChatSession, ChatSessionStore
@@ -57,7 +57,6 @@ from iia.oauth.client import AuthorizationServerClient
 from iia.settings import AgentSettings, ChatSettings, web_origin
 
 if TYPE_CHECKING:
-    import anthropic
     from anthropic.types import MessageParam
 
 __all__ = ["COOKIE", "ChatApp"]
@@ -76,8 +75,9 @@ def _pkce() -> tuple[str, str]:
 
 class ChatApp:
     def __init__(self, settings: ChatSettings, agent: AgentSettings, events: EventBus, *,
-                 model: Callable[[], anthropic.AsyncAnthropic]) -> None:
-        """`model` makes the model client when the first chat needs it (the SDK is heavy)."""
+                 model: Callable[[], ModelClient]) -> None:
+        """`model` makes the model client when the first chat needs it; the client loads the
+        SDK on its first turn, off the event loop (`iia.agent.ModelClient`)."""
         self.settings = settings
         self.agent_settings = agent
         self.events = events
