@@ -4,7 +4,9 @@ It signs alice in at the chat route exactly as a browser would (code + PKCE at t
 the conversation below, and prints what the agent says and the security events the chain emits.
 Push approvals are answered by a scripted phone through the lab's phone API, unless
 `--interactive`, where you answer them at the terminal. Uses the running lab (`iia-lab up`) when
-there is one, else starts its own.
+there is one, else starts its own: the same process topology (a supervisor and one OS process
+per zone), in a private lab directory, stopped when the demo ends. It reaches the lab only
+through its endpoints and HTTP APIs (chat route, phone, console, CAEP receiver).
 
     tier 1  list users                                       no approval
     tier 2  create a user and add them to a group            one approval, then cached
@@ -213,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     session = attach_or_start()
     say(c("1", "IIA Lab demo: four tiers, one identity fabric"))
     say(f"  {session.describe()}")
+    if session.supervisor is not None:
+        say("  processes: " + ", ".join(f"{s.name} pid {s.pid}" for s in session.status()))
     client = LabClient(session.endpoints)
     phone = Phone(session.endpoints["verify"], args.interactive)
     trail = Trail(client, args.verbose)

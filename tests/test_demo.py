@@ -1,4 +1,5 @@
-"""`make demo` walks the four tiers through the real chain and says whether each behaved."""
+"""`make demo` walks the four tiers through the real chain and says whether each behaved, on a lab
+of its own: the process topology (one OS process per zone), as `iia-lab up` runs it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +21,11 @@ def test_the_demo_shows_all_four_tiers(tmp_path) -> None:
                             env=env, capture_output=True, text=True, timeout=540)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
+    # its own lab, the process topology: one process per zone, each its own pid
+    [line] = [x for x in out.splitlines() if x.startswith("  processes: ")]
+    pids = dict(re.findall(r"(\w+) pid (\d+)", line))
+    assert set(pids) == {"spire", "vault", "verify", "model", "caep_receiver", "iia"}, line
+    assert len(set(pids.values())) == 6, line
     for title in ("Tier 1", "Tier 2", "Tier 3", "Tier 4"):
         assert title in out
     assert "agent:hitl_cached" in out  # the second write rode on the session's consent
@@ -29,3 +36,13 @@ def test_the_demo_shows_all_four_tiers(tmp_path) -> None:
     assert "session-revoked" in out and "the next call was refused" in out
     assert "tier4-blocked" in out and "agent:token_exchange_denied" in out
     assert "Every tier behaved as designed" in out
+    # and the demo stopped its lab: none of those processes is left
+    assert [name for name, pid in pids.items() if running(int(pid))] == []
+
+
+def running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
