@@ -418,7 +418,10 @@ class Supervisor:
         if self._control is not None:
             self._control.close()
             self._control = None
-        self._vault_worker.submit(self._stop_openbao)
+        try:
+            self._vault_worker.submit(self._stop_openbao)
+        except RuntimeError:  # at interpreter exit (atexit) the executors are already shut down
+            self._stop_openbao()
         self._terminate_all()
         self._vault_worker.shutdown(wait=True)
         self._probes.shutdown(wait=True, cancel_futures=True)

@@ -313,3 +313,30 @@ def test_logs_are_bounded_and_masked(tmp_path: Path) -> None:
     text = previous.read_text() + current.read_text()
     assert "s3cr3t-value" not in text and "line 99 with [redacted] inside" in text
     assert log.tail(3).splitlines()[-1] == "line 99 with [redacted] inside"
+
+
+def test_stop_at_interpreter_exit_leaves_nothing(tmp_path: Path) -> None:
+    """A program that stops its lab from `atexit` (after CPython has shut its thread pools
+    down) still stops every child and removes the runtime directory."""
+    import subprocess
+    import sys
+    program = (
+        "import atexit, json, sys\n"
+        "from pathlib import Path\n"
+        "from harness.lab_settings import LabSettings\n"
+        "from harness.supervisor import Supervisor\n"
+        f"sup = Supervisor(LabSettings.from_env(), directory=Path({str(tmp_path / 'lab')!r}))\n"
+        "sup.start(timeout=600)\n"
+        "print(json.dumps({'runtime': str(sup.runtime_dir),\n"
+        "                  'pids': [s.pid for s in sup.status() if s.pid]}), flush=True)\n"
+        "atexit.register(sup.stop)\n")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=900, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, \
+        done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(seen["pids"]) == len(SERVICES)
+    wait_for(lambda: not any(alive(pid) for pid in seen["pids"]), "every child gone")
+    assert not Path(seen["runtime"]).exists(), "the runtime directory was left behind"
+    assert not (tmp_path / "lab" / CONTROL).exists()
