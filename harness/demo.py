@@ -171,7 +171,17 @@ def converse(client: LabClient, trail: Trail, prompt: str) -> dict[str, Any]:
     trail.settle()
     color = "31" if done.get("stop") != "end_turn" else "1;35"
     say(f"{c(color, 'agent')}  {done.get('text', '')}")
+    for tool in done.get("tools", []):
+        failed = tool.get("is_error")
+        mark = c("31", "refused or failed") if failed else c("32", "done")
+        detail = f"  {c('2', str(tool.get('result', ''))[:160])}" if failed else ""
+        say(f"    {c('2', 'tool')} {tool['name']}: {mark}{detail}")
     return done
+
+
+def _tools(done: dict[str, Any]) -> list[tuple[str, bool]]:
+    """(tool name, failed) for each tool call of a turn, in order."""
+    return [(t["name"], bool(t.get("is_error"))) for t in done.get("tools", [])]
 
 
 def _anomaly(client: LabClient, endpoints: dict[str, str], trail: Trail) -> dict[str, Any]:
@@ -239,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
             say("\n" + c("1;4", title))
             results.append(converse(client, trail, prompt))
         ok = [r.get("stop") for r in results] == ["end_turn"] * 4
+        # tiers 1-3: every tool the agent called did its work; tier 4: the delete was refused
+        worked = all(_tools(r) and not any(failed for _, failed in _tools(r))
+                     for r in results[:3])
+        ok = ok and worked and ("delete_user", True) in _tools(results[3])
         events_seen = list(trail.events)
         refused = "tier4-blocked" in results[-1].get("text", "")
 

@@ -27,15 +27,19 @@ def test_the_demo_shows_all_four_tiers(tmp_path) -> None:
     assert set(pids) == {"spire", "vault", "verify", "model", "caep_receiver", "iia"}, line
     assert len(set(pids.values())) == 6, line
     for title in ("Tier 1", "Tier 2", "Tier 3", "Tier 4"):
-        assert title in out
-    assert "agent:hitl_cached" in out  # the second write rode on the session's consent
+        assert title in out, out
+    # every write did its work, and the second rode on the session's consent
+    for tool in ("create_user", "add_user_to_group", "deactivate_user", "revoke_user_sessions"):
+        assert f"tool {tool}: done" in out, out
+    assert "tool delete_user: refused or failed" in out, out
+    assert "agent:hitl_cached" in out, out
     # one write consent + two sensitive calls, per the trail summary
-    assert re.search(r"agent:hitl_approved\s+x3\b", out)
+    assert re.search(r"agent:hitl_approved\s+x3\b", out), out
     # tier 4 once, then the anomaly scenario's two blocked attempts
-    assert re.search(r"agent:token_exchange_denied\s+x3\b", out)
+    assert re.search(r"agent:token_exchange_denied\s+x3\b", out), out
     assert "session-revoked" in out and "the next call was refused" in out
     assert "tier4-blocked" in out and "agent:token_exchange_denied" in out
-    assert "Every tier behaved as designed" in out
+    assert "Every tier behaved as designed" in out, out
     # and the demo stopped its lab: none of those processes is left
     assert [name for name, pid in pids.items() if running(int(pid))] == []
 
