@@ -50,6 +50,7 @@ __all__ = ["ROTATOR_POLICY", "OpenBaoServer", "VaultLayout", "bootstrap",
 
 _REDACT = ("Root Token:", "Unseal Key:", "root_token", "BAO_TOKEN", "VAULT_TOKEN")
 _PR_SET_PDEATHSIG = 1
+_PASSED_ENV = frozenset({"PATH", "HOME", "LANG", "TMPDIR", "TZ"})
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -91,7 +92,10 @@ class OpenBaoServer:
         for _attempt in range(3):
             self.port = self._fixed_port or free_port_pair()
             self.url = f"http://{HOST}:{self.port}"
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("BAO_", "VAULT_"))}
+            # only what a server process needs: no setting or secret of ours (an
+            # ANTHROPIC_API_KEY, a VAULT_TOKEN, the IIA_* settings) reaches Vault's process
+            env = {k: v for k, v in os.environ.items()
+                   if k in _PASSED_ENV or k.startswith("LC_")}
             env["BAO_DEV_ROOT_TOKEN_ID"] = self._root_token
             self._proc = subprocess.Popen(
                 [self.binary, "server", "-dev", "-dev-no-store-token",

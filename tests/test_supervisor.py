@@ -340,3 +340,26 @@ def test_stop_at_interpreter_exit_leaves_nothing(tmp_path: Path) -> None:
     wait_for(lambda: not any(alive(pid) for pid in seen["pids"]), "every child gone")
     assert not Path(seen["runtime"]).exists(), "the runtime directory was left behind"
     assert not (tmp_path / "lab" / CONTROL).exists()
+
+
+def test_a_zone_inherits_only_its_own_settings(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings in the supervisor's environment reach no zone by inheritance: an
+    `ANTHROPIC_API_KEY` goes to `iia` alone (the one process that calls the model), and a stray
+    `IIA_VAULT_ROOT_TOKEN` or `VAULT_TOKEN` to nobody."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "lab-test-model-key")
+    monkeypatch.setenv("IIA_VAULT_ROOT_TOKEN", "lab-test-stray-root")
+    monkeypatch.setenv("VAULT_TOKEN", "lab-test-stray-vault")
+    lab = Supervisor(LabSettings.from_env(), directory=tmp_path / "lab")
+    try:
+        lab.start(timeout=600)
+        envs = {s.name: environ(s.pid) for s in lab.status() if s.pid}
+        assert set(envs) == set(SERVICES)
+        holders = {name for name, env in envs.items() if "ANTHROPIC_API_KEY" in env}
+        assert holders == {"iia"}, holders
+        assert envs["iia"]["ANTHROPIC_API_KEY"] == "lab-test-model-key"
+        for name, env in envs.items():
+            assert "lab-test-stray-root" not in env.values(), name
+            assert "lab-test-stray-vault" not in env.values(), name
+    finally:
+        lab.stop()
