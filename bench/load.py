@@ -1,14 +1,26 @@
-"""The load generator, run in its own process so it does not share the lab's interpreter.
+"""The load generator, run in its own process so it shares no interpreter with what it measures.
 
-Reads a JSON job from stdin (URLs, access tokens: never from argv or disk) and prints JSON.
-Every call is `list_users {"count": 1}` over MCP streamable HTTP with the real client."""
+Reads one JSON job from stdin (URLs, access tokens: never from argv or disk), prints JSON.
+
+    {"target": "mcp" | "http", "url": ..., "tokens": [one per session], "seconds": S,
+     "warm_calls": W, "pids": {"name": pid, ...}}
+
+Every session connects and makes `warm_calls` calls (its first call, and its caches warm: the
+MCP server's token cache, the workload's SVID and Vault token). Only once **every** session is
+warm does the timed window open: from then each session calls in a loop until `seconds` have
+passed. A call is `list_users {"count": 1}` over MCP streamable HTTP with the product's client
+(`target` mcp) or a `POST` with a small body (`target` http). At the window's open and close
+the CPU time (utime + stime, /proc/<pid>/stat) of each process in `pids` and of this one is read:
+the result has each process's CPU milliseconds over the window."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -16,64 +28,103 @@ import httpx
 from iia.agent import McpToolClient
 
 ARGS = {"count": 1}
+TICK = os.sysconf("SC_CLK_TCK")
 
 
-async def _timed(mcp: McpToolClient) -> float:
-    started = time.perf_counter()
-    result = await mcp.call_tool("list_users", ARGS)
-    elapsed = (time.perf_counter() - started) * 1000
-    if result.is_error:
-        raise RuntimeError(result.text)
-    return elapsed
+def cpu_ms(pid: int) -> float | None:
+    """utime + stime of `pid` (all its threads) in milliseconds, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # the name may hold spaces and parentheses
+    return (int(fields[11]) + int(fields[12])) * 1000.0 / TICK
 
 
-async def latency(url: str, token: str, calls: int, warmup: int) -> list[float]:
-    async with McpToolClient(url, lambda: token) as mcp:
-        for _ in range(warmup):
-            await _timed(mcp)
-        return [await _timed(mcp) for _ in range(calls)]
+def cpu_of(pids: dict[str, int]) -> dict[str, float | None]:
+    return {name: cpu_ms(pid) for name, pid in pids.items()}
 
 
-async def cold(url: str, token: str, cold_url: str, samples: int) -> list[float]:
-    out = []
-    async with httpx.AsyncClient() as http, McpToolClient(url, lambda: token) as mcp:
-        for _ in range(samples):
-            (await http.post(cold_url)).raise_for_status()
-            out.append(await _timed(mcp))
-    return out
+class Window:
+    """Opens when every session is warm; closes `seconds` later."""
+
+    def __init__(self, sessions: int, seconds: float, pids: dict[str, int]) -> None:
+        self.sessions, self.seconds, self.pids = sessions, seconds, pids
+        self.warm = 0
+        self.opened = asyncio.Event()
+        self.deadline = 0.0
+        self.started = 0.0
+        self.cpu_before: dict[str, float | None] = {}
+
+    def ready(self) -> None:
+        self.warm += 1
+        if self.warm == self.sessions:
+            self.cpu_before = cpu_of(self.pids)
+            self.started = time.perf_counter()
+            self.deadline = self.started + self.seconds
+            self.opened.set()
 
 
-async def throughput(url: str, tokens: list[str], seconds: float) -> dict[str, Any]:
-    deadline = time.perf_counter() + seconds
+async def _session(call: Callable[[], Awaitable[None]], window: Window, warm_calls: int,
+                   latencies: list[float], errors: list[str]) -> int:
+    for _ in range(warm_calls):
+        await call()  # a failure here fails the point: it was never measured
+    window.ready()
+    await window.opened.wait()
+    done = 0
+    while time.perf_counter() < window.deadline:
+        started = time.perf_counter()
+        try:
+            await call()
+        except Exception as exc:  # counted and reported, not measured as a latency
+            errors.append(f"{exc.__class__.__name__}: {exc}"[:300])
+            await asyncio.sleep(0.01)
+            continue
+        latencies.append((time.perf_counter() - started) * 1000)
+        done += 1
+    return done
+
+
+async def run(job: dict[str, Any]) -> dict[str, Any]:
+    tokens: list[str] = job["tokens"]
+    pids = {**{k: int(v) for k, v in job.get("pids", {}).items()}, "load": os.getpid()}
+    window = Window(len(tokens), float(job["seconds"]), pids)
     latencies: list[float] = []
+    errors: list[str] = []
+    warm_calls = int(job.get("warm_calls", 2))
 
-    async def worker(token: str) -> int:
-        done = 0
-        async with McpToolClient(url, lambda: token) as mcp:
-            await _timed(mcp)  # connect and warm this session
-            while time.perf_counter() < deadline:
-                latencies.append(await _timed(mcp))
-                done += 1
-        return done
+    async def mcp_session(token: str) -> int:
+        async with McpToolClient(job["url"], lambda: token, timeout=120) as mcp:
+            async def call() -> None:
+                result = await mcp.call_tool("list_users", ARGS)
+                if result.is_error:
+                    raise RuntimeError(result.text)
+            return await _session(call, window, warm_calls, latencies, errors)
 
-    started = time.perf_counter()
-    counts = await asyncio.gather(*(worker(t) for t in tokens))
-    elapsed = time.perf_counter() - started
+    async def http_session(token: str) -> int:
+        async with httpx.AsyncClient(timeout=120) as http:
+            async def call() -> None:
+                (await http.post(job["url"], content=b'{"count": 1}')).raise_for_status()
+            return await _session(call, window, warm_calls, latencies, errors)
+
+    session = mcp_session if job["target"] == "mcp" else http_session
+    counts = await asyncio.gather(*(session(t) for t in tokens))
+    elapsed = time.perf_counter() - window.started
+    after = cpu_of(pids)
+    cpu = {name: (None if window.cpu_before.get(name) is None or after[name] is None
+                  else round(after[name] - window.cpu_before[name], 1))  # type: ignore[operator]
+           for name in pids}
     return {"calls": sum(counts), "seconds": elapsed,
-            "calls_per_s": sum(counts) / max(elapsed, 1e-9), "latencies": latencies}
+            "calls_per_s": sum(counts) / max(elapsed, 1e-9), "latencies": latencies,
+            "errors": len(errors), "first_errors": errors[:3], "cpu_ms": cpu,
+            "sessions": len(tokens)}
 
 
-async def main() -> None:
+def main() -> None:
     job = json.loads(sys.stdin.read())
-    kind = job["kind"]
-    if kind == "latency":
-        out: Any = await latency(job["url"], job["token"], job["calls"], job["warmup"])
-    elif kind == "cold":
-        out = await cold(job["url"], job["token"], job["cold_url"], job["samples"])
-    else:
-        out = await throughput(job["url"], job["tokens"], job["seconds"])
-    print(json.dumps(out))
+    print(json.dumps(asyncio.run(run(job))))
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
