@@ -121,9 +121,27 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
             "sessions": len(tokens)}
 
 
+async def cold(job: dict[str, Any]) -> dict[str, Any]:
+    """One session's connect (MCP initialize), first and second `list_users`, in ms: against a
+    freshly started MCP server process, the first call pays for every cache (JWKS, SVID, Vault
+    login) and every lazy import."""
+    token = job["tokens"][0]
+    started = time.perf_counter()
+    async with McpToolClient(job["url"], lambda: token, timeout=120) as mcp:
+        connected = time.perf_counter()
+        out = {"connect_ms": round((connected - started) * 1000, 2)}
+        for key in ("first_call_ms", "second_call_ms"):
+            began = time.perf_counter()
+            result = await mcp.call_tool("list_users", ARGS)
+            if result.is_error:
+                raise RuntimeError(result.text)
+            out[key] = round((time.perf_counter() - began) * 1000, 2)
+    return out
+
+
 def main() -> None:
     job = json.loads(sys.stdin.read())
-    print(json.dumps(asyncio.run(run(job))))
+    print(json.dumps(asyncio.run(cold(job) if job.get("kind") == "cold" else run(job))))
 
 
 if __name__ == "__main__":
