@@ -4,12 +4,19 @@ admin API serves), applications, access policies, and who delegated to the agent
 Seeded from `fixtures/tenant/` at start. The storage is the single source of truth: the login
 page, token claims and the admin API all read the same records, so a user the agent deactivates
 cannot log in any more.
+
+Lookups are exact at any size (no page, no cap) and do not walk the directory: by id is the
+storage's dictionary; `userName eq` and `displayName eq` use scim2-server's own equality index
+(the filter is bound to the resource's model so that the storage can use it); `groups_of` and a
+page of an unfiltered, unsorted search use `DirectoryStorage`'s indexes, which every write keeps
+in step.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+from bisect import bisect_left, insort
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,13 +31,15 @@ from scim2_models import (
     User,
 )
 from scim2_server.memory import InMemoryStorage
+from scim2_server.storage import SearchPage
 from scim2_server.utils import (
     load_default_resource_types,
     load_default_schemas,
     load_default_service_provider_config,
+    parametrize,
 )
 
-__all__ = ["Directory"]
+__all__ = ["Directory", "DirectoryStorage"]
 
 
 def _provider() -> ScimProvider:
@@ -39,11 +48,101 @@ def _provider() -> ScimProvider:
                                        config=load_default_service_provider_config())
 
 
+class DirectoryStorage(InMemoryStorage):
+    """scim2-server's in-memory storage plus two indexes, kept in step with every write: each
+    resource type's ids in order, so that a page of an unfiltered, unsorted search by index
+    costs the page, not the directory; and, for each member value, the groups that list it, so
+    that `groups_naming` reads that member's groups only.
+
+    Every write goes through `_store` (create, update, and the seeding `resources = ...`) and
+    `_remove` (delete, and the old state an update or a re-seed replaces), which is where the
+    indexes follow: private hooks of scim2-server 0.8 (pinned <0.9), so
+    `tests/test_directory_scale.py` checks the indexes against a walk and runs scim2-server's
+    storage contract on this class. Every other search is the parent's, which sorts and pages
+    the same way: the order without `sortBy` is by id (RFC 7644 §3.4.2.3 leaves it to the
+    service provider)."""
+
+    def __init__(self, group_type: str = "Group") -> None:
+        super().__init__()
+        self._group_type = group_type
+        self._ids: dict[str | None, list[str]] = {}
+        self._member_of: dict[str, set[str]] = {}
+
+    @property
+    def resources(self) -> list[Resource[Any]]:
+        """The stored resources."""
+        return super().resources
+
+    @resources.setter
+    def resources(self, resources: list[Resource[Any]]) -> None:
+        with self.lock:
+            self._ids = {}
+            self._member_of = {}
+            setter = cast(property, InMemoryStorage.__dict__["resources"]).fset
+            assert setter is not None
+            setter(self, resources)
+
+    def search(self, resource_types: list[ResourceType], search_request: SearchRequest[Any],
+               *, position: Any = None) -> SearchPage:
+        names = {rt.name for rt in resource_types}
+        if len(names) != 1 or search_request.filter is not None or \
+                search_request.sort_by is not None or search_request.cursor is not None:
+            return super().search(resource_types, search_request, position=position)
+        (name,) = names
+        with self.lock:
+            ids = self._ids.get(name, [])
+            start = search_request.start_index_0 or 0
+            stop = None if search_request.count is None else start + search_request.count
+            stored = self._resources.get(name, {})
+            return SearchPage(len(ids), [stored[i].model_copy(deep=True) for i in ids[start:stop]])
+
+    def groups_naming(self, member: str) -> list[str]:
+        """The ids of the groups whose `members` hold this value, in id order."""
+        with self.lock:
+            return sorted(self._member_of.get(member, ()))
+
+    def _store(self, resource: Resource[Any], values: dict[str, Any]) -> None:
+        super()._store(resource, values)  # which `_remove`s the state it replaces first
+        name, resource_id = _key(resource)
+        insort(self._ids.setdefault(name, []), resource_id)
+        if name == self._group_type:
+            for value in _member_values(resource):
+                self._member_of.setdefault(value, set()).add(resource_id)
+
+    def _remove(self, key: tuple[str | None, str]) -> None:
+        stored = self._resources.get(key[0], {}).get(key[1])
+        if stored is not None:
+            ids = self._ids.get(key[0], [])
+            at = bisect_left(ids, key[1])
+            if at < len(ids) and ids[at] == key[1]:
+                del ids[at]
+            if key[0] == self._group_type:
+                for value in _member_values(stored):
+                    groups = self._member_of.get(value)
+                    if groups is not None:
+                        groups.discard(key[1])
+                        if not groups:
+                            del self._member_of[value]
+        super()._remove(key)
+
+
+def _key(resource: Resource[Any]) -> tuple[str | None, str]:
+    """The resource type and id a resource is stored under (as scim2-server's storage)."""
+    if resource.meta is None or resource.id is None:
+        raise ValueError("a stored resource has an id and meta.resourceType")
+    return resource.meta.resource_type, resource.id
+
+
+def _member_values(resource: Resource[Any]) -> set[str]:
+    return {m.value for m in (getattr(resource, "members", None) or [])
+            if getattr(m, "value", None) is not None}
+
+
 class Directory:
     def __init__(self, fixtures: Path) -> None:
         tenant = fixtures / "tenant"
         self.provider = _provider()
-        self.storage = InMemoryStorage()
+        self.storage = DirectoryStorage()
         self.user_type: ResourceType = self._resource_type("User")
         self.group_type: ResourceType = self._resource_type("Group")
         now = datetime.datetime.now(datetime.UTC)
@@ -77,9 +176,12 @@ class Directory:
     # -- lookups (copies; the storage holds the truth) ---------------------------------------
 
     def _search(self, resource_type: ResourceType, scim_filter: str | None) -> list[Any]:
-        # validated from the string, as a request body would be (binds the filter to the types)
-        request: SearchRequest[Any] = SearchRequest.model_validate({"filter": scim_filter,
-                                                                    "count": 1000})
+        """Every match, in id order: no count, so no page and no cap. Validated from the string,
+        as a request body would be, against the resource type's model, which binds the filter
+        to its attributes (so that scim2-server's storage can use its `eq` index)."""
+        request: SearchRequest[Any] = parametrize(
+            SearchRequest, self.provider.model_for(resource_type)).model_validate(
+            {"filter": scim_filter})
         page = self.storage.search([resource_type], request)
         return list(page.resources)
 
@@ -110,8 +212,10 @@ class Directory:
         return found[0] if found else None
 
     def groups_of(self, user_id: str) -> list[Group]:
-        return [g for g in self._search(self.group_type, None)
-                if any(m.value == user_id for m in (g.members or []))]
+        """The groups listing this id among their members, in id order."""
+        with self.storage.lock:  # the index and the groups it names, read as one
+            return [cast(Group, self.storage.get(self.group_type, group_id))
+                    for group_id in self.storage.groups_naming(user_id)]
 
     def delegated(self, user: User[Any]) -> bool:
         """Has this user delegated to the agent (their tokens carry `may_act`)?"""
