@@ -72,6 +72,7 @@ class OpenBaoServer:
         self._root_token = root_token or secrets.token_urlsafe(32)
         self._unseal_key: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._drainer: threading.Thread | None = None  # reads the server's output
         self._output: deque[str] = deque(maxlen=200)
         self._fixed_port = port
         self.port = port or 0
@@ -103,8 +104,9 @@ class OpenBaoServer:
                 env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
             )
-            threading.Thread(target=self._drain, args=(self._proc,), daemon=True,
-                             name="openbao-output").start()
+            self._drainer = threading.Thread(target=self._drain, args=(self._proc,),
+                                             daemon=True, name="openbao-output")
+            self._drainer.start()
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 if self._proc.poll() is not None:
@@ -120,13 +122,16 @@ class OpenBaoServer:
 
     def _drain(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            if line.startswith("Unseal Key:"):
-                self._unseal_key = line.split(":", 1)[1].strip()
-            if any(marker in line for marker in _REDACT):
-                continue
-            self._output.append(line)
+        try:
+            for raw in proc.stdout:
+                line = raw.decode(errors="replace").rstrip()
+                if line.startswith("Unseal Key:"):
+                    self._unseal_key = line.split(":", 1)[1].strip()
+                if any(marker in line for marker in _REDACT):
+                    continue
+                self._output.append(line)
+        except ValueError:  # stop() closed the pipe: the output ends here
+            return
 
     def tail(self, lines: int = 5) -> str:
         return " | ".join(list(self._output)[-lines:])
@@ -182,6 +187,11 @@ class OpenBaoServer:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
+        # the reader ends at the pipe's end of file once the server has exited; close the
+        # pipe only after it (closing under a reading thread is "readline of closed file")
+        drainer, self._drainer = self._drainer, None
+        if drainer is not None and drainer is not threading.current_thread():
+            drainer.join(timeout=5)
         if proc.stdout is not None:
             proc.stdout.close()
 
