@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -41,7 +40,6 @@ from harness.health import ServiceHealth, probe_all
 from harness.lab_state import (
     CONTROL,
     ENDPOINTS,
-    LOCK,
     LOGS,
     SERVICE_ENDPOINTS,
     STATE,
@@ -50,6 +48,7 @@ from harness.lab_state import (
     control,
     process_alive,
     read_json,
+    try_lock,
     write_state,
 )
 from harness.paths import lab_dir
@@ -57,23 +56,10 @@ from harness.paths import lab_dir
 __all__ = ["main"]
 
 
-
 # -- the lock that says "a lab runs here" ----------------------------------------------------
 
-def _try_lock(directory: Path) -> IO[str] | None:
-    """The lab lock, held open; None when another process holds it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    handle = (directory / LOCK).open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        return None
-    return handle
-
-
 def _running_state(directory: Path) -> dict[str, object] | None:
-    lock = _try_lock(directory)
+    lock = try_lock(directory)
     state = read_json(directory, STATE)
     if lock is not None:
         lock.close()

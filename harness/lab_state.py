@@ -14,19 +14,20 @@ Each file is replaced atomically, so a reader never sees half of one.
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import json
 import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from iia.identity.settings import read_env_file
 
 __all__ = ["CONTROL", "ENDPOINTS", "ENV", "LOCK", "LOGS", "SERVICE_ENDPOINTS", "STATE",
            "STATE_FILES", "ControlError", "control", "process_alive", "read_json", "read_state",
-           "write_json", "write_state"]
+           "running", "try_lock", "write_json", "write_state"]
 
 ENDPOINTS, ENV, STATE = "endpoints.json", "iia.env", "lab.json"
 CONTROL, LOCK, LOGS = "control.sock", "lab.lock", "logs"
@@ -41,6 +42,19 @@ SERVICE_ENDPOINTS: dict[str, tuple[str, ...]] = {
     "caep_receiver": ("caep_receiver",),
     "iia": ("mcp", "chat", "antenna", "console"),
 }
+
+
+def try_lock(directory: Path) -> IO[str] | None:
+    """The lab lock (`lab.lock`: "a lab runs here"), held open for as long as the handle is;
+    None when another process holds it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = (directory / LOCK).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
 
 
 def write_state(directory: Path, endpoints: Mapping[str, str], env: Mapping[str, str],
@@ -96,6 +110,13 @@ def process_alive(pid: int) -> bool:
         return os.waitpid(pid, os.WNOHANG) == (0, 0)
     except ChildProcessError:
         return Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid)
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie, read from /proc without reaping anything (a detached lab is
+    re-parented to PID 1; where PID 1 does not reap orphans, as in some sandboxes, an exited
+    process lingers as a zombie: dead, no sockets, no memory, only a process-table entry)."""
+    return _proc_state(pid) not in ("", "Z", "X")
 
 
 def _proc_state(pid: int) -> str:

@@ -69,11 +69,11 @@ from harness.lab_state import (
     CONTROL,
     ENDPOINTS,
     ENV,
-    LOCK,
     LOGS,
     SERVICE_ENDPOINTS,
     STATE,
     read_json,
+    try_lock,
     write_json,
     write_state,
 )
@@ -862,13 +862,9 @@ class _Abort(Exception):
 
 
 def _take_lock(directory: Path) -> IO[str]:
-    directory.mkdir(parents=True, exist_ok=True)
-    handle = (directory / LOCK).open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise LabAlreadyRunningError(f"a lab is already running in {directory}") from None
+    handle = try_lock(directory)
+    if handle is None:
+        raise LabAlreadyRunningError(f"a lab is already running in {directory}")
     return handle
 
 

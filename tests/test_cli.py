@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness.health import probe_all
+from harness.lab_state import running
 
 WAIT = 600.0  # seconds: a command that has not finished by then is hung, not slow
 
@@ -39,17 +40,6 @@ def processes_mentioning(text: str) -> list[int]:
         if text in cmdline:
             found.append(int(entry.name))
     return found
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie. (A detached lab is re-parented to PID 1; where PID 1 does not
-    reap orphans, as in some sandboxes, the exited process lingers as a zombie: dead, no
-    sockets, no memory, only a process-table entry.)"""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from harness.lab_state import running
 from harness.paths import project_root
 
 
@@ -43,10 +43,3 @@ def test_the_demo_shows_all_four_tiers(tmp_path) -> None:
     # and the demo stopped its lab: none of those processes is left
     assert [name for name, pid in pids.items() if running(int(pid))] == []
 
-
-def running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"

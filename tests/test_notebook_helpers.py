@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from harness.lab_state import write_state
+from harness.lab_state import running, write_state
 from harness.notebook import (
     OWNER,
     LabSession,
@@ -110,15 +110,6 @@ def test_a_killed_kernels_edit_is_undone_next_time(tmp_path: Path) -> None:
 
 
 # -- a lab started for a notebook: the process topology, and nothing left behind ---------------
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
 
 def cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()

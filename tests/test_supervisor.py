@@ -25,6 +25,7 @@ import pytest
 from harness.errors import ServiceStartError
 from harness.lab_settings import LabSettings
 from harness.lab_state import CONTROL, control
+from harness.lab_state import running as alive
 from harness.supervisor import SERVICES, RotatingLog, ServiceStatus, Supervisor
 from harness.verify.login import login
 from harness.verify.tenant import OIDC_BASE
@@ -66,14 +67,6 @@ def cmdline(pid: int) -> str:
 def environ(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def user_token(sup: Supervisor, email: str = "alice@example.com") -> str:
