@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml
 ## lab: start the simulated world and JupyterLab on notebooks/ (Ctrl-C stops both)
 lab: install
 	@# outputs JupyterLab saves into a notebook never reach a commit (a git filter, this clone only)
-	-git rev-parse --git-dir >/dev/null 2>&1 && $(BIN)/nbstripout --install
+	@# (--keep-id: the committed notebooks keep their cell ids, so a saved notebook is unchanged)
+	-git rev-parse --git-dir >/dev/null 2>&1 && $(BIN)/nbstripout --install && \
+	  git config filter.nbstripout.clean '"$(abspath $(BIN))/python" -m nbstripout --keep-id'
 	$(BIN)/iia-lab up --detach
 	trap '$(BIN)/iia-lab down' EXIT INT TERM; \
 	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --ServerApp.root_dir=notebooks $(ROOT_FLAG)
