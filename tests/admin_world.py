@@ -116,3 +116,20 @@ def served_admin_api(rar_types: Path | None = None) -> Iterator[AdminWorld]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=TIMEOUT)
         loop.close()
+
+
+# -- SCIM request bodies the admin-API tests send --------------------------------------------
+
+PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def patch(*operations: dict[str, Any]) -> dict[str, Any]:
+    return {"schemas": [PATCH_OP], "Operations": list(operations)}
+
+
+def add_member(user_id: str) -> dict[str, Any]:
+    return {"op": "add", "path": "members", "value": [{"value": user_id}]}

@@ -16,10 +16,18 @@ import pytest
 
 from harness.keyset import RotatingKeySet
 from harness.verify.tokens import TokenService
-from tests.admin_world import AGENT, ISSUER, TIMEOUT, AdminWorld, served_admin_api
+from tests.admin_world import (
+    AGENT,
+    ISSUER,
+    TIMEOUT,
+    AdminWorld,
+    add_member,
+    bearer,
+    patch,
+    served_admin_api,
+)
 
 ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
-PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 NO_PASSTHROUGH = ("no passthrough: the admin API accepts only on-behalf-of tokens from token "
                   "exchange")
@@ -36,17 +44,6 @@ def http(world: AdminWorld) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=world.base_url, timeout=TIMEOUT) as client:
         yield client
 
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def patch(*operations: dict[str, Any]) -> dict[str, Any]:
-    return {"schemas": [PATCH_OP], "Operations": list(operations)}
-
-
-def add_member(user_id: str) -> dict[str, Any]:
-    return {"op": "add", "path": "members", "value": [{"value": user_id}]}
 
 
 def scim_error(response: httpx.Response, status: int, *fragments: str) -> str:

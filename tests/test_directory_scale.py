@@ -19,26 +19,21 @@ from scim2_server.testing import ScimStorageContract
 
 from harness.paths import fixtures_dir
 from harness.verify.directory import Directory, DirectoryStorage
-from tests.admin_world import TIMEOUT, AdminWorld, served_admin_api
+from tests.admin_world import (
+    TIMEOUT,
+    AdminWorld,
+    add_member,
+    bearer,
+    patch,
+    served_admin_api,
+)
 
 SIZE = 10_000
 GROUPS = 1_200  # more groups than the old 1,000-result page, too
 LATE = "late.user@scale.example"
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
-PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def patch(*operations: dict[str, Any]) -> dict[str, Any]:
-    return {"schemas": [PATCH_OP], "Operations": list(operations)}
-
-
-def add_member(user_id: str) -> dict[str, Any]:
-    return {"op": "add", "path": "members", "value": [{"value": user_id}]}
 
 
 def remove_member(user_id: str) -> dict[str, Any]:
