@@ -19,7 +19,8 @@ Each point (path x sessions 1/8/32/64) opens its timed window only once every se
 its first calls (bench/load.py), and reads each process's CPU (utime + stime from /proc) at the
 window's open and close: CPU milliseconds per call, per process. The enforced call's steps come
 from the security console's `GET /calls` (the chain's own timings). Results: bench/results.json,
-bench/results.png. Revocation latency: bench/revocation.py. Not measured here any more (it
+bench/results.png. Revocation latency: bench/revocation.py. The directory's lookups at 23 and
+10,000 users (bench/directory_scale.py, in process). Not measured here any more (it
 read in-process objects of the old composition, which the process topology has no HTTP API
 for): the warm path's fetch/login counters. The cold call is the MCP server's process restarted
 by the supervisor, then one session's connect, first and second call.
@@ -28,6 +29,7 @@ by the supervisor, then one session's connect, first and second call.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -54,7 +56,20 @@ GOALS = {  # issue #15, ratios in one run
     "calls_per_s_enforced_over_unenforced_at_32": (">=", 0.5),
     "mcp_cpu_per_call_enforced_over_noop": ("<=", 2.0),
     "revocation_set_to_first_401_max_ms": ("<=", 100.0),
+    # the directory (bench/directory_scale.py): "flat" = the 10,000-user cost within 1.5x the
+    # 23-user cost; `list_users count=1` flat too, its cost being the page's, not the directory's
+    "get_user_at_10000_over_23": ("<=", 1.5),
+    "username_filter_at_10000_over_23": ("<=", 1.5),
+    "list_users_count_1_at_10000_over_23": ("<=", 1.5),
 }
+
+# the admin API's figures (median ms) the directory goals compare, by bench/directory_scale's name
+DIRECTORY_GOALS = {
+    "get_user_at_10000_over_23": "GET /Users/{id}",
+    "username_filter_at_10000_over_23": 'GET /Users?filter=userName eq "…"',
+    "list_users_count_1_at_10000_over_23": "GET /Users?count=1",
+}
+DIRECTORY_SIZES = (23, 10_000)
 
 
 # -- statistics: an empty sample is reported as such, never an IndexError ----------------------
@@ -279,6 +294,14 @@ def table(results: dict[str, Any]) -> str:
     lines.append(f"revocation SET -> first 401: p50 {rv['emitted_to_first_401_p50_ms']} ms, max "
                  f"{rv['emitted_to_first_401_max_ms']} ms over {rv['trials']} trials"
                  + (f"; failed: {rv['failures']}" if rv["failures"] else ""))
+    sizes = list(results.get("directory_median_ms", {}))
+    if sizes:
+        names = list(results["directory_median_ms"][sizes[0]])
+        width = max(len(n) for n in names)
+        lines.append(f"{'directory, median ms per call':<{width}}  "
+                     + "  ".join(f"{int(s):>9,}" for s in sizes))
+        lines.extend(f"{n:<{width}}  " + "  ".join(
+            f"{results['directory_median_ms'][s][n]:9.3f}" for s in sizes) for n in names)
     lines.append(f"load average at the start {results['machine']['loadavg_start']}, "
                  f"at the end {results['machine']['loadavg_end']}")
     return "\n".join(lines)
@@ -376,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = args.seconds or (2.0 if args.quick else 8.0)
     sessions = tuple(sorted({int(s) for s in args.sessions.split(",")}))
 
+    from bench import directory_scale
     from harness.lab_settings import LabSettings
     from harness.supervisor import Supervisor
 
@@ -405,6 +429,12 @@ def main(argv: list[str] | None = None) -> int:
         if supervisor is not None:
             supervisor.stop()
         shutil.rmtree(private, ignore_errors=True)
+
+    print(f"the directory at {' and '.join(f'{s:,}' for s in DIRECTORY_SIZES)} users "
+          "(in process, bench/directory_scale.py) ...", flush=True)
+    directory = {str(size): asyncio.run(directory_scale.measure(size))
+                 for size in DIRECTORY_SIZES}
+    small, large = (directory[str(s)] for s in DIRECTORY_SIZES)
 
     pts = measured["points"]
     first, at32 = str(sessions[0]), "32"
@@ -437,7 +467,10 @@ def main(argv: list[str] | None = None) -> int:
             "revocation_set_to_first_401_max_ms": verdict(
                 "revocation_set_to_first_401_max_ms",
                 measured["revocation"]["emitted_to_first_401_max_ms"]),
+            **{name: verdict(name, ratio(large[figure], small[figure]))
+               for name, figure in DIRECTORY_GOALS.items()},
         },
+        "directory_median_ms": directory,
         "not_measured": "the warm path's fetch/login counters (JWKS fetches, key parses, Vault "
                         "logins, SVID fetches) read in-process objects of the old composition; "
                         "the process topology has no HTTP API for them; the cold call is now a "
