@@ -1,6 +1,9 @@
 """Push delivery (RFC 8935), one worker thread per stream.
 
-Each worker sends its stream's due SETs in order. 202 (or 200) means delivered. A 400 is the
+Each worker sends its stream's due SETs in order, signing each as it sends it (the call path
+never signs). 202 (or 200) means delivered; the SETs one pass delivered are marked so in one
+transaction at its end (a crash before that mark sends them again: at least once, and the
+receiver acts on a jti once). A 400 is the
 receiver refusing that SET (RFC 8935 §2.3 `err`): it is marked failed and not retried. Anything
 else (connection refused, timeout, 401/403, 5xx) is transient: the SET is retried with
 exponential backoff (0.5 s doubling to 30 s, with jitter), and the worker stops the batch so order
@@ -101,17 +104,23 @@ class PushWorker:
         headers = {"Content-Type": "application/secevent+jwt", "Accept": "application/json"}
         if delivery.get("authorization_header"):
             headers["Authorization"] = delivery["authorization_header"]
+        sent: list[OutboxRow] = []
+        try:
+            self._send_due(delivery["endpoint_url"], headers, sent)
+        finally:  # one transaction marks the drain's deliveries (a crash before it: resent)
+            self.store.delivered(*(row.id for row in sent))
+
+    def _send_due(self, url: str, headers: dict[str, str], sent: list[OutboxRow]) -> None:
         for row in self.store.due(self.stream_id):
             if self._stopped:
                 return
             try:
-                response = self._http.post(delivery["endpoint_url"],
-                                           content=self._sign(row.claims), headers=headers)
+                response = self._http.post(url, content=self._sign(row.claims), headers=headers)
             except httpx.HTTPError as exc:
                 self.store.retry_later(row.id, backoff(row.attempts), exc.__class__.__name__)
                 return
             if response.status_code in (200, 202):
-                self.store.delivered(row.id)
+                sent.append(row)
                 if self._on_delivered is not None:
                     self._on_delivered(row)
             elif response.status_code == 400:

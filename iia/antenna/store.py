@@ -1,8 +1,10 @@
 """Antenna's durable state in SQLite: streams (SSF 1.0 §8.1.1 configurations, their status and
 their owner) and the outbox of SETs to deliver.
 
-The outbox keeps the SET's *claims*, not the signed token: a SET is signed when it is sent (with
-the same `jti` on every attempt), so nothing token-shaped rests on disk. Rows move
+Antenna writes SETs through one writer thread in batches, one transaction each
+(`outbox.OutboxWriter`, group commit). The outbox keeps the SET's *claims*, not the signed
+token: a SET is signed when it is sent (with the same `jti` on every attempt), so nothing
+token-shaped rests on disk. Rows move
 pending -> delivered (or failed: refused by the receiver; dropped: the stream was disabled).
 `sets_by_event` indexes every SET issued by the bus event it came from (the event's `eventId`),
 so an audit record joins the SETs that told the world about it (`sets_for`).
@@ -18,13 +20,13 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OutboxRow", "Store"]
+__all__ = ["NewSet", "OutboxRow", "Store"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -40,6 +42,17 @@ CREATE TABLE IF NOT EXISTS sets_by_event (
     event_id TEXT NOT NULL, stream_id TEXT NOT NULL, jti TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS sets_by_event_id ON sets_by_event (event_id);
 """
+
+
+@dataclass(frozen=True, slots=True)
+class NewSet:
+    """A SET to queue: its claims (signed only when sent), and the bus event it reports."""
+
+    stream_id: str
+    jti: str
+    event_type: str
+    claims: dict[str, Any]
+    event_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,15 +138,28 @@ class Store:
 
     def enqueue(self, stream_id: str, jti: str, event_type: str,
                 claims: dict[str, Any], event_id: str | None = None) -> None:
-        """Queue a SET; `event_id` (the bus event it reports) indexes it for `sets_for`."""
+        """Queue one SET in its own transaction; `event_id` (the bus event it reports) indexes
+        it for `sets_for`. Antenna itself writes through `outbox.OutboxWriter` (`append`)."""
+        self.append([NewSet(stream_id, jti, event_type, claims, event_id)])
+
+    def append(self, sets: Sequence[NewSet]) -> None:
+        """Queue `sets` pending, in this order (their row ids rise with it: delivery per stream
+        follows them), in ONE transaction: all of them are on disk, or none is. A SET whose
+        stream was disabled or deleted since it was built is kept as `dropped`, as the
+        stream's pending SETs were (a disabled stream holds nothing)."""
+        if not sets:
+            return
         now = self._clock()
         with self._tx() as db:
-            db.execute("INSERT INTO outbox (stream_id, jti, event_type, claims, state, next_at, "
-                       "created_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-                       (stream_id, jti, event_type, json.dumps(claims), now, now))
-            if event_id is not None:
-                db.execute("INSERT INTO sets_by_event VALUES (?, ?, ?)",
-                           (event_id, stream_id, jti))
+            streams = self._stream_cache()
+            db.executemany("INSERT INTO outbox (stream_id, jti, event_type, claims, state, "
+                           "next_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [(s.stream_id, s.jti, s.event_type, json.dumps(s.claims),
+                             "pending" if streams.get(s.stream_id, ("", {}, "disabled"))[2]
+                             != "disabled" else "dropped", now, now) for s in sets])
+            db.executemany("INSERT INTO sets_by_event VALUES (?, ?, ?)",
+                           [(s.event_id, s.stream_id, s.jti) for s in sets
+                            if s.event_id is not None])
 
     def sets_for(self, event_id: str) -> list[tuple[str, str]]:
         """(stream id, SET jti) of every SET issued for the bus event `event_id`."""
@@ -165,10 +191,16 @@ class Store:
                                    "state = 'pending'", (stream_id,)).fetchone()
         return row[0] if row and row[0] is not None else None
 
-    def delivered(self, row_id: int) -> None:
+    def delivered(self, *row_ids: int) -> None:
+        """Mark these rows delivered, in one transaction (a push worker marks a drain's worth
+        at once; a crash before it means those SETs are sent again: at least once)."""
+        if not row_ids:
+            return
+        now = self._clock()
         with self._tx() as db:
-            db.execute("UPDATE outbox SET state = 'delivered', delivered_at = ?, "
-                       "attempts = attempts + 1 WHERE id = ?", (self._clock(), row_id))
+            db.executemany("UPDATE outbox SET state = 'delivered', delivered_at = ?, "
+                           "attempts = attempts + 1 WHERE id = ?",
+                           [(now, row_id) for row_id in row_ids])
 
     def acknowledge(self, stream_id: str, jtis: list[str]) -> int:
         with self._tx() as db:

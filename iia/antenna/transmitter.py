@@ -2,9 +2,13 @@
 
 Every decision on the event bus becomes one SET (`event_types.FOR_BUS_EVENT`), enqueued in the
 SQLite outbox of each stream that asked for its type and is not disabled, then pushed (RFC 8935)
-by the stream's worker or handed out on poll (RFC 8936). Management clients authenticate with a
-bearer token issued to them at registration (`register_client`); only digests of those tokens
-are kept. The anomaly detector watches the same bus and revokes sessions through CAEP.
+by the stream's worker or handed out on poll (RFC 8936). The emitting thread only builds the
+claims and hands one event's SETs to the outbox's single writer (`outbox.OutboxWriter`), which
+commits what concurrent emitters gathered in one transaction and returns to each once its SETs
+are on disk (group commit); signing and pushing happen in the stream's worker, off the call
+path. Management clients authenticate with a bearer token issued to them at registration
+(`register_client`); only digests of those tokens are kept. The anomaly detector watches the
+same bus and revokes sessions through CAEP.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from iia.antenna import caep
 from iia.antenna.anomaly import AnomalyDetector, AnomalyRules
 from iia.antenna.delivery import PushWorker
 from iia.antenna.event_types import CAEP, FOR_BUS_EVENT, SUPPORTED, VERIFICATION
+from iia.antenna.outbox import OutboxWriter
 from iia.antenna.sets import SetSigner
-from iia.antenna.store import OutboxRow, Store
+from iia.antenna.store import NewSet, OutboxRow, Store
 from iia.errors import IIAError
 from iia.events import EventBus, SecurityEvent
 
@@ -51,6 +56,7 @@ class Antenna:
         self.issuer = issuer.rstrip("/")
         self.signer = SetSigner(self.issuer)
         self.store = Store(store, clock)
+        self.outbox = OutboxWriter(self.store, on_commit=self._committed)
         self.events = events
         self._clock = clock
         self._lock = threading.Lock()
@@ -75,6 +81,7 @@ class Antenna:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        self.outbox.close()  # what was handed over is committed before anything stops
         with self._lock:
             workers, self._workers = list(self._workers.values()), {}
         for worker in workers:
@@ -187,8 +194,8 @@ class Antenna:
         if status == "disabled":
             raise StreamError("the stream is disabled")
         event = {"state": state} if state else {}
-        self._enqueue(stream_id, config, VERIFICATION, event,
-                      {"format": "opaque", "id": stream_id}, txn=None)
+        self.outbox.write([self._new_set(stream_id, config, VERIFICATION, event,
+                                         {"format": "opaque", "id": stream_id}, txn=None)])
 
     @staticmethod
     def _public(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -208,13 +215,11 @@ class Antenna:
         A CAEP payload must hold the claims CAEP 1.0 requires (`caep.check`, else
         `caep.CaepEventError`); `caep`'s builders make such payloads."""
         event = caep.check(event_type, event)
-        jtis = []
-        for stream_id, config, status in self.store.streams():
-            if status == "disabled" or event_type not in config["events_delivered"]:
-                continue
-            jtis.append(self._enqueue(stream_id, config, event_type, event, subject, txn,
-                                      event_id))
-        return jtis
+        sets = [self._new_set(stream_id, config, event_type, event, subject, txn, event_id)
+                for stream_id, config, status in self.store.streams()
+                if status != "disabled" and event_type in config["events_delivered"]]
+        self.outbox.write(sets)  # one event's SETs for every stream: committed together
+        return [s.jti for s in sets]
 
     def sets_for(self, event_id: str) -> list[tuple[str, str]]:
         """(stream id, SET jti) of each SET issued for the bus event `event_id`, in the order
@@ -222,14 +227,12 @@ class Antenna:
         Read from the durable store, so it survives a restart."""
         return self.store.sets_for(event_id)
 
-    def _enqueue(self, stream_id: str, config: Mapping[str, Any], event_type: str,
+    def _new_set(self, stream_id: str, config: Mapping[str, Any], event_type: str,
                  event: Mapping[str, Any], subject: Mapping[str, Any], txn: str | None,
-                 event_id: str | None = None) -> str:
+                 event_id: str | None = None) -> NewSet:
         claims = self.signer.claims(audience=config["aud"], event_type=event_type, event=event,
                                     subject=subject, txn=txn)
-        self.store.enqueue(stream_id, claims["jti"], event_type, claims, event_id)
-        self._wake(stream_id)
-        return str(claims["jti"])
+        return NewSet(stream_id, str(claims["jti"]), event_type, claims, event_id)
 
     def on_bus_event(self, event: SecurityEvent) -> None:
         try:
@@ -313,9 +316,13 @@ class Antenna:
                 self.revocations[sid].setdefault("first_delivered_at", time.time())
 
     def _wake(self, stream_id: str) -> None:
+        self._committed({stream_id})
+
+    def _committed(self, stream_ids: set[str]) -> None:
+        """New SETs (or a changed status) on these streams: their workers and pollers look."""
         with self._lock:
-            worker = self._workers.get(stream_id)
-        if worker is not None:
+            workers = [self._workers[s] for s in stream_ids if s in self._workers]
+        for worker in workers:
             worker.wake()
         with self._poll_waiters:
             self._poll_waiters.notify_all()
