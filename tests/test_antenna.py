@@ -500,3 +500,27 @@ def test_a_bus_events_id_leads_to_the_sets_the_receiver_got(world: World,
         assert reopened.sets_for(event.event_id) == issued
     finally:
         reopened.close()
+
+
+def test_sets_from_concurrent_emitters_reach_the_receiver_once_each_in_order(
+        world: World) -> None:
+    """Through the outbox's writer (batched commits) to the CAEP receiver over RFC 8935: every
+    SET once, each session's in the order its decisions were emitted (DESIGN §7: FIFO)."""
+    import threading
+
+    stream_id = world.stream([AGENT["token-exchange-issued"]])
+    sessions = [f"s-{k}" for k in range(4)]
+    threads = [threading.Thread(target=world.decision, args=(10, sid)) for sid in sessions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    eventually(lambda: len(world.receiver.events()) == 40
+               and world.antenna.store.counts(stream_id) == {"delivered": 40},
+               what="40 SETs received and marked delivered")
+    received = world.receiver.events()
+    assert len({e.jti for e in received}) == 40
+    for sid in sessions:
+        mine = [e.claims["events"][AGENT["token-exchange-issued"]]["rarSummary"]
+                for e in received if e.claims["sub_id"]["session"]["id"] == sid]
+        assert mine == [f"call {i}" for i in range(10)]

@@ -75,6 +75,17 @@ class OutboxWriter:
         self.requests = 0
         self.backpressure = 0
 
+    @property
+    def queued(self) -> int:
+        """Requests handed over and not yet taken by the writer."""
+        with self._cond:
+            return len(self._queue)
+
+    @property
+    def closed(self) -> bool:
+        with self._cond:
+            return self._closed
+
     # -- emitters ---------------------------------------------------------------------------
 
     def write(self, sets: Sequence[NewSet]) -> None:
