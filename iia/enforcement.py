@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 import uuid
 from collections import deque
@@ -130,10 +131,15 @@ class EnforcementChain:
         self.timings: deque[tuple[str, dict[str, float]]] = deque(maxlen=10_000)
         # recent outcomes with their session (decoded claims only, never a token)
         self.history: deque[tuple[str, ToolOutcome]] = deque(maxlen=200)
+        # -- instrumentation (iia.ops counters): tool calls taken, since start --
+        self._count_lock = threading.Lock()
+        self.calls = 0
 
     # -- the call ---------------------------------------------------------------------------
 
     def call(self, name: str, arguments: Mapping[str, Any] | None, caller: Caller) -> ToolOutcome:
+        with self._count_lock:
+            self.calls += 1
         tool = self.tools.get(name)
         if tool is None:
             outcome = ToolOutcome(name, False, error=f"there is no tool named {name!r}",

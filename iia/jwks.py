@@ -26,6 +26,7 @@ from jwt import PyJWKSet
 from jwt.exceptions import PyJWKSetError
 
 from iia.errors import DependencyError
+from iia.net import http_client
 
 __all__ = ["JwksCache", "JwksUnavailableError"]
 
@@ -105,7 +106,7 @@ class JwksCache:
     def _get(self, url: str) -> httpx.Response:
         if self._http is not None:
             return self._http.get(url)
-        with httpx.Client(timeout=self._timeout) as http:
+        with http_client(self._timeout, pool=1) as http:
             return http.get(url)
 
     def _refresh(self, now: float) -> None:

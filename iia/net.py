@@ -1,5 +1,12 @@
-"""How our HTTP servers listen: one place for the socket and the keep-alive policy, used by
-`python -m iia.serve` and by the lab harness (which may import iia; never the reverse).
+"""How our HTTP servers listen, and how our clients call out: one place for the socket and the
+keep-alive policy, used by `python -m iia.serve` and by the lab harness (which may import iia;
+never the reverse).
+
+Servers run on uvloop's event loop and httptools' HTTP/1.1 parser where they are installed
+(`EVENT_LOOP`, `HTTP_PARSER`; uvicorn's pure-Python h11 and asyncio's loop otherwise). Clients
+(`http_client`) keep connections alive in a pool as large as the MCP server's concurrent calls
+and take nothing from the environment (`trust_env` off: no proxy or CA variables, no
+`~/.netrc`): every upstream is named by a setting.
 
 A supervisor may hand the listening sockets over instead (`inherited_sockets`: the systemd
 socket-activation protocol, `sd_listen_fds(3)`), so that a restarted process serves the same
@@ -7,23 +14,58 @@ port and the connections made meanwhile wait in the socket's backlog."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from typing import Any, Literal, TypeVar
 
+import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
 from iia.errors import ConfigurationError
 from iia.http_edge import EdgeGuard
 
-__all__ = ["KEEP_ALIVE_S", "LISTEN_FDS_START", "inherited_sockets", "listening_socket",
+__all__ = ["CLIENT_KEEP_ALIVE_S", "CLIENT_POOL", "EVENT_LOOP", "HTTP_PARSER", "KEEP_ALIVE_S",
+           "LISTEN_FDS_START", "http_client", "inherited_sockets", "listening_socket", "run_loop",
            "server_config"]
+
+T = TypeVar("T")
 
 # seconds an idle keep-alive connection stays open on our servers: longer than clients pool
 # them (httpx: 5 s), so a client never reuses a connection at the instant the server closes it
 # (a "connection reset" under load)
 KEEP_ALIVE_S = 30
+
+# our clients: idle connections kept per pool (one pool per upstream client), and for how long
+# (shorter than any server of ours keeps them, KEEP_ALIVE_S)
+CLIENT_POOL = 64
+CLIENT_KEEP_ALIVE_S = 5.0
+
+# the event loop and HTTP/1.1 parser our servers run on: the C implementations when installed
+EVENT_LOOP: Literal["uvloop", "asyncio"] = \
+    "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+HTTP_PARSER: Literal["httptools", "h11"] = \
+    "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+
+
+def http_client(timeout: float, *, pool: int = CLIENT_POOL) -> httpx.Client:
+    """A client for one upstream: keep-alive connections (up to `pool` idle ones), nothing from
+    the environment. Its owner closes it."""
+    return httpx.Client(timeout=timeout, trust_env=False,
+                        limits=httpx.Limits(max_connections=None, max_keepalive_connections=pool,
+                                            keepalive_expiry=CLIENT_KEEP_ALIVE_S))
+
+
+def run_loop(main: Coroutine[Any, Any, T], *, loop: str = EVENT_LOOP) -> T:
+    """Run `main` to completion on a new event loop of kind `loop` (uvloop or asyncio)."""
+    if loop == "uvloop":
+        import uvloop  # at start-up, and only where it is installed (not on Windows)
+
+        return uvloop.run(main)
+    return asyncio.run(main)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -99,9 +141,10 @@ def _listening(fd: int, label: str) -> socket.socket:
 
 
 def server_config(app: ASGIApp, *, lifespan: bool = False, log_level: str = "warning",
-                  graceful_shutdown_s: int = 2) -> uvicorn.Config:
+                  graceful_shutdown_s: int = 2, http: str = HTTP_PARSER) -> uvicorn.Config:
     """The uvicorn configuration every server of ours and of the lab runs with: the keep-alive
-    above, and the edge guard in front of the app (`iia.http_edge`)."""
+    above, the HTTP/1.1 parser `http` (httptools where installed), and the edge guard in front
+    of the app (`iia.http_edge`). The event loop is the caller's (`run_loop`)."""
     return uvicorn.Config(EdgeGuard(app), log_level=log_level, access_log=False,
                           lifespan="on" if lifespan else "off", timeout_keep_alive=KEEP_ALIVE_S,
-                          timeout_graceful_shutdown=graceful_shutdown_s)
+                          timeout_graceful_shutdown=graceful_shutdown_s, http=http)

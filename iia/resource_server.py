@@ -40,6 +40,7 @@ from joserfc.jwk import ECKey
 
 from iia.errors import IIAError
 from iia.jwks import JwksCache, JwksUnavailableError
+from iia.net import http_client
 from iia.oauth.client import IdpUnavailableError
 from iia.protocol import ACCESS_TOKEN_JWT_TYPES
 from iia.sessions import SessionRevocations
@@ -76,10 +77,11 @@ class UserTokenVerifier:
         self.audience = audience
         self.allowed_clients = frozenset(allowed_clients)
         self.revocations = revocations
-        self._http = http or httpx.Client(timeout=5)
+        self._http = http or http_client(5.0)
         self.jwks = JwksCache(jwks_uri, http=self._http, min_refresh=min_refresh,
                               what="identity provider's signing keys")
         self._jose_keys: dict[str, tuple[object, ECKey]] = {}
+        self.key_imports = 0  # instrumentation (iia.ops): keys converted for joserfc
 
     # -- keys -------------------------------------------------------------------------------
 
@@ -111,6 +113,7 @@ class UserTokenVerifier:
         except (JoseError, ValueError, TypeError):
             return None  # not an EC key: it cannot have signed an ES256 token
         self._jose_keys[kid] = (raw, key)
+        self.key_imports += 1
         return key
 
     def can_verify_offline(self, token: str) -> bool:

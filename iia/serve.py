@@ -19,6 +19,9 @@ inherited_sockets`: `LISTEN_FDS`, `LISTEN_FDNAMES` with the names `mcp`, `chat`,
     file), plus the settings of `iia.identity`, `McpSettings`, `ChatSettings` and
     `AgentSettings`.
 
+The servers run on uvloop's event loop and httptools' HTTP parser where they are installed
+(`iia.net.run_loop`, `iia.net.server_config`).
+
 docs/real-services.md lists every setting.
 """
 
@@ -42,7 +45,7 @@ from iia.errors import ConfigurationError
 from iia.events import EventBus
 from iia.identity import IdentitySettings, WorkloadIdentity
 from iia.mcp_server import McpServer
-from iia.net import inherited_sockets, listening_socket, server_config
+from iia.net import inherited_sockets, listening_socket, run_loop, server_config
 from iia.settings import (
     AgentSettings,
     ChatSettings,
@@ -191,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         env = load_env(args.env_file)
         handed = inherited_sockets()  # a process fact, not a setting: the real environment
-        asyncio.run(run(env, console=args.console, sockets=handed))
+        run_loop(run(env, console=args.console, sockets=handed))  # uvloop where installed
     except ConfigurationError as exc:
         sys.exit(f"iia.serve: {exc}")
 

@@ -146,3 +146,4 @@ class WorkloadIdentity:
 
     def close(self) -> None:
         self.svids.close()
+        self.vault.close()

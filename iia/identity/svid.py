@@ -96,7 +96,8 @@ class JwtSvidSource:
         self._lock = threading.Lock()
         self._client: WorkloadApiClient | None = None
         self._cache: dict[str, Svid] = {}
-        # -- instrumentation for tests and benchmarks only (nothing in iia reads it) --
+        # -- instrumentation for tests, benchmarks and the ops counters (iia.ops); nothing in the
+        #    chain reads it --
         self.fetches = 0  # JWT-SVIDs fetched from the Workload API (a cache hit is not one)
 
     def _workload_api(self) -> WorkloadApiClient:

@@ -8,6 +8,11 @@ Vault says it is no longer valid) the source logs in again with a JWT-SVID. The 
 read from Vault for every use, because the identity provider rotates it after each successful
 use. When the IdP still calls the secret stale (another caller used it first and its grace window
 passed), `with_credential` re-reads it and retries once (`vault:rotation_retry`).
+
+Every request goes through one pooled `requests.Session` (`vault_session`): keep-alive
+connections, a pool as large as the MCP server's concurrent calls, and `trust_env` off, so a
+request does not consult proxy variables or `~/.netrc` each time (the address, CA and timeout
+are this module's settings, nothing else).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import TypeVar
 import hvac
 import hvac.exceptions
 import requests
+from requests.adapters import HTTPAdapter
 
 from iia.events import EventBus, current_fields
 from iia.identity.errors import (
@@ -36,9 +42,27 @@ from iia.identity.settings import IdentitySettings
 from iia.identity.svid import JwtSvidSource, Svid
 from iia.oauth.errors import InvalidClientError
 
-__all__ = ["ClientCredential", "VaultCredentialSource"]
+__all__ = ["POOL_CONNECTIONS", "ClientCredential", "VaultCredentialSource", "vault_session"]
 
 T = TypeVar("T")
+
+# keep-alive connections kept to Vault: as many as the MCP server runs calls at once
+# (iia.mcp_server.McpServer's max_concurrent_calls), so no call opens a connection when warm
+POOL_CONNECTIONS = 64
+
+
+def vault_session(settings: IdentitySettings, *,
+                  pool_connections: int = POOL_CONNECTIONS) -> requests.Session:
+    """The one HTTP session to Vault: pooled keep-alive connections, TLS verified with the
+    configured CA (or the system's), and nothing taken from the environment (`trust_env`
+    off: no proxy variables, no `~/.netrc`, no `REQUESTS_CA_BUNDLE` read on each request)."""
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = settings.vault_ca_cert or True
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_connections, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 @dataclass(frozen=True)
@@ -109,11 +133,14 @@ class VaultCredentialSource:
         self._clock = clock
         self._lock = threading.Lock()
         self._token: _VaultToken | None = None
+        self._session = vault_session(settings)
         # the timeout is a float (requests takes one); types-hvac says int
         self._client = hvac.Client(url=settings.vault_addr,
                                    timeout=settings.timeout,  # type: ignore[arg-type]
-                                   verify=settings.vault_ca_cert or True)
-        # -- instrumentation for tests and benchmarks only (nothing in iia reads it) --
+                                   verify=settings.vault_ca_cert or True, session=self._session)
+        # -- instrumentation for tests, benchmarks and the ops counters (iia.ops); nothing in the
+        #    chain reads it --
+        self._count_lock = threading.Lock()
         self.logins = 0  # JWT-SVID logins to Vault (a warm token is not one)
         self.reads = 0  # credential reads from kv-v2
         self._cached_calls: OrderedDict[str, None] = OrderedDict()  # recent calls announced
@@ -216,7 +243,8 @@ class VaultCredentialSource:
         if not data.get("client_id") or not data.get("client_secret"):
             raise VaultSecretMissingError(
                 f"{s.vault_kv_mount}/{s.vault_secret_path} has no client_id/client_secret")
-        self.reads += 1
+        with self._count_lock:
+            self.reads += 1
         if self._events is not None:
             self._events.emit(
                 "vault:secret_read", duration_ms=round((time.perf_counter() - started) * 1000),
@@ -243,6 +271,10 @@ class VaultCredentialSource:
                                            "clientId": credential.client_id})
             fresh = self.read()
             return use(fresh)
+
+    def close(self) -> None:
+        """Close the pooled connections to Vault."""
+        self._session.close()
 
     def forget_token(self) -> None:
         """Drop the cached Vault token: the next read logs in again."""

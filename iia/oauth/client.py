@@ -18,6 +18,7 @@ import httpx
 
 from iia.errors import DependencyError
 from iia.identity.vault import ClientCredential
+from iia.net import http_client
 from iia.oauth.errors import error_from_response
 
 __all__ = ["AuthorizationServerClient", "IdpUnavailableError", "discover"]
@@ -31,7 +32,7 @@ def discover(issuer: str, *, http: httpx.Client | None = None,
              timeout: float = 5.0) -> dict[str, Any]:
     """Fetch the OpenID Provider metadata of `issuer` (OpenID Connect Discovery 1.0 §4)."""
     url = issuer.rstrip("/") + "/.well-known/openid-configuration"
-    client = http or httpx.Client(timeout=timeout)
+    client = http or http_client(timeout)
     try:
         response = client.get(url)
     except httpx.HTTPError as exc:
@@ -56,14 +57,19 @@ def basic_auth(credential: ClientCredential) -> str:
 
 
 class AuthorizationServerClient:
-    """Endpoints come from discovery, fetched once and kept."""
+    """Endpoints come from discovery, fetched once and kept. One pooled keep-alive client
+    (`iia.net.http_client`) serves every request to the authorization server."""
 
     def __init__(self, issuer: str, *, http: httpx.Client | None = None,
                  timeout: float = 5.0) -> None:
         self.issuer = issuer.rstrip("/")
-        self._http = http or httpx.Client(timeout=timeout)
+        self._http = http or http_client(timeout)
         self._metadata: dict[str, Any] | None = None
         self._lock = threading.Lock()
+        # -- instrumentation (iia.ops counters): requests sent, by endpoint and by grant --
+        self._count_lock = threading.Lock()
+        self.requests: dict[str, int] = {}  # endpoint metadata name -> requests sent
+        self.grants: dict[str, int] = {}  # token endpoint: grant_type -> requests sent
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -82,6 +88,11 @@ class AuthorizationServerClient:
     def _post(self, endpoint: str, form: Mapping[str, str],
               credential: ClientCredential) -> dict[str, Any]:
         url = self.endpoint(endpoint)
+        with self._count_lock:
+            self.requests[endpoint] = self.requests.get(endpoint, 0) + 1
+            if endpoint == "token_endpoint":
+                grant = form.get("grant_type", "")
+                self.grants[grant] = self.grants.get(grant, 0) + 1
         try:
             response = self._http.post(url, data=dict(form),
                                        headers={"Authorization": basic_auth(credential),
