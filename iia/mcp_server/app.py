@@ -32,6 +32,7 @@ from iia.events import EventBus
 from iia.hitl import ApprovalChannel, CibaApprovalChannel, ConsentCache
 from iia.identity import WorkloadIdentity
 from iia.mcp_server.auth import BearerAuth
+from iia.mcp_server.ops import COUNTERS_PATH, counters_endpoint
 from iia.mcp_server.ssf_receiver import SsfPushReceiver
 from iia.oauth.client import AuthorizationServerClient
 from iia.resource_server import Caller, UserTokenVerifier
@@ -135,6 +136,7 @@ class McpServer:
                                               resource_name="IIA MCP server"),
             Route("/ssf/events", self.ssf.push, methods=["POST"]),
             Route("/healthz", health),
+            Route(COUNTERS_PATH, counters_endpoint(self), methods=["GET"]),
         ])
 
     def close(self) -> None:
