@@ -1,33 +1,33 @@
-"""The scripted model: deterministic rules that turn a Messages API request into the next turn.
+"""The scripted model: a Messages API request (the whole conversation) in, the next turn out.
 
-A script (`fixtures/scripts/claude.json`) is a list of scenarios. The user message that opened
-the current turn picks the first scenario whose `when` regex matches (named groups become
-`match.<name>`); the number of tool calls already made since that message picks the step. A step
-either calls a tool (`tool`, `input`) or answers (`say`). Values may reference what happened:
+The script, `fixtures/scripts/claude.json`, holds the words: the phrase table a request is
+read with (`harness.claude.grammar`), the politeness that is ignored and the help sentence.
+What each intent does is `harness.claude.planner`. The turn is a function of the messages
+alone: the same conversation always gives the same blocks, tool_use ids included.
 
-    $match.email                       a named group of the `when` regex
-    $results[0].users[?userName=x].id  a path into the JSON of this turn's first tool result
-    {results[-1].totalResults}         the same inside `say` text; `{... | names}` lists names,
-                                       `{... | count}` counts, `{error}` is the last error text
-
-Steps may be conditional: `if_match` (a named group matched), `if_result_contains` (a tool
-result of this turn contains a string; the model "obeys" it, which is how the prompt-injection
-scenario behaves), `if_error` / `unless_error` (the last tool result was an error). A step
-whose condition fails is skipped. When a tool result is an error and the step that made the call
-does not say `continue_on_error`, the model reports the error (the scenario's `on_error` text).
+    messages -> the user text that opened this turn -> clauses (grammar)
+             -> the tool results before it (what the model knows) and since it (replay)
+             -> the next tool_use, or the answer
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import re
-import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.claude.grammar import Clause, Grammar
+from harness.claude.planner import HANDLERS, Memory, Outcome, Step, outcome_data, plan
+
 __all__ = ["ScriptedModel", "Turn"]
+
+READS = frozenset({"list_users", "get_user", "list_groups", "list_applications",
+                   "get_application", "list_access_policies", "get_access_policy"})
+# The questions after which the next message is read as the rest of the request before it.
+CLARIFICATIONS = ("What e-mail address should ", "What are the first and last names of ")
 
 
 @dataclass(frozen=True)
@@ -36,161 +36,93 @@ class Turn:
     stop_reason: str
 
 
-@dataclass
-class _State:
-    match: dict[str, str]
-    results: list[Any]  # parsed tool results of this turn (errors as {"error": text})
-    errors: list[bool]
-    last_text: str
-
-    def context(self) -> dict[str, Any]:
-        return {"match": self.match, "results": self.results}
-
-
-_TOKEN = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(-?\d+)\]|\[\?([A-Za-z_]+)=([^\]]*)\]")
-
-
-def resolve(path: str, context: Mapping[str, Any]) -> Any:
-    """Evaluate `root.key[0][?field=value]...` against the context (None when it leads nowhere)."""
-    head = re.match(r"[A-Za-z_]+", path)
-    if head is None:
-        return None
-    value: Any = context.get(head.group(0))
-    rest = path[head.end():]
-    while rest:
-        token = _TOKEN.match(rest)
-        if token is None:
-            return None
-        key, index, field, expected = token.groups()
-        if key is not None:
-            value = value.get(key) if isinstance(value, Mapping) else None
-        elif index is not None:
-            i = int(index)
-            value = value[i] if isinstance(value, Sequence) and -len(value) <= i < len(value) \
-                else None
-        else:
-            value = next((item for item in value or [] if isinstance(item, Mapping)
-                          and str(item.get(field)) == expected), None) \
-                if isinstance(value, Sequence) else None
-        rest = rest[token.end():]
-    return value
-
-
-def _render(template: str, state: _State) -> str:
-    def replace(m: re.Match[str]) -> str:
-        expr, _, fn = (part.strip() for part in m.group(1).partition("|"))
-        if expr == "error":
-            return state.last_text if state.errors and state.errors[-1] else ""
-        value = resolve(expr, state.context())
-        if fn == "count":
-            return str(len(value) if isinstance(value, Sequence) else 0)
-        if fn == "names":
-            items = value if isinstance(value, Sequence) else []
-            names = [str(i.get("displayName") or i.get("userName") or i.get("name") or i)
-                     if isinstance(i, Mapping) else str(i) for i in items]
-            return ", ".join(names) or "none"
-        if isinstance(value, list | dict):
-            return json.dumps(value)
-        return "" if value is None else str(value)
-
-    return re.sub(r"\{([^{}]+)\}", replace, template)
-
-
-def _value(spec: Any, state: _State) -> Any:
-    if isinstance(spec, str) and spec.startswith("$"):
-        return resolve(spec[1:], state.context())
-    if isinstance(spec, dict):
-        return {k: _value(v, state) for k, v in spec.items()}
-    if isinstance(spec, list):
-        return [_value(v, state) for v in spec]
-    if isinstance(spec, str):
-        return _render(spec, state) if "{" in spec else spec
-    return spec
-
-
 def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(b.get("text", "") for b in content if isinstance(b, dict))
+        return "".join(b.get("text", "") for b in content
+                       if isinstance(b, dict) and b.get("type", "text") == "text")
     return ""
+
+
+@dataclass
+class _Conversation:
+    """A Messages API conversation as the model reads it."""
+
+    opener: str = ""  # the user's words that opened this turn
+    before: list[Outcome] = field(default_factory=list)  # tool results of earlier turns
+    now: list[Outcome] = field(default_factory=list)  # tool results since the opener
+    previous_opener: str = ""
+    previous_reads_only: bool = True  # the turn before made no change
+    previous_answer: str = ""
+
+    @classmethod
+    def read(cls, messages: Sequence[Mapping[str, Any]]) -> _Conversation:
+        conversation = cls()
+        uses: dict[str, tuple[str, Mapping[str, Any]]] = {}
+        answer = ""
+        for message in messages:
+            content = message.get("content")
+            blocks = [b for b in content if isinstance(b, dict)] if isinstance(content,
+                                                                                list) else []
+            if message.get("role") == "assistant":
+                for block in blocks:
+                    if block.get("type") == "tool_use":
+                        uses[str(block.get("id"))] = (str(block.get("name")),
+                                                      block.get("input") or {})
+                answer = _text_of(content)
+                continue
+            results = [b for b in blocks if b.get("type") == "tool_result"]
+            if not results:  # the user's words: a new turn
+                conversation.previous_opener = conversation.opener
+                conversation.previous_reads_only = all(o.name in READS
+                                                       for o in conversation.now)
+                conversation.previous_answer = answer
+                conversation.before += conversation.now
+                conversation.opener, conversation.now, answer = _text_of(content), [], ""
+                continue
+            for block in results:
+                name, arguments = uses.get(str(block.get("tool_use_id")), ("", {}))
+                text = _text_of(block.get("content"))
+                ok = not block.get("is_error")
+                conversation.now.append(Outcome(name, arguments, ok, text,
+                                                outcome_data(text) if ok else None))
+        return conversation
 
 
 class ScriptedModel:
     def __init__(self, path: Path) -> None:
         doc = json.loads(path.read_text())
-        self.scenarios: list[dict[str, Any]] = doc["scenarios"]
-        self.fallback: str = doc["fallback"]
-        self._compiled = [re.compile(s["when"]) for s in self.scenarios]
+        self.name: str = doc.get("model", "claude-lab-scripted")
+        self.help: str = doc["help"]
+        self.grammar = Grammar.from_script(doc)
+        unknown = sorted({p.intent for p in self.grammar.phrases} - set(HANDLERS))
+        if unknown:
+            raise ValueError(f"{path}: no behaviour for the intents {', '.join(unknown)}")
+
+    def understand(self, text: str) -> list[Clause] | None:
+        """The clauses of a request (None when part of it maps to nothing here)."""
+        return self.grammar.parse(text)
 
     def respond(self, messages: Sequence[Mapping[str, Any]]) -> Turn:
-        opener, state = self._turn_state(messages)
-        for scenario, pattern in zip(self.scenarios, self._compiled, strict=True):
-            m = pattern.search(opener)
-            if m:
-                state.match = {k: v for k, v in m.groupdict().items() if v is not None}
-                return self._step(scenario, state, calls_made=len(state.results))
-        return Turn([{"type": "text", "text": self.fallback}], "end_turn")
-
-    def _turn_state(self, messages: Sequence[Mapping[str, Any]]) -> tuple[str, _State]:
-        """The user text that opened this turn, and the tool results that followed it."""
-        opener = ""
-        results: list[Any] = []
-        errors: list[bool] = []
-        last_text = ""
-        for message in messages:
-            content = message.get("content")
-            blocks = content if isinstance(content, list) else []
-            tool_results = [b for b in blocks if isinstance(b, dict)
-                            and b.get("type") == "tool_result"]
-            if message.get("role") == "user" and not tool_results:
-                opener, results, errors = _text_of(content), [], []
-                continue
-            for block in tool_results:
-                text = _text_of(block.get("content"))
-                last_text = text
-                is_error = bool(block.get("is_error"))
-                errors.append(is_error)
-                try:
-                    results.append({"error": text} if is_error else json.loads(text))
-                except json.JSONDecodeError:
-                    results.append({"text": text})
-        return opener, _State(match={}, results=results, errors=errors, last_text=last_text)
-
-    def _step(self, scenario: Mapping[str, Any], state: _State, calls_made: int) -> Turn:
-        done = 0
-        for step in scenario["steps"]:
-            if "tool" in step and not self._applies(step, state):
-                continue
-            if "tool" in step:
-                if step.get("repeat") or done == calls_made:
-                    block = {"type": "tool_use", "id": "toolu_" + uuid.uuid4().hex[:24],
-                             "name": step["tool"], "input": _value(step.get("input", {}), state)}
-                    blocks: list[dict[str, Any]] = []
-                    if step.get("preamble"):
-                        blocks.append({"type": "text", "text": _value(step["preamble"], state)})
-                    return Turn([*blocks, block], "tool_use")
-                done += 1
-                if state.errors[done - 1] and not step.get("continue_on_error"):
-                    return self._report_error(scenario, state)
-                continue
-            if self._applies(step, state):
-                return Turn([{"type": "text", "text": _value(step["say"], state)}], "end_turn")
-        return self._report_error(scenario, state)
+        conversation = _Conversation.read(messages)
+        clauses = self.understand(conversation.opener)
+        if (not clauses or clauses[0].intent == "help") and conversation.previous_reads_only \
+                and conversation.previous_answer.startswith(CLARIFICATIONS):
+            clauses = self.understand(conversation.previous_opener + ", "
+                                      + conversation.opener) or clauses
+        memory = Memory()
+        for outcome in conversation.before:
+            memory.learn(outcome)
+        step = plan(clauses or [], memory, conversation.now, self.help)
+        return self._turn(step, messages)
 
     @staticmethod
-    def _applies(step: Mapping[str, Any], state: _State) -> bool:
-        last_error = bool(state.errors and state.errors[-1])
-        if "if_match" in step and not state.match.get(step["if_match"]):
-            return False
-        if "if_result_contains" in step:
-            needle = step["if_result_contains"]
-            if not any(needle in json.dumps(r) for r in state.results):
-                return False
-        if step.get("if_error") and not last_error:
-            return False
-        return not (step.get("unless_error") and last_error)
-
-    def _report_error(self, scenario: Mapping[str, Any], state: _State) -> Turn:
-        handler = scenario.get("on_error", "I could not complete that: {error}")
-        return Turn([{"type": "text", "text": _render(handler, state)}], "end_turn")
+    def _turn(step: Step, messages: Sequence[Mapping[str, Any]]) -> Turn:
+        if not step.tool:
+            return Turn([{"type": "text", "text": step.text}], "end_turn")
+        seed = json.dumps([messages, step.tool, step.input], sort_keys=True, default=str)
+        use = {"type": "tool_use", "id": "toolu_" + hashlib.sha256(seed.encode()).hexdigest()[:24],
+               "name": step.tool, "input": dict(step.input)}
+        preamble = [{"type": "text", "text": step.text}] if step.text else []
+        return Turn([*preamble, use], "tool_use")
