@@ -27,6 +27,12 @@ from typing import Any, TypeVar
 
 import httpx
 
+from harness.authenticator import (
+    SoftwareAuthenticator,
+    enroll_demo_users,
+    register_local,
+    unregister_local,
+)
 from harness.caep_receiver import CaepReceiver
 from harness.claude import MessagesApi, ScriptedModel
 from harness.lab_settings import LabSettings
@@ -76,6 +82,7 @@ class Lab:
         self.vault_layout: VaultLayout
         self.client_secret: RotatingClientSecret
         self.verify: VerifyTenant
+        self.authenticator: SoftwareAuthenticator  # the demo users' passkeys (their phones)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -148,6 +155,11 @@ class Lab:
             spiffe_keys_url=f"{discovery_url}/keys", trust_domain=registry.trust_domain,
             obo_token_ttl=s.obo_ttl, clock=s.clock)
         self.verify.tokens.groups_of = member_groups(self.verify)  # the `groups` claim
+        # the demo users' phones: a software authenticator holding one passkey per user,
+        # enrolled by WebAuthn registration at the tenant; found in this process by origin
+        self.authenticator = SoftwareAuthenticator()
+        enroll_demo_users(self.verify, self.authenticator)
+        register_local(self.verify.passkeys.origin, self.authenticator)
         await self._serve(HttpService("verify", self.verify.app(), verify_sock))
 
         # The scripted stand-in for Claude.
@@ -241,6 +253,8 @@ class Lab:
         if self.runtime_dir is not None:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
             self.runtime_dir = None
+        if hasattr(self, "verify"):
+            unregister_local(self.verify.passkeys.origin)
         self._loop = self._thread = None
         self.endpoints.clear()
 

@@ -13,22 +13,46 @@ from urllib.parse import quote
 
 import httpx
 
+from harness.authenticator import AuthenticatorError, SoftwareAuthenticator, for_origin
+from harness.verify.login import complete_passkey_login
+from harness.verify.passkeys import user_facing_url
+
 __all__ = ["DelegationApi", "LabClient", "PhoneApi", "Turn"]
 
 
 class PhoneApi:
-    """The lab phone's JSON API at the simulated Verify: pending pushes, and answering one."""
+    """The user's Verify app at the simulated Verify, as its phone would use it: pending pushes,
+    and answering one with a passkey assertion whose challenge binds that push and answer
+    (harness.verify.passkeys.push_challenge), signed by the push's user's passkey in the lab's
+    software authenticator (harness.authenticator). There is no unsigned answer."""
 
-    def __init__(self, verify_url: str, http: httpx.Client | None = None) -> None:
+    def __init__(self, verify_url: str, http: httpx.Client | None = None,
+                 authenticator: SoftwareAuthenticator | None = None) -> None:
         self.url = verify_url + "/lab/phone/requests"
+        self.origin = user_facing_url(verify_url)  # where the Verify app's pages are
         self._http = http or httpx.Client(timeout=5)
+        self._authenticator = authenticator
 
     def pending(self, user: str | None = None) -> list[dict[str, Any]]:
         """Pending pushes, every user's when `user` is None."""
         return self._http.get(self.url, params={"user": user} if user else {}).json()
 
     def answer(self, push_id: str, approve: bool) -> httpx.Response:
-        return self._http.post(f"{self.url}/{push_id}/{'approve' if approve else 'deny'}")
+        """Approve or deny: the request options of this push and answer, the assertion of the
+        push's user's passkey, the signed answer. Returns the tenant's last response (an error
+        body `{error, error_description}` when it refused)."""
+        answer = "approve" if approve else "deny"
+        options = self._http.post(f"{self.url}/{push_id}/options", json={"answer": answer})
+        if options.status_code != 200:
+            return options
+        try:
+            signer = self._authenticator or for_origin(self.origin)
+            assertion = signer.get(options.json()["publicKey"], self.origin)
+        except AuthenticatorError as exc:
+            return httpx.Response(400, json={"error": "no_passkey", "error_description": str(exc)},
+                                  request=options.request)
+        return self._http.post(f"{self.url}/{push_id}/answer",
+                               json={"answer": answer, "credential": assertion})
 
 
 class DelegationApi:
@@ -89,6 +113,8 @@ class LabClient:
 
     def sign_in(self) -> str:
         response = self.browser.get("/auth/login", params={"login_hint": self.user})
+        if response.status_code in (302, 303):  # to the tenant's passkey sign-in, and back
+            response = complete_passkey_login(self.browser, response, self.user)
         while response.status_code in (302, 303):
             response = self.browser.get(response.headers["location"])
         me = self.browser.get("/me").json()

@@ -5,7 +5,9 @@ the docker-compose file run them.
                    IIA_SPIRE_SOCKET and the OIDC discovery provider, whose public URL
                    IIA_SPIFFE_OIDC_URL is the SVIDs' issuer; the public trust bundle outlives a
                    restart in IIA_SPIRE_BUNDLE_FILE
-    verify         the IBM Verify tenant; its client secret rotates in Vault
+    verify         the IBM Verify tenant; its client secret rotates in Vault; with
+                   IIA_AUTHENTICATOR_FILE, the demo users' passkeys are enrolled at start and
+                   the software authenticator holding them is saved there (0600)
     caep-receiver  a CAEP receiver keeping every SET it gets
     model          the scripted stand-in for Claude
     vault-init     bootstrap Vault from fixtures/vault/bootstrap.json (the same function the lab
@@ -68,7 +70,7 @@ SETTINGS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
                           "IIA_MCP_RESOURCE"}),
                _HTTP | {"IIA_VAULT_TOKEN", "IIA_VAULT_ROOT_TOKEN", "IIA_ANTENNA_URL",
                         "IIA_SSF_AUTHORIZATION_FILE", "IIA_LAB_OBO_TTL",
-                        "IIA_LAB_SECRET_GRACE"}),
+                        "IIA_LAB_SECRET_GRACE", "IIA_AUTHENTICATOR_FILE"}),
     "caep-receiver": (frozenset({"IIA_CAEP_RECEIVER_AUDIENCE", "IIA_ANTENNA_URL"}),
                       _HTTP | {"IIA_SSF_AUTHORIZATION_FILE"}),
     "model": (frozenset(), _HTTP),
@@ -271,6 +273,14 @@ async def _verify(cfg: Mapping[str, str], sock: socket.socket) -> None:
                           spiffe_keys_url=cfg["IIA_SPIFFE_OIDC_URL"].rstrip("/") + "/keys",
                           obo_token_ttl=lab.obo_ttl)
     tenant.tokens.groups_of = member_groups(tenant)  # the `groups` claim
+    if "IIA_AUTHENTICATOR_FILE" in cfg:
+        # the demo users' phones (harness/authenticator.py): fresh passkeys enrolled at this
+        # tenant, private keys saved for the lab's tools in this file, mode 0600
+        from harness.authenticator import SoftwareAuthenticator, enroll_demo_users
+
+        authenticator = SoftwareAuthenticator()
+        enroll_demo_users(tenant, authenticator)
+        authenticator.save(Path(cfg["IIA_AUTHENTICATOR_FILE"]))
     if "IIA_ANTENNA_URL" in cfg:
         antenna = cfg["IIA_ANTENNA_URL"].rstrip("/")
         tenant.ssf.trust(antenna, antenna + "/jwks", _authorization(cfg))

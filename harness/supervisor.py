@@ -87,6 +87,7 @@ log = logging.getLogger(__name__)
 STARTING, HEALTHY, RESTARTING, STOPPED, FAILED = (
     "starting", "healthy", "restarting", "stopped", "failed")
 OIDC_BASE = "/oidc/endpoint/default"  # harness.verify.tenant.OIDC_BASE (not imported: heavy)
+AUTHENTICATOR_FILE = "authenticator.json"  # harness.authenticator.FILE_NAME (the same)
 MODEL_NAME = "claude-lab-scripted"  # the scripted stand-in's name (it answers to any)
 WORKLOAD_SPIFFE_ID = "spiffe://iia.lab/agentic-workload"  # fixtures/spire/entries.json
 
@@ -384,6 +385,7 @@ class Supervisor:
                        "IIA_SPIFFE_OIDC_URL": e["spiffe_oidc"], "IIA_ANTENNA_URL": e["antenna"],
                        "IIA_SSF_AUTHORIZATION_FILE": files["verify"],
                        "IIA_LAB_OBO_TTL": str(s.obo_ttl),
+                       "IIA_AUTHENTICATOR_FILE": str(self.directory / AUTHENTICATOR_FILE),
                        "IIA_LAB_SECRET_GRACE": f"{s.secret_grace_seconds:g}"},
             "model": dict(common),
             "caep_receiver": {**common, "IIA_CAEP_RECEIVER_AUDIENCE": e["caep_receiver"] +
@@ -436,7 +438,8 @@ class Supervisor:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
             self.runtime_dir = None
         if self._lock_file is not None:
-            for name in (ENDPOINTS, ENV, STATE, CONTROL):
+            for name in (ENDPOINTS, ENV, STATE, CONTROL, AUTHENTICATOR_FILE,
+                         AUTHENTICATOR_FILE + ".lock"):
                 with contextlib.suppress(FileNotFoundError):
                     (self.directory / name).unlink()
             self._lock_file.close()

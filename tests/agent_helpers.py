@@ -45,7 +45,7 @@ def ask(lab: Lab, token: str, prompt: str, *, max_retries: int = 0,
 
 @contextmanager
 def phone(lab: Lab, plan: Plan = True, delay: float = 0.05) -> Iterator[ScriptedPhone]:
-    with ScriptedPhone(lab.verify.ciba, plan=plan, delay=delay) as p:
+    with ScriptedPhone(lab.verify, plan=plan, delay=delay) as p:
         yield p
 
 

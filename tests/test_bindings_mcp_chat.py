@@ -24,7 +24,7 @@ import pytest
 
 from harness.lab import Lab
 from harness.verify.client_auth import Client
-from harness.verify.login import login
+from harness.verify.login import complete_passkey_login, login
 from iia.chat import COOKIE
 from iia.errors import ConfigurationError
 from iia.settings import ChatSettings, McpSettings
@@ -130,7 +130,8 @@ def test_the_allowed_clients_setting_is_validated_on_construction(lab: Lab) -> N
 
 def sign_in(lab: Lab, email: str) -> httpx.Client:
     browser = httpx.Client(base_url=lab.endpoints["chat"], timeout=30)
-    response = browser.get("/auth/login", params={"login_hint": email})
+    response = complete_passkey_login(  # the tenant's passkey sign-in page, and back
+        browser, browser.get("/auth/login", params={"login_hint": email}), email)
     hops = 0
     while response.status_code in (302, 303) and hops < 5:
         response = browser.get(response.headers["location"])

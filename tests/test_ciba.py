@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from harness.lab import Lab
+from harness.lab_client import PhoneApi
 from harness.verify.client_auth import Client
 from harness.verify.rotation import RotatingClientSecret
 from iia.identity import WorkloadIdentity
@@ -45,10 +46,12 @@ def test_push_appears_on_the_phone_and_polling_follows_the_answer(
     too_fast = poll(lab, identity, body["auth_req_id"])
     assert too_fast.json()["error"] == "slow_down"
 
-    answered = httpx.post(f"{lab.verify.base_url}/lab/phone/requests/{item['id']}/approve")
-    assert answered.json()["status"] == "approved"
-    again = httpx.post(f"{lab.verify.base_url}/lab/phone/requests/{item['id']}/deny")
-    assert again.status_code == 409
+    with httpx.Client(timeout=10) as http:  # the user's phone: answers signed by the passkey
+        phone = PhoneApi(lab.verify.base_url, http)
+        answered = phone.answer(item["id"], True)
+        assert answered.json()["status"] == "approved"
+        again = phone.answer(item["id"], False)
+        assert again.status_code == 409
 
     time.sleep(1.05)
     tokens = poll(lab, identity, body["auth_req_id"])
@@ -188,5 +191,6 @@ def test_session_consent_must_name_a_live_session_of_that_user(
 
 
 def test_phone_page_renders(lab: Lab) -> None:
-    page = httpx.get(f"{lab.verify.base_url}/lab/phone")
+    page = httpx.get(f"{lab.verify.base_url}/lab/phone", follow_redirects=True)
+    assert str(page.url).startswith(lab.verify.passkeys.origin)  # localhost: WebAuthn's RP ID
     assert page.status_code == 200 and "IBM Verify (lab phone)" in page.text

@@ -13,7 +13,7 @@ import jwt
 import pytest
 
 from harness.lab import Lab
-from harness.verify.login import LoginError, login
+from harness.verify.login import LoginError, complete_passkey_login, login, passkey_request
 from iia.identity import WorkloadIdentity
 from tests.helpers import as_mcp_server, user_token
 
@@ -27,8 +27,14 @@ def authorize(lab: Lab, **params: str) -> httpx.Response:
              "code_challenge": challenge, "code_challenge_method": "S256",
              "login_hint": "alice@example.com"}
     query.update(params)
-    response = httpx.get(f"{lab.verify.issuer}/authorize",
-                         params={k: v for k, v in query.items() if v is not None})
+    with httpx.Client() as http:
+        response = http.get(f"{lab.verify.issuer}/authorize",
+                            params={k: v for k, v in query.items() if v is not None})
+        email = query.get("login_hint")
+        if email:  # the browser at the passkey sign-in page, with the user's passkey
+            response = complete_passkey_login(http, response, email)
+        elif response.status_code == 302:  # to the sign-in page at localhost
+            response = http.get(response.headers["location"])
     response.verifier = verifier  # type: ignore[attr-defined]
     return response
 
@@ -140,11 +146,16 @@ def test_unknown_and_deactivated_users_cannot_log_in(lab: Lab) -> None:
         directory.storage.update(directory.user_type, user)
 
 
-def test_login_page_lists_demo_users(lab: Lab) -> None:
+def test_login_page_is_a_passkey_ceremony_at_localhost(lab: Lab) -> None:
     page = authorize(lab, login_hint=None)
-    assert page.status_code == 200
-    assert "alice@example.com" in page.text and "Sign in" in page.text
-    assert "<script" not in page.text.split("</h1>")[1]  # user-supplied text is escaped
+    assert page.status_code == 200 and str(page.url).startswith(lab.verify.passkeys.origin)
+    assert "Sign in with a passkey" in page.text and "alice@example.com" not in page.text
+    request = passkey_request(page.text)
+    assert request is not None and request["publicKey"]["rpId"] == "localhost"
+    assert request["publicKey"]["userVerification"] == "required"
+    assert request["publicKey"].get("allowCredentials", []) == []  # any discoverable passkey
+    hinted = authorize(lab, login_hint="<script>x</script>@example.com")
+    assert redirect_params(hinted)["error"] == "login_required"  # no page for an unknown user
 
 
 def test_refresh_rotates_and_reuse_ends_the_session(lab: Lab) -> None:

@@ -13,6 +13,10 @@ leaves behind for the token-exchange policy.
 
 Each request has two identifiers: `id`, which the phone shows and answers, and `auth_req_id`,
 which only the requesting client polls with (OpenID CIBA §7.3).
+
+The user answers in the Verify app (harness/verify/verify_app.py) with a passkey assertion whose
+challenge binds the push (harness/verify/passkeys.py); `answer` here is the recording step that
+runs once the assertion verified, and `attest` keeps which passkey signed it.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class PushRequest:
     answered_at: float | None = None
     last_poll: float | None = None
     redeemed: bool = False
+    answered_with: str | None = None  # the digest of the passkey's credential id
+    user_verified: bool | None = None  # the assertion's UV flag
 
     def public(self, now: float) -> dict[str, Any]:
         """What the phone, `iia-lab approvals --json` and the approval API show."""
@@ -144,6 +150,13 @@ class Approvals:
                 self._record(push, now)
         self._notify(push)
         return push
+
+    def attest(self, approval_id: str, credential_digest: str, user_verified: bool) -> None:
+        """Keep what the answer was signed with (harness.verify.verify_app: the passkey
+        assertion it verified before recording the answer)."""
+        with self._lock:
+            push = self._requests[approval_id]
+            push.answered_with, push.user_verified = credential_digest, user_verified
 
     def _record(self, push: PushRequest, now: float) -> None:
         details = push.authorization_details[0]

@@ -7,8 +7,10 @@ module owns what is this tenant's own.
   `iia-ui`: authlib validates the request (client, redirect URI, response_type, PKCE S256 —
   RFC 7636 §4.2, `plain` refused); redirect URIs on the loopback interface match on any port
   (RFC 8252 §7.3); the response names the issuer (RFC 9207).
-* The lab has no passwords: the login page lists the demo users; `login_hint` logs a script in
-  without a browser. Each login starts a session (`sid`).
+* The lab has no passwords: the login ends in a passkey assertion (WebAuthn, RP ID localhost:
+  harness/verify/passkeys.py). The page is served at http://localhost:PORT; `login_hint` only
+  says whose passkey to ask for. Scripts sign with the lab's software authenticator
+  (harness/verify/login.py). Each login starts a session (`sid`).
 * A code is spent when it is presented; presenting it again ends its session (RFC 6749 §4.1.2).
 * Access tokens follow RFC 9068 for the resource named in `resource` (RFC 8707), the MCP server.
 * Refresh tokens rotate on every use; reusing a spent one ends the session (RFC 9700 §4.14).
@@ -19,6 +21,7 @@ module owns what is this tenant's own.
 from __future__ import annotations
 
 import html
+import json
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -45,8 +48,10 @@ from harness.verify.client_auth import (
 )
 from harness.verify.directory import Directory
 from harness.verify.errors import InvalidGrant, InvalidTarget
+from harness.verify.passkeys import PasskeyError, RelyingParty, user_facing_url
 from harness.verify.sessions import SessionStore
 from harness.verify.tokens import Grantee, RefreshGrant, TokenInvalid, TokenService
+from harness.verify.verify_app import login_page
 from iia.protocol import ACCESS_TOKEN_TYP
 
 __all__ = ["AuthorizationCode", "Introspection", "OidcProvider", "Revocation",
@@ -103,8 +108,11 @@ class OidcProvider:
     def __init__(self, *, issuer: str, mcp_resource: str, clients: ClientRegistry,
                  directory: Directory, sessions: SessionStore, tokens: TokenService,
                  audit: AuditTrail, server: VerifyAuthorizationServer,
+                 passkeys: RelyingParty | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.issuer = issuer
+        self.passkeys = passkeys or RelyingParty(origin=user_facing_url(issuer), clock=clock)
+        self.public_url = user_facing_url(issuer)
         self.mcp_resource = mcp_resource
         self.clients = clients
         self.directory = directory
@@ -119,6 +127,11 @@ class OidcProvider:
     # -- /authorize -------------------------------------------------------------------------
 
     async def authorize(self, request: Request) -> Response:
+        if request.method == "GET" and \
+                f"{request.url.scheme}://{request.headers.get('host', '')}" != self.public_url:
+            # the sign-in page is a passkey ceremony: served at localhost (WebAuthn refuses IPs)
+            query = f"?{request.url.query}" if request.url.query else ""
+            return RedirectResponse(self.public_url + request.url.path + query, status_code=302)
         form = await FormRequest.read(request, with_query=True)
         return await run_in_threadpool(self._authorize, form)
 
@@ -139,16 +152,29 @@ class OidcProvider:
         if resource.rstrip("/") != self.mcp_resource:
             return fail("invalid_target", f"this tenant issues user tokens only for "
                         f"{self.mcp_resource}")
-        email = params.get("login_hint") or params.get("user")
-        if not email:
-            return _login_page(self.directory, params)
-        user = self.directory.user_by_username(email)
+        hint = params.get("login_hint")
+        ceremony = params.get("passkey_ceremony")
+        if ceremony:
+            try:
+                verified = self.passkeys.sign_in(ceremony, _credential(params))
+            except PasskeyError as exc:
+                self.audit.record(Decision(kind="login", outcome="refused", user=hint,
+                                           reason=exc.description))
+                return fail("access_denied", exc.description)
+            user = self.directory.user(verified.user_id)
+            email = user.user_name or "" if user else "the passkey's user"
+        elif hint:
+            user, email = self.directory.user_by_username(hint), hint
+        else:
+            return self._login_page(params, None)
         if user is None or user.id is None:
             return fail("login_required", f"{email} is not a user of this tenant")
         if not user.active:
             self.audit.record(Decision(kind="login", outcome="refused", user=email,
                                        reason="the user is deactivated"))
             return fail("access_denied", f"{email} is deactivated")
+        if not ceremony:
+            return self._login_page(params, user.id)
         client: Client = grant.client
         session = self.sessions.create(user.id, user.user_name or email, client.client_id)
         response: Response = self.server.create_authorization_response(
@@ -157,6 +183,17 @@ class OidcProvider:
         self.audit.record(Decision(kind="login", outcome="allowed", user=session.email,
                                    sid=session.sid, client_id=client.client_id))
         return response
+
+    def _login_page(self, params: Mapping[str, str], user_id: str | None) -> Response:
+        """The sign-in page: a passkey ceremony (the hinted user's passkeys, or any
+        discoverable one), posted back to this endpoint with the request's parameters."""
+        started = self.passkeys.authentication_options(user_id)
+        form = {k: v for k, v in params.items()
+                if k not in ("passkey_ceremony", "passkey_credential", "user")}
+        return HTMLResponse(login_page({**started, "form": form,
+                                        "action": f"{self.public_url}{urlsplit(self.issuer).path}"
+                                                  "/authorize"}, params.get("login_hint")),
+                            headers={"Cache-Control": "no-store"})
 
     def _refuse(self, error: OAuth2Error) -> Response:
         """An error the client may hear goes to its (validated) redirect URI with the issuer
@@ -377,22 +414,11 @@ def _error_page(message: str, status: int) -> HTMLResponse:
                         f"<p>{html.escape(message)}</p>", status_code=status)
 
 
-def _login_page(directory: Directory, params: Mapping[str, str]) -> HTMLResponse:
-    hidden = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
-                     for k, v in params.items() if k not in ("user", "login_hint"))
-    rows = []
-    for user in directory.users():
-        if not user.active:
-            continue
-        rows.append(
-            f'<li><button name="user" value="{html.escape(user.user_name or "")}">'
-            f'{html.escape(user.display_name or "")}</button> '
-            f'<small>{html.escape(user.user_name or "")} - {html.escape(user.title or "")}'
-            f"</small></li>")
-    return HTMLResponse(
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Sign in - IBM Verify "
-        "(lab)</title><style>body{font-family:system-ui,sans-serif;max-width:40rem;margin:2rem "
-        "auto}li{margin:.3rem 0;list-style:none}button{min-width:12rem}</style></head><body>"
-        "<h1>Sign in</h1><p>This lab tenant has no passwords: choose who you are.</p>"
-        f"<form method='post' action='authorize'>{hidden}<ul>{''.join(rows)}</ul></form>"
-        "</body></html>")
+
+def _credential(params: Mapping[str, str]) -> dict[str, object] | None:
+    """The page's `passkey_credential`: a WebAuthn assertion as JSON (None when absent)."""
+    try:
+        value = json.loads(params.get("passkey_credential") or "null")
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
