@@ -1,6 +1,7 @@
-"""Antenna's outbox writer (iia/antenna/outbox.py): one thread commits the SETs many emitters
-hand it, in batches (one transaction each), in hand-over order, bounded with backpressure,
-durable once acknowledged (a killed process loses no SET whose emit returned), drained on close.
+"""Antenna's outbox writer (iia/antenna/outbox.py): one writer at a time (the emitter first in
+line) commits the SETs many emitters queue, in batches (one transaction each), in queue order,
+bounded with backpressure, durable once acknowledged (a killed process loses no SET whose emit
+returned), drained on close.
 
 No test here times anything: the writer is held at a gate (a store whose `append` waits for the
 test) so that what gathers in the queue is decided by the test, not by the scheduler.
@@ -111,7 +112,7 @@ def test_what_gathers_while_a_commit_runs_is_committed_in_one_transaction_in_ord
     writer.capacity = 64
     emitters = Writers(writer)
     emitters.start(0, one("s", 0))
-    assert store.entered.wait(TIMEOUT)  # the writer holds request 0, inside its commit
+    assert store.entered.wait(TIMEOUT)  # emitter 0 is the writer, inside its commit
     for n in range(1, 21):
         emitters.start(n, one("s", n))
         eventually(lambda n=n: writer.queued == n, f"request {n} queued")

@@ -1,7 +1,7 @@
 """Antenna's durable state in SQLite: streams (SSF 1.0 §8.1.1 configurations, their status and
 their owner) and the outbox of SETs to deliver.
 
-Antenna writes SETs through one writer thread in batches, one transaction each
+Antenna writes SETs through one writer at a time, in batches, one transaction each
 (`outbox.OutboxWriter`, group commit). The outbox keeps the SET's *claims*, not the signed
 token: a SET is signed when it is sent (with the same `jti` on every attempt), so nothing
 token-shaped rests on disk. Rows move

@@ -3,9 +3,9 @@
 Every decision on the event bus becomes one SET (`event_types.FOR_BUS_EVENT`), enqueued in the
 SQLite outbox of each stream that asked for its type and is not disabled, then pushed (RFC 8935)
 by the stream's worker or handed out on poll (RFC 8936). The emitting thread only builds the
-claims and hands one event's SETs to the outbox's single writer (`outbox.OutboxWriter`), which
-commits what concurrent emitters gathered in one transaction and returns to each once its SETs
-are on disk (group commit); signing and pushing happen in the stream's worker, off the call
+claims and queues one event's SETs in the outbox (`outbox.OutboxWriter`), whose one writer at a
+time commits what concurrent emitters gathered in one transaction and returns to each once its
+SETs are on disk (group commit); signing and pushing happen in the stream's worker, off the call
 path. Management clients authenticate with a bearer token issued to them at registration
 (`register_client`); only digests of those tokens are kept. The anomaly detector watches the
 same bus and revokes sessions through CAEP.
@@ -218,7 +218,8 @@ class Antenna:
         sets = [self._new_set(stream_id, config, event_type, event, subject, txn, event_id)
                 for stream_id, config, status in self.store.streams()
                 if status != "disabled" and event_type in config["events_delivered"]]
-        self.outbox.write(sets)  # one event's SETs for every stream: committed together
+        if sets:  # one event's SETs for every stream: committed together
+            self.outbox.write(sets)
         return [s.jti for s in sets]
 
     def sets_for(self, event_id: str) -> list[tuple[str, str]]:
