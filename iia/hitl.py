@@ -1,9 +1,16 @@
 """Human in the loop: asking the user to approve, and remembering a session's consent.
 
 `ApprovalChannel` is the protocol (docs/architecture.md §7, "Seams"); `CibaApprovalChannel`
-implements it with OpenID CIBA poll mode at the identity provider, so the IdP itself records what
-the human approved and checks it again at token exchange. `ConsentCache` remembers tier-2 consent
-per session for 30 minutes (its clock is injectable).
+implements it with OpenID CIBA at the identity provider, so the IdP itself records what the human
+approved and checks it again at token exchange. `ConsentCache` remembers tier-2 consent per
+session for 30 minutes (its clock is injectable).
+
+Ping mode (CIBA §10.2) is the default: each push carries a fresh `client_notification_token`,
+the IdP calls the MCP server's notification endpoint (iia.oauth.ciba_ping) when the user answers
+or the push expires, and the channel then makes one token request, so a waiting push costs one
+Vault read, not one per poll. Without a callback it still polls, every `ping_fallback` seconds
+(at least the IdP's interval, §7.3): a lost callback delays the answer, it never loses it. Poll
+mode (no `ping` receiver, or an IdP that does not offer ping) polls at the IdP's interval.
 """
 
 from __future__ import annotations
@@ -17,15 +24,18 @@ from typing import Protocol
 
 from iia.errors import IIAError
 from iia.identity import WorkloadIdentity
+from iia.oauth.ciba_ping import PingReceiver, PingWait
 from iia.oauth.client import AuthorizationServerClient
 from iia.oauth.errors import OAuthError
 from iia.protocol import CIBA_GRANT
 from iia.rar import RarDetails, wire
 
-__all__ = ["Approval", "ApprovalChannel", "ApprovalDeniedError", "ApprovalError",
-           "ApprovalRefusedError", "ApprovalTimeoutError", "CibaApprovalChannel", "CibaOutcome",
-           "ConsentCache"]
+__all__ = ["PING_FALLBACK", "Approval", "ApprovalChannel", "ApprovalDeniedError",
+           "ApprovalError", "ApprovalRefusedError", "ApprovalTimeoutError",
+           "CibaApprovalChannel", "CibaOutcome", "ConsentCache"]
 
+PING_FALLBACK = 30.0  # seconds between fallback polls in ping mode (IdP interval if longer)
+EXPIRY_GRACE = 5.0  # seconds past the deadline a ping-mode wait gives the IdP's expiry callback
 
 class CibaOutcome(StrEnum):
     """What the token endpoint answers a CIBA poll that issues no token (OpenID CIBA Core
@@ -82,12 +92,23 @@ class ApprovalChannel(Protocol):
 class CibaApprovalChannel:
     def __init__(self, server: AuthorizationServerClient, identity: WorkloadIdentity, *,
                  timeout: float = 120.0, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 ping: PingReceiver | None = None, ping_fallback: float = PING_FALLBACK) -> None:
         self.server = server
         self.identity = identity
         self.timeout = timeout
+        self.ping = ping  # None: poll mode
+        self.ping_fallback = ping_fallback
         self._sleep = sleep
         self._clock = clock
+
+    def _ping_mode(self) -> bool:
+        """Ping when this channel has a notification endpoint and the IdP offers ping (§4
+        backchannel_token_delivery_modes_supported); the client's registration says ping."""
+        if self.ping is None:
+            return False
+        modes = self.server.metadata.get("backchannel_token_delivery_modes_supported") or []
+        return isinstance(modes, list) and "ping" in modes
 
     def request(self, *, user: str, details: RarDetails, binding_message: str,
                 on_pending: Callable[[str, float], None] | None = None,
@@ -100,6 +121,18 @@ class CibaApprovalChannel:
         form = {"scope": "openid", **hint, "binding_message": binding_message,
                 "authorization_details": wire(details),
                 "requested_expiry": str(int(self.timeout))}
+        wait = self.ping.expect() if self.ping is not None and self._ping_mode() else None
+        if wait is not None:
+            form["client_notification_token"] = wait.token  # §7.1, fresh for this request
+        try:
+            return self._push_and_wait(user, form, started, on_pending, wait)
+        finally:
+            if wait is not None and self.ping is not None:
+                self.ping.discard(wait)
+
+    def _push_and_wait(self, user: str, form: dict[str, str], started: float,
+                       on_pending: Callable[[str, float], None] | None,
+                       wait: PingWait | None) -> Approval:
         try:
             started_body = self.identity.with_credential(
                 lambda credential: self.server.backchannel_authorize(form, credential))
@@ -110,19 +143,29 @@ class CibaApprovalChannel:
                 f"the identity provider refused to push to {user}'s phone ({exc.code}): "
                 f"{exc.description}", dependency="idp", upstream_code=exc.code) from exc
         auth_req_id = str(started_body["auth_req_id"])
-        interval = float(started_body.get("interval", 5))
+        interval = float(started_body.get("interval", 5))  # §7.3: 5 s when not given
         deadline = started + min(self.timeout, float(started_body.get("expires_in",
                                                                       self.timeout)))
+        if wait is not None and self.ping is not None:
+            self.ping.bind(wait, auth_req_id)
         if on_pending is not None:
             on_pending(auth_req_id, deadline - started)
         while True:
-            self._sleep(interval)
+            called_back = False
+            if wait is None:
+                self._sleep(interval)
+            else:  # the callback, or a fallback poll; never past the IdP's own expiry call
+                remaining = max(0.0, deadline - self._clock()) + EXPIRY_GRACE
+                called_back = wait.notified.wait(min(max(interval, self.ping_fallback),
+                                                     remaining))
             try:
                 self.identity.with_credential(lambda credential: self.server.token(
                     {"grant_type": CIBA_GRANT, "auth_req_id": auth_req_id}, credential))
             except OAuthError as exc:
                 outcome = CibaOutcome.of(exc)
                 if outcome is CibaOutcome.AUTHORIZATION_PENDING:
+                    if wait is not None and called_back:
+                        wait.notified.clear()  # called back too soon: back to the fallback
                     if self._clock() >= deadline:
                         raise ApprovalTimeoutError(
                             f"{user} did not answer the push within {self.timeout:.0f} s") \
@@ -130,6 +173,8 @@ class CibaApprovalChannel:
                     continue
                 if outcome is CibaOutcome.SLOW_DOWN:
                     interval += 5  # CIBA §11
+                    if wait is not None and called_back:
+                        wait.notified.clear()
                     continue
                 if outcome is CibaOutcome.ACCESS_DENIED:
                     raise ApprovalDeniedError(f"{user} denied the request on their phone") \

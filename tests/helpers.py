@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -89,7 +90,10 @@ def exchange(lab: Lab, identity: WorkloadIdentity, subject_token: str,
 def bc_authorize(lab: Lab, identity: WorkloadIdentity, email: str, details: dict[str, Any],
                  binding: str = "Approve the agent's request", **overrides: Any) -> httpx.Response:
     form = {"scope": "openid", "login_hint": email, "binding_message": binding,
-            "authorization_details": json.dumps([details])}
+            "authorization_details": json.dumps([details]),
+            # the MCP server's client is registered for CIBA ping mode (§7.1 requires it); the
+            # tenant's callback for this push finds no request waiting at the MCP server
+            "client_notification_token": secrets.token_urlsafe(32)}
     form.update(overrides)
     return as_mcp_server(identity, f"{lab.verify.issuer}/bc-authorize",
                          {k: v for k, v in form.items() if v is not None})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -286,7 +287,8 @@ def test_token_and_phone_commands_against_a_running_lab(lab_dir: Path) -> None:
         response = as_mcp_server(identity, f"{issuer}/bc-authorize", {
             "scope": "openid", "login_hint": "alice@example.com",
             "binding_message": f"Deactivate {target}?",
-            "authorization_details": json.dumps([details])})
+            "authorization_details": json.dumps([details]),
+            "client_notification_token": secrets.token_urlsafe(32)})  # CIBA ping client
         assert response.status_code == 200, response.text
         pushed.append(response.json()["auth_req_id"])
     identity.close()

@@ -1,4 +1,4 @@
-"""OpenID Connect Client-Initiated Backchannel Authentication (CIBA) 1.0, poll mode.
+"""OpenID Connect Client-Initiated Backchannel Authentication (CIBA) 1.0, poll and ping modes.
 
 The MCP server asks the user to approve on their phone:
 
@@ -7,6 +7,13 @@ The MCP server asks the user to approve on their phone:
       -> {auth_req_id, expires_in, interval}                                       (§7)
     POST /token  grant_type=urn:openid:params:grant-type:ciba, auth_req_id
       -> authorization_pending | slow_down | access_denied | expired_token | tokens (§10, §11)
+
+A client registered for ping mode (client metadata `backchannel_token_delivery_mode` "ping" and
+its `backchannel_client_notification_endpoint`, fixtures/tenant/clients.json) must send a
+`client_notification_token` with each request (§7.1); when the user answers or the request
+expires, the tenant POSTs `{"auth_req_id"}` to that endpoint with the token as bearer (§10.2,
+harness/verify/ciba_ping.py), and the client makes one token request instead of polling. It may
+still poll (§7.3 gives it the interval): that is its fallback when a callback is lost.
 
 What can be pushed (one authorization_details object): `agent_write_consent` for a live session of
 the user (tier 2: consent to writes in that session), or a tier-3 operation (approval of exactly
@@ -28,11 +35,13 @@ The phone is `/lab/phone` (a page and a small JSON API) and `iia-lab approvals |
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 from scim2_models import User
 from starlette.requests import Request
@@ -40,6 +49,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from harness.verify.approvals import Approvals, PushRequest
 from harness.verify.audit import AuditTrail, Decision
+from harness.verify.ciba_ping import PingCallbacks
 from harness.verify.client_auth import Client
 from harness.verify.directory import Directory
 from harness.verify.errors import (
@@ -64,9 +74,14 @@ from harness.verify.tokens import TokenInvalid, TokenService
 from iia.protocol import ACCESS_TOKEN_TYP, CIBA_GRANT
 from iia.rar import RarType
 
-__all__ = ["CIBA_GRANT", "Ciba", "PushLimits", "UnknownUserId"]
+__all__ = ["CIBA_GRANT", "DELIVERY_MODES", "Ciba", "PushLimits", "UnknownUserId",
+           "ciba_delivery"]
 
 MAX_BINDING_MESSAGE = 200
+DELIVERY_MODES = ("poll", "ping")  # §4 backchannel_token_delivery_mode values served here
+MAX_NOTIFICATION_TOKEN = 1024  # §7.1
+MIN_NOTIFICATION_TOKEN = 22  # 128 bits (§7.1's minimum entropy) take 22 base64 characters
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 §2.1 b64token
 PUSH_WINDOW = 60.0  # seconds: the "minute" of PushLimits.max_per_minute
 
 
@@ -86,6 +101,40 @@ class PushLimits:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{f.name} must be a whole number of pushes, at least 1, "
                                  f"got {value!r}")
+
+
+def ciba_delivery(raw: Mapping[str, Any], mcp_resource: str) -> tuple[str, str | None]:
+    """A client's §4 CIBA delivery metadata from its registration (clients.json): the mode
+    ("poll" unless it says "ping") and, for ping, the notification endpoint: an absolute URL, or
+    one relative to the MCP server's URL (what the lab knows of the MCP server's address). §4
+    asks for HTTPS; the lab's loopback services are plain HTTP, so http is accepted on a
+    loopback host only."""
+    client_id = raw.get("client_id", "?")
+    mode = raw.get("backchannel_token_delivery_mode", "poll")
+    endpoint = raw.get("backchannel_client_notification_endpoint")
+    if mode not in DELIVERY_MODES:
+        raise ValueError(f"client {client_id}: backchannel_token_delivery_mode {mode!r} is not "
+                         f"served here (one of {', '.join(DELIVERY_MODES)})")
+    if mode == "poll":
+        if endpoint:
+            raise ValueError(f"client {client_id}: a backchannel_client_notification_endpoint "
+                             "is for ping mode; this client polls")
+        return mode, None
+    if not isinstance(endpoint, str) or not endpoint:
+        raise ValueError(f"client {client_id}: ping mode needs a "
+                         "backchannel_client_notification_endpoint (CIBA §4)")
+    if not urlsplit(endpoint).scheme:
+        if not mcp_resource:
+            raise ValueError(f"client {client_id}: the notification endpoint {endpoint!r} is "
+                             "relative and the tenant knows no MCP server URL to resolve it by")
+        endpoint = urljoin(mcp_resource, endpoint)
+    url = urlsplit(endpoint)
+    loopback = url.hostname in ("127.0.0.1", "localhost", "::1")
+    if not url.hostname or not (url.scheme == "https" or (url.scheme == "http" and loopback)) \
+            or url.fragment:
+        raise ValueError(f"client {client_id}: the notification endpoint {endpoint!r} must be "
+                         "an https URL (http on a loopback host in the lab), with no fragment")
+    return mode, endpoint
 
 
 def _pushes(n: int) -> str:
@@ -121,12 +170,14 @@ class Ciba:
         self.audit = audit
         self.admin_api_url = admin_api_url
         self._clock = clock
+        self.pings = PingCallbacks(approvals)  # §10.2 callbacks owed to ping clients
 
     # -- §7 backchannel authentication request ----------------------------------------------
 
     def authorize(self, client: Client, form: Mapping[str, str]) -> JSONResponse:
         """§7.1 the request's checks, in the order they run, then the push (§7.3)."""
         self._client_registered(client)
+        notification_token = self._notification_token(client, form)
         self._openid_scope(form)
         user, hinted_sid = self._hinted_user(form)
         binding = self._binding_message(form)
@@ -134,6 +185,7 @@ class Ciba:
         session = self._approval_session(spec, details[0], user, hinted_sid)
         expiry = self._requested_expiry(form)
         push = self._push(client, user, spec, details, binding, session, expiry)
+        self._owe_ping(client, push, notification_token)
         return JSONResponse({"auth_req_id": push.auth_req_id,
                              "expires_in": int(push.expires_at - push.created_at),
                              "interval": int(push.interval)},
@@ -143,6 +195,30 @@ class Ciba:
         """§13 `unauthorized_client`: the client is registered for CIBA (both endpoints)."""
         if CIBA_GRANT not in client.grant_types:
             raise UnauthorizedClient(f"{client.client_id} is not registered for CIBA")
+
+    def _notification_token(self, client: Client, form: Mapping[str, str]) -> str | None:
+        """§7.1 client_notification_token: required of a ping-mode client, a bearer token (RFC
+        6750 §2.1 syntax) of 22 to 1024 characters (at least 128 bits, as §7.1 asks); a
+        poll-mode client's is not used."""
+        if client.backchannel_token_delivery_mode != "ping":  # noqa: S105 - a mode's name
+            return None
+        token = form.get("client_notification_token", "")
+        if not token:
+            raise InvalidRequest(f"client_notification_token is required: {client.client_id} "
+                                 "is registered for CIBA ping mode, and the tenant calls it "
+                                 "back with that bearer token")
+        if not MIN_NOTIFICATION_TOKEN <= len(token) <= MAX_NOTIFICATION_TOKEN \
+                or not _B64TOKEN.fullmatch(token):
+            raise InvalidRequest(f"client_notification_token must be a bearer token (RFC 6750 "
+                                 f"§2.1 characters) of {MIN_NOTIFICATION_TOKEN} to "
+                                 f"{MAX_NOTIFICATION_TOKEN} characters")
+        return token
+
+    def _owe_ping(self, client: Client, push: PushRequest, token: str | None) -> None:
+        """§10.2: a ping-mode client is called back when this push is answered or expires."""
+        endpoint = client.backchannel_client_notification_endpoint
+        if token is not None and endpoint:
+            self.pings.register(push, endpoint, token)
 
     def _openid_scope(self, form: Mapping[str, str]) -> None:
         """§7.1: a CIBA request asks for the `openid` scope."""

@@ -48,6 +48,10 @@ class Client(ClientMixin):  # type: ignore[misc]
     redirect_uris: tuple[str, ...] = ()
     post_logout_redirect_uris: tuple[str, ...] = ()
     secret: RotatingClientSecret | None = field(default=None, repr=False)
+    # OpenID CIBA Core §4 client metadata: how tokens reach a CIBA client ("poll" or "ping")
+    # and, in ping mode, the URL the OP POSTs its callback to (§10.2)
+    backchannel_token_delivery_mode: str = "poll"  # noqa: S105 - a mode's name, no secret
+    backchannel_client_notification_endpoint: str | None = None
 
     # -- authlib's ClientMixin ----------------------------------------------------------------
 

@@ -7,9 +7,7 @@ under `/v2.0/`. Lab-only helpers (the push "phone", the audit trail) live under 
     /oidc/endpoint/default/{authorize,token,jwks,introspect,revoke,logout,bc-authorize}
     /v2.0/...             admin API: SCIM Users/Groups, applications, access policies
     /v1.0/ssf/events      SSF push receiver (CAEP session-revoked)
-    /lab/phone            the user's Verify app: passkey sign-in, pending pushes, Approve / Deny
-                          signed by a passkey assertion bound to the push (verify_app.py);
-                          /lab/enroll a passkey; /lab/decisions audit trail
+    /lab/phone            pending push approvals (page + JSON API); /lab/decisions audit trail
     /lab/delegations      who delegated to the agent; POST /lab/delegations/{email}/revoke|grant
                           is the tenant admin withdrawing or restoring a user's delegation
     POST /lab/credential/rotate   the MCP server's client secret rotated into Vault now (after a
@@ -40,7 +38,7 @@ from harness.verify.admin_api import AdminApi
 from harness.verify.approvals import Approvals
 from harness.verify.audit import AuditTrail, Decision
 from harness.verify.authorization_server import VerifyAuthorizationServer
-from harness.verify.ciba import Ciba, PushLimits
+from harness.verify.ciba import DELIVERY_MODES, Ciba, PushLimits, ciba_delivery
 from harness.verify.client_auth import CONFIDENTIAL_AUTH_METHODS, Client, ClientRegistry
 from harness.verify.directory import Directory
 from harness.verify.grants import (
@@ -52,7 +50,6 @@ from harness.verify.grants import (
     bound,
 )
 from harness.verify.oidc import Introspection, OidcProvider, Revocation, TenantIssuer
-from harness.verify.passkeys import RelyingParty, user_facing_url
 from harness.verify.policy import TokenExchangePolicy
 from harness.verify.rar import RarRegistry
 from harness.verify.rotation import CredentialStoreError, RotatingClientSecret
@@ -61,7 +58,6 @@ from harness.verify.spiffe_bundle import SpiffeBundleSource
 from harness.verify.ssf_receiver import SsfReceiver
 from harness.verify.token_exchange import TokenExchange
 from harness.verify.tokens import TokenService
-from harness.verify.verify_app import VerifyApp
 
 __all__ = ["OIDC_BASE", "VerifyTenant", "load_push_limits"]
 
@@ -93,10 +89,14 @@ def load_push_limits(fixtures: Path) -> PushLimits:
         raise ValueError(f"{path.name}: {exc}") from exc
 
 
-def load_clients(fixtures: Path, mcp_secret: RotatingClientSecret) -> ClientRegistry:
+def load_clients(fixtures: Path, mcp_secret: RotatingClientSecret,
+                 mcp_resource: str = "") -> ClientRegistry:
+    """The tenant's clients; a relative backchannel_client_notification_endpoint (CIBA ping)
+    is resolved against the MCP server's URL, the one address of it the tenant is given."""
     doc = json.loads((fixtures / "tenant" / "clients.json").read_text())
     clients = {}
     for raw in doc["clients"]:
+        mode, notify = ciba_delivery(raw, mcp_resource)
         secret = mcp_secret if raw.get("secret") == "vault" else None
         if not raw["public"] and secret is None:
             raise ValueError(f"confidential client {raw['client_id']} needs its secret in Vault")
@@ -107,7 +107,8 @@ def load_clients(fixtures: Path, mcp_secret: RotatingClientSecret) -> ClientRegi
             grant_types=frozenset(raw["grant_types"]),
             redirect_uris=tuple(raw.get("redirect_uris", ())),
             post_logout_redirect_uris=tuple(raw.get("post_logout_redirect_uris", ())),
-            secret=secret)
+            secret=secret, backchannel_token_delivery_mode=mode,
+            backchannel_client_notification_endpoint=notify)
     return ClientRegistry(clients)
 
 
@@ -142,19 +143,17 @@ class VerifyTenant:
                                    access_ttl=access_token_ttl, obo_ttl=obo_token_ttl,
                                    clock=clock)
         self.mcp_client_secret = mcp_client_secret
-        self.clients = load_clients(fixtures, mcp_client_secret)
+        self.clients = load_clients(fixtures, mcp_client_secret, self.mcp_resource)
         self.registry = RarRegistry(fixtures / "policy" / "rar_types.json")
         self.policy = TokenExchangePolicy(fixtures / "policy" / "token_exchange.cedar",
                                           self.registry)
         self.approvals = Approvals(request_ttl=approval_timeout, clock=clock)
         self.spiffe = SpiffeBundleSource(trust_domain, spiffe_keys_url)
         self.server = VerifyAuthorizationServer(clients=self.clients, tokens=self.tokens)
-        # the WebAuthn relying party: RP ID localhost, origin http://localhost:PORT
-        self.passkeys = RelyingParty(origin=user_facing_url(self.base_url), clock=clock)
         self.oidc = OidcProvider(issuer=self.issuer, mcp_resource=self.mcp_resource,
                                  clients=self.clients, directory=self.directory,
                                  sessions=self.sessions, tokens=self.tokens, audit=self.audit,
-                                 server=self.server, passkeys=self.passkeys, clock=clock)
+                                 server=self.server, clock=clock)
         self.exchange = TokenExchange(
             issuer=self.issuer, mcp_resource=self.mcp_resource,
             admin_api_url=self.admin_api_url, tokens=self.tokens, directory=self.directory,
@@ -165,9 +164,6 @@ class VerifyTenant:
                          registry=self.registry, approvals=self.approvals, audit=self.audit,
                          admin_api_url=self.admin_api_url, mcp_resource=self.mcp_resource,
                          clock=clock, push_limits=load_push_limits(fixtures))
-        self.verify_app = VerifyApp(base_url=self.base_url, rp=self.passkeys,
-                                    approvals=self.approvals, ciba=self.ciba,
-                                    directory=self.directory, audit=self.audit, clock=clock)
         self.ssf = SsfReceiver(issuer=self.issuer, directory=self.directory,
                                sessions=self.sessions, audit=self.audit)
         self.admin_api = AdminApi(directory=self.directory, tokens=self.tokens,
@@ -210,7 +206,7 @@ class VerifyTenant:
             "revocation_endpoint": f"{i}/revoke",
             "end_session_endpoint": f"{i}/logout",
             "backchannel_authentication_endpoint": f"{i}/bc-authorize",
-            "backchannel_token_delivery_modes_supported": ["poll"],
+            "backchannel_token_delivery_modes_supported": list(DELIVERY_MODES),
             "backchannel_user_code_parameter_supported": False,
             "grant_types_supported": [g.GRANT_TYPE for g in self._grants],
             "response_types_supported": ["code"],
@@ -340,7 +336,10 @@ class VerifyTenant:
             Route(f"{b}/logout", self.oidc.end_session, methods=["GET", "POST"]),
             Route(f"{b}/bc-authorize", self.bc_authorize, methods=["POST"]),
             Route("/v1.0/ssf/events", self.ssf.push, methods=["POST"]),
-            *self.verify_app.routes(),
+            Route("/lab/phone", self.ciba.phone_page),
+            Route("/lab/phone/requests", self.ciba.phone_list),
+            Route("/lab/phone/requests/{approval_id}/{answer:str}", self.ciba.phone_answer,
+                  methods=["POST"]),
             Route("/lab/decisions", self.decisions),
             Route("/lab/delegations", self.delegations),
             Route("/lab/delegations/{email}/{action:str}", self.change_delegation,

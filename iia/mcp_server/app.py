@@ -1,6 +1,8 @@
 """The MCP server application: tools from the catalog, served over MCP streamable HTTP
 (stateless: every tool call is its own authenticated POST), Protected Resource Metadata
-(RFC 9728) naming the IdP, and the enforcement chain behind each call.
+(RFC 9728) naming the IdP, and the enforcement chain behind each call. Pushes wait in OpenID
+CIBA ping mode: the IdP calls back at `/ciba/notification` (iia.oauth.ciba_ping), the client
+notification endpoint the MCP server's client is registered with.
 
 Tool handlers run the chain in worker threads (it waits on people and on the network); the
 number of calls in flight is bounded by `max_concurrent_calls`.
@@ -32,8 +34,8 @@ from iia.events import EventBus
 from iia.hitl import ApprovalChannel, CibaApprovalChannel, ConsentCache
 from iia.identity import WorkloadIdentity
 from iia.mcp_server.auth import BearerAuth
-from iia.mcp_server.ops import COUNTERS_PATH, counters_endpoint
 from iia.mcp_server.ssf_receiver import SsfPushReceiver
+from iia.oauth.ciba_ping import NOTIFICATION_PATH, PingReceiver
 from iia.oauth.client import AuthorizationServerClient
 from iia.resource_server import Caller, UserTokenVerifier
 from iia.sessions import SessionRevocations
@@ -54,15 +56,19 @@ class McpServer:
                  revocations: SessionRevocations | None = None,
                  consents: ConsentCache | None = None,
                  approvals: ApprovalChannel | None = None,
-                 max_concurrent_calls: int = 64) -> None:
+                 max_concurrent_calls: int = 64, ciba_ping: bool = True) -> None:
         self.settings = settings
         self.identity = identity
         self.events = events
         self.revocations = revocations or SessionRevocations()
         self.consents = consents or ConsentCache(ttl=settings.consent_ttl)
         self.idp = AuthorizationServerClient(settings.issuer)
-        self.approvals = approvals or CibaApprovalChannel(self.idp, identity,
-                                                          timeout=settings.approval_timeout)
+        # CIBA §10.2: the client notification endpoint this app serves (ping is the default;
+        # `ciba_ping=False` polls, for a client registered in poll mode)
+        self.pings = PingReceiver()
+        self.approvals = approvals or CibaApprovalChannel(
+            self.idp, identity, timeout=settings.approval_timeout,
+            ping=self.pings if ciba_ping else None)
         self.admin = AdminApiClient(settings.admin_api_url)
         self.chain = EnforcementChain(
             identity=identity, server=self.idp, admin=self.admin, approvals=self.approvals,
@@ -135,8 +141,8 @@ class McpServer:
                                               [AnyHttpUrl(self.settings.issuer)],
                                               resource_name="IIA MCP server"),
             Route("/ssf/events", self.ssf.push, methods=["POST"]),
+            Route(NOTIFICATION_PATH, self.pings.endpoint, methods=["POST"]),
             Route("/healthz", health),
-            Route(COUNTERS_PATH, counters_endpoint(self), methods=["GET"]),
         ])
 
     def close(self) -> None:
