@@ -7,7 +7,9 @@ under `/v2.0/`. Lab-only helpers (the push "phone", the audit trail) live under 
     /oidc/endpoint/default/{authorize,token,jwks,introspect,revoke,logout,bc-authorize}
     /v2.0/...             admin API: SCIM Users/Groups, applications, access policies
     /v1.0/ssf/events      SSF push receiver (CAEP session-revoked)
-    /lab/phone            pending push approvals (page + JSON API); /lab/decisions audit trail
+    /lab/phone            the user's Verify app: passkey sign-in, pending pushes, Approve / Deny
+                          signed by a passkey assertion bound to the push (verify_app.py);
+                          /lab/enroll a passkey; /lab/decisions audit trail
     /lab/delegations      who delegated to the agent; POST /lab/delegations/{email}/revoke|grant
                           is the tenant admin withdrawing or restoring a user's delegation
     POST /lab/credential/rotate   the MCP server's client secret rotated into Vault now (after a
@@ -50,6 +52,7 @@ from harness.verify.grants import (
     bound,
 )
 from harness.verify.oidc import Introspection, OidcProvider, Revocation, TenantIssuer
+from harness.verify.passkeys import RelyingParty, user_facing_url
 from harness.verify.policy import TokenExchangePolicy
 from harness.verify.rar import RarRegistry
 from harness.verify.rotation import CredentialStoreError, RotatingClientSecret
@@ -58,6 +61,7 @@ from harness.verify.spiffe_bundle import SpiffeBundleSource
 from harness.verify.ssf_receiver import SsfReceiver
 from harness.verify.token_exchange import TokenExchange
 from harness.verify.tokens import TokenService
+from harness.verify.verify_app import VerifyApp
 
 __all__ = ["OIDC_BASE", "VerifyTenant", "load_push_limits"]
 
@@ -150,10 +154,12 @@ class VerifyTenant:
         self.approvals = Approvals(request_ttl=approval_timeout, clock=clock)
         self.spiffe = SpiffeBundleSource(trust_domain, spiffe_keys_url)
         self.server = VerifyAuthorizationServer(clients=self.clients, tokens=self.tokens)
+        # the WebAuthn relying party: RP ID localhost, origin http://localhost:PORT
+        self.passkeys = RelyingParty(origin=user_facing_url(self.base_url), clock=clock)
         self.oidc = OidcProvider(issuer=self.issuer, mcp_resource=self.mcp_resource,
                                  clients=self.clients, directory=self.directory,
                                  sessions=self.sessions, tokens=self.tokens, audit=self.audit,
-                                 server=self.server, clock=clock)
+                                 server=self.server, passkeys=self.passkeys, clock=clock)
         self.exchange = TokenExchange(
             issuer=self.issuer, mcp_resource=self.mcp_resource,
             admin_api_url=self.admin_api_url, tokens=self.tokens, directory=self.directory,
@@ -164,6 +170,9 @@ class VerifyTenant:
                          registry=self.registry, approvals=self.approvals, audit=self.audit,
                          admin_api_url=self.admin_api_url, mcp_resource=self.mcp_resource,
                          clock=clock, push_limits=load_push_limits(fixtures))
+        self.verify_app = VerifyApp(base_url=self.base_url, rp=self.passkeys,
+                                    approvals=self.approvals, ciba=self.ciba,
+                                    directory=self.directory, audit=self.audit, clock=clock)
         self.ssf = SsfReceiver(issuer=self.issuer, directory=self.directory,
                                sessions=self.sessions, audit=self.audit)
         self.admin_api = AdminApi(directory=self.directory, tokens=self.tokens,
@@ -336,10 +345,7 @@ class VerifyTenant:
             Route(f"{b}/logout", self.oidc.end_session, methods=["GET", "POST"]),
             Route(f"{b}/bc-authorize", self.bc_authorize, methods=["POST"]),
             Route("/v1.0/ssf/events", self.ssf.push, methods=["POST"]),
-            Route("/lab/phone", self.ciba.phone_page),
-            Route("/lab/phone/requests", self.ciba.phone_list),
-            Route("/lab/phone/requests/{approval_id}/{answer:str}", self.ciba.phone_answer,
-                  methods=["POST"]),
+            *self.verify_app.routes(),
             Route("/lab/decisions", self.decisions),
             Route("/lab/delegations", self.delegations),
             Route("/lab/delegations/{email}/{action:str}", self.change_delegation,

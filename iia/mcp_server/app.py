@@ -34,6 +34,7 @@ from iia.events import EventBus
 from iia.hitl import ApprovalChannel, CibaApprovalChannel, ConsentCache
 from iia.identity import WorkloadIdentity
 from iia.mcp_server.auth import BearerAuth
+from iia.mcp_server.ops import COUNTERS_PATH, counters_endpoint
 from iia.mcp_server.ssf_receiver import SsfPushReceiver
 from iia.oauth.ciba_ping import NOTIFICATION_PATH, PingReceiver
 from iia.oauth.client import AuthorizationServerClient
@@ -143,6 +144,7 @@ class McpServer:
             Route("/ssf/events", self.ssf.push, methods=["POST"]),
             Route(NOTIFICATION_PATH, self.pings.endpoint, methods=["POST"]),
             Route("/healthz", health),
+            Route(COUNTERS_PATH, counters_endpoint(self), methods=["GET"]),
         ])
 
     def close(self) -> None:
