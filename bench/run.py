@@ -20,10 +20,10 @@ its first calls (bench/load.py), and reads each process's CPU (utime + stime fro
 window's open and close: CPU milliseconds per call, per process. The enforced call's steps come
 from the security console's `GET /calls` (the chain's own timings). Results: bench/results.json,
 bench/results.png. Revocation latency: bench/revocation.py. The directory's lookups at 23 and
-10,000 users (bench/directory_scale.py, in process). Not measured here any more (it
-read in-process objects of the old composition, which the process topology has no HTTP API
-for): the warm path's fetch/login counters. The cold call is the MCP server's process restarted
-by the supervisor, then one session's connect, first and second call.
+10,000 users (bench/directory_scale.py, in process). The warm path's counters (JWKS fetches,
+key parses, SVID fetches, Vault logins and reads, exchanges) per enforced call, from the MCP
+server's `GET /ops/counters` (bench/counters.py). The cold call is the MCP server's process
+restarted by the supervisor, then one session's connect, first and second call.
 """
 
 from __future__ import annotations
@@ -283,6 +283,10 @@ def table(results: dict[str, Any]) -> str:
                      f"vault {b['vault']}, exchange {b['exchange']}, admin_api "
                      f"{b['admin_api']}, chain total {b['chain_total']}, MCP and the rest "
                      f"{b['mcp_and_rest']}")
+    c = results.get("counters_per_call") or {}
+    if c:
+        lines.append("enforced, the MCP server's counters per call (GET /ops/counters, warm-up "
+                     "included): " + ", ".join(f"{k} {v}" for k, v in c.items()))
     cold = results.get("cold", {})
     if cold.get("failed"):
         lines.append(f"cold MCP server: failed ({cold['failed']})")
@@ -358,6 +362,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
 def measure(endpoints: dict[str, str], lab_pids: dict[str, int], anchors: Anchors,
             sessions: tuple[int, ...], seconds: float, warm_calls: int,
             revocation_trials: int) -> dict[str, Any]:
+    from bench.counters import counters_url, fetch_counters, per_call
     from bench.revocation import revocation_latency
     from harness.supervisor import OIDC_BASE
     from harness.verify.login import login
@@ -370,20 +375,24 @@ def measure(endpoints: dict[str, str], lab_pids: dict[str, int], anchors: Anchor
             "noop": ("mcp", anchors.urls["noop"]), "bare": ("http", anchors.urls["bare"])}
     points: dict[str, dict[str, Any]] = {p: {} for p in PATHS}
     steps: dict[str, Any] = {"calls": 0}
+    counters: dict[str, Any] = {}
     for n in sessions:
         for path in PATHS:
             target, url = urls[path]
             print(f"{path}, {n} session(s) ...", flush=True)
+            before = fetch_counters(counters_url(endpoints["mcp"])) if path == "enforced" \
+                and n == sessions[0] else None
             out = load({"target": target, "url": url, "tokens": tokens[:n], "seconds": seconds,
                         "warm_calls": warm_calls, "pids": pids})
             points[path][str(n)] = point(out)
-            if path == "enforced" and n == sessions[0]:
+            if before is not None:
+                counters = per_call(before, fetch_counters(counters_url(endpoints["mcp"])))
                 sid = jwt.decode(tokens[0], options={"verify_signature": False})["sid"]
                 steps = breakdown(endpoints["console"], sid, points[path][str(n)]["p50_ms"])
     print("revocation latency ...", flush=True)
     revocation = revocation_latency(endpoints, issuer, USER, trials=revocation_trials)
-    return {"points": points, "breakdown": steps, "processes": [*pids, "load"],
-            "revocation": revocation}
+    return {"points": points, "breakdown": steps, "counters_per_call": counters,
+            "processes": [*pids, "load"], "revocation": revocation}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -471,11 +480,8 @@ def main(argv: list[str] | None = None) -> int:
                for name, figure in DIRECTORY_GOALS.items()},
         },
         "directory_median_ms": directory,
-        "not_measured": "the warm path's fetch/login counters (JWKS fetches, key parses, Vault "
-                        "logins, SVID fetches) read in-process objects of the old composition; "
-                        "the process topology has no HTTP API for them; the cold call is now a "
-                        "restarted MCP server process (its caches and lazy imports), not "
-                        "caches dropped in a warm process",
+        "not_measured": "the cold call is the MCP server's process restarted by the supervisor "
+                        "(its caches and lazy imports), not caches dropped in a warm process",
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
