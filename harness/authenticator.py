@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = ["FILE_NAME", "AuthenticatorError", "Passkey", "SoftwareAuthenticator", "b64url",
-           "enroll_demo_users", "for_origin", "from_b64url", "register_local",
+           "enroll_demo_users", "for_origin", "from_b64url", "register_file", "register_local",
            "unregister_local"]
 
 FLAG_UP = 0x01
@@ -249,6 +249,17 @@ def register_local(origin: str, authenticator: SoftwareAuthenticator) -> None:
 def unregister_local(origin: str) -> None:
     with _LOCAL_LOCK:
         _LOCAL.pop(origin.rstrip("/"), None)
+        _FILES.pop(origin.rstrip("/"), None)
+
+
+_FILES: dict[str, Path] = {}
+
+
+def register_file(origin: str, path: Path) -> None:
+    """A supervised lab started by this process (a demo, a notebook) in its own directory:
+    where its Verify saves the authenticator, found by `for_origin` in this process."""
+    with _LOCAL_LOCK:
+        _FILES[origin.rstrip("/")] = path
 
 
 def for_origin(origin: str, lab_directory: Path | None = None) -> SoftwareAuthenticator:
@@ -256,8 +267,11 @@ def for_origin(origin: str, lab_directory: Path | None = None) -> SoftwareAuthen
     lab's, else the file of the supervised lab (`<lab dir>/authenticator.json`)."""
     with _LOCAL_LOCK:
         local = _LOCAL.get(origin.rstrip("/"))
+        registered = _FILES.get(origin.rstrip("/"))
     if local is not None:
         return local
+    if registered is not None and lab_directory is None:
+        lab_directory = registered.parent
     if lab_directory is None:
         from harness.paths import lab_dir
 

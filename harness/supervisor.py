@@ -346,6 +346,10 @@ class Supervisor:
 
         e = self.endpoints
         issuer = e["verify"] + OIDC_BASE
+        from harness.authenticator import register_file  # this process's tools sign with it
+
+        register_file(e["verify"].replace(f"//{HOST}:", "//localhost:"),
+                      self.directory / AUTHENTICATOR_FILE)
         self.env = {
             "SPIFFE_ENDPOINT_SOCKET": e["spiffe_socket"],
             "IIA_SPIFFE_ID": WORKLOAD_SPIFFE_ID,
