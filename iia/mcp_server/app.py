@@ -83,6 +83,7 @@ class McpServer:
         self._limiter = anyio.CapacityLimiter(max_concurrent_calls)
         self.ssf = SsfPushReceiver(audience=settings.resource, revocations=self.revocations)
         self._tools = [_mcp_tool(t) for t in CATALOG]
+        self._schemas = {t.name: t.input_schema for t in self._tools}
 
     def cold_start(self) -> None:
         """Forget every cache a restarted process would not have: JWT-SVIDs, the Vault token,
@@ -115,7 +116,10 @@ class McpServer:
         resource = self.settings.resource
         server: Server[Any] = Server("iia-mcp", version="1",
                                      on_list_tools=self._list_tools,
-                                     on_call_tool=self._call_tool)
+                                     on_call_tool=self._call_tool,
+                                     # the Mcp-Param header check's schema from this table, not
+                                     # by running the whole tools/list handler on every call
+                                     get_tool_input_schema=self._schemas.get)
         url = urlsplit(resource)
         host = url.netloc
         manager = StreamableHTTPSessionManager(
