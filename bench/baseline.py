@@ -19,7 +19,6 @@ the admin API's URL in `BENCH_ADMIN_URL`, the fixtures in `IIA_FIXTURES_DIR`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -39,6 +38,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
 from iia.catalog import CatalogContext, tool
+from iia.net import run_loop
 
 __all__ = ["admin_app", "baseline_app", "noop_app"]
 
@@ -154,7 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0] not in ROLES:
         sys.exit(f"usage: python -m bench.baseline {{{'|'.join(ROLES)}}}")
-    asyncio.run(_serve(args[0]))
+    # the product's event loop (uvloop where installed), so the anchors differ from it only in
+    # what they do per call
+    run_loop(_serve(args[0]))
 
 
 if __name__ == "__main__":
