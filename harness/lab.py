@@ -190,7 +190,7 @@ class Lab:
 
         agent_settings = AgentSettings.from_env(env)
         self.chat = ChatApp(ChatSettings.from_env(env), agent_settings, self.events,
-                            model=lambda: model_client(agent_settings))
+                            model=lambda: model_client(agent_settings), chain=self.mcp.chain)
         await self._serve(HttpService("chat", self.chat.app()))
         # the security console: a lab tool (off in `python -m iia.serve` unless --console), on
         # a loopback socket like every lab service

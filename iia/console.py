@@ -1,9 +1,12 @@
 """The security console: what a security panel (the notebooks' widgets, a trainer's screen) shows,
 over HTTP, so it can run in another process than the MCP server.
 
+    GET /                             the console page: the chat page's security panel, chain
+                                      view and token inspector for every user (no chat)
     GET /events?after=N&session=SID   security events after index N (wire form)
     GET /calls?session=SID&limit=L    recent tool calls: outcome, per-step timings, decoded
                                       on-behalf-of claims (never the token itself)
+    GET /calls/last                   the last call's seven steps (`iia.chat.chain_view`)
 
 Unauthenticated and for loopback only: it shows what a security panel shows (every user's
 events), and nothing that could be replayed. It is a lab tool: `python -m iia.serve` serves it
@@ -16,21 +19,24 @@ this host, and to a `Host` that is not a loopback name (a page whose domain was 
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from iia.chat.chain_view import chain_view
 from iia.enforcement import EnforcementChain
 from iia.events import EventBus
 
 __all__ = ["console_app"]
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+_PAGE = Path(__file__).parent / "chat" / "page.html"
 
 
 def _loopback(address: str) -> bool:
@@ -98,9 +104,18 @@ def console_app(events: EventBus, chain: EnforcementChain) -> Starlette:
         items = [o.public() for sid, o in list(chain.history) if session in (None, sid)]
         return JSONResponse(items[-limit:])
 
+    async def last_call(request: Request) -> JSONResponse:
+        history = list(chain.history)
+        return JSONResponse({"call": chain_view(history[-1][1].public()) if history else None})
+
+    async def page(request: Request) -> HTMLResponse:
+        """The chat page in console mode: its panel, chain view and inspector, no chat."""
+        return HTMLResponse(_PAGE.read_text().replace("<body>", '<body data-mode="console">', 1))
+
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
     return Starlette(middleware=[Middleware(_LoopbackOnly)],
-                     routes=[Route("/events", list_events), Route("/calls", calls),
+                     routes=[Route("/", page), Route("/events", list_events),
+                             Route("/calls", calls), Route("/calls/last", last_call),
                              Route("/healthz", health)])

@@ -152,7 +152,8 @@ async def run(env: Mapping[str, str], *, console: bool = False,
     identity = WorkloadIdentity(IdentitySettings.from_env(env), events=events)
     mcp = McpServer(McpSettings.from_env(env), identity, events)
     agent = AgentSettings.from_env(env)
-    chat = ChatApp(ChatSettings.from_env(env), agent, events, model=lambda: model_client(agent))
+    chat = ChatApp(ChatSettings.from_env(env), agent, events, model=lambda: model_client(agent),
+                   chain=mcp.chain)
     rules = Path(env["IIA_ANOMALY_RULES"]) if env.get("IIA_ANOMALY_RULES") else None
     antenna = Antenna(env["IIA_ANTENNA_URL"], env.get("IIA_ANTENNA_DB", "antenna.sqlite"),
                       events=events, rules=AnomalyRules.load(rules) if rules else None).start()

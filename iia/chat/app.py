@@ -7,8 +7,12 @@ our MCP server) and streams the answer, and streams security events.
     GET  /auth/callback    code -> tokens (kept here); sets an HttpOnly, SameSite=Lax cookie
                            (Secure when served over https)
     POST /auth/logout      ends the IdP session, forgets the tokens, clears the cookie
-    GET  /me               who is signed in
-    POST /chat             {"message": ...} -> SSE: text deltas, tool calls, done
+    GET  /me               who is signed in (and whether they may watch everyone's events)
+    GET  /calls/last       this session's last tool call through the enforcement chain: the seven
+                           steps with their milliseconds, the step that stopped it, the decoded
+                           on-behalf-of claims (never a token); {"call": null} before the first
+    POST /chat             {"message": ...} -> SSE: text deltas, tool cards (`tool`), approval
+                           waits (`approval`: a push is pending, how long it stays valid), done
     GET  /events?scope=    SSE of security events, `mine` (this session) or `all` (tenant
                            administrators only: members of IIA_ADMIN_GROUP_ID per the IdP's
                            `groups` claim; others get 403)
@@ -50,6 +54,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from iia.agent import AgentLoop, McpToolClient, ModelClient
 from iia.agent.loop import ToolCall
 from iia.agent.mcp_client import McpUnavailableError, SessionEndedError
+from iia.chat.cards import card
+from iia.chat.chain_view import chain_view
 from iia.chat.sessions import ChatSession, ChatSessionStore
 from iia.errors import ConfigurationError
 from iia.events import EventBus, SecurityEvent
@@ -59,11 +65,16 @@ from iia.settings import AgentSettings, ChatSettings, web_origin
 if TYPE_CHECKING:
     from anthropic.types import MessageParam
 
+    from iia.enforcement import EnforcementChain
+
 __all__ = ["COOKIE", "ChatApp"]
 
 COOKIE = "iia_session"
 LOGIN_COOKIE = "iia_login"  # binds a sign-in's state to the browser that started it
 PENDING_TTL = 600.0
+# the events that tell the person a call waits for them on their phone, and how it ended
+APPROVAL_EVENTS = frozenset({"agent:hitl_required", "agent:push_pending", "agent:hitl_approved",
+                             "agent:hitl_denied", "agent:hitl_expired", "agent:hitl_cached"})
 
 
 def _pkce() -> tuple[str, str]:
@@ -75,9 +86,13 @@ def _pkce() -> tuple[str, str]:
 
 class ChatApp:
     def __init__(self, settings: ChatSettings, agent: AgentSettings, events: EventBus, *,
-                 model: Callable[[], ModelClient]) -> None:
+                 model: Callable[[], ModelClient], chain: EnforcementChain | None = None
+                 ) -> None:
         """`model` makes the model client when the first chat needs it; the client loads the
-        SDK on its first turn, off the event loop (`iia.agent.ModelClient`)."""
+        SDK on its first turn, off the event loop (`iia.agent.ModelClient`). `chain` is the MCP
+        server's enforcement chain when it runs in this process (the chain view and token
+        inspector read its recent outcomes: timings and decoded claims, never a token)."""
+        self.chain = chain
         self.settings = settings
         self.agent_settings = agent
         self.events = events
@@ -196,7 +211,20 @@ class ChatApp:
         if session is None:
             return JSONResponse({"signed_in": False})
         return JSONResponse({"signed_in": True, "email": session.email,
-                             "session_id": session.sid, "ended": session.ended})
+                             "session_id": session.sid, "ended": session.ended,
+                             "admin": self._is_admin(session)})
+
+    async def last_call(self, request: Request) -> JSONResponse:
+        session = self._session(request)
+        if session is None:
+            return JSONResponse({"error": "not_signed_in", "error_description": "sign in first"},
+                                status_code=401)
+        history = list(self.chain.history) if self.chain is not None else []
+        mine = [outcome for sid, outcome in history if sid == session.sid]
+        if not mine:
+            return JSONResponse({"call": None})
+        view = chain_view(mine[-1].public())
+        return JSONResponse({"call": view})
 
     # -- chat -------------------------------------------------------------------------------
 
@@ -225,13 +253,33 @@ class ChatApp:
         async def on_text(text: str) -> None:
             await queue.put({"event": "text", "data": json.dumps({"delta": text})})
 
+        started: dict[str, float] = {}
+
         async def on_tool(phase: str, call: ToolCall) -> None:
-            shown: dict[str, object] = {"name": call["name"], "input": call["input"]}
-            if "is_error" in call:
-                shown["is_error"] = call["is_error"]
-            if phase == "end":
-                shown["result"] = call.get("result", "")[:500]
-            await queue.put({"event": "tool", "data": json.dumps({"phase": phase, **shown})})
+            ms = None
+            if phase == "start":
+                started[call["id"]] = time.perf_counter()
+            else:
+                result = call.get("result", "")
+                if not call.get("is_error"):
+                    session.people.learn(result)
+                if call["id"] in started:
+                    ms = (time.perf_counter() - started.pop(call["id"])) * 1000
+            shown = card(phase, call["name"], call["input"], session.people,
+                         result=call.get("result"), is_error=bool(call.get("is_error")), ms=ms)
+            await queue.put({"event": "tool", "data": json.dumps({"id": call["id"], **shown})})
+
+        loop = asyncio.get_running_loop()
+
+        def on_event(event: SecurityEvent) -> None:  # any thread: the chain runs in a worker
+            if event.type in APPROVAL_EVENTS and event.session_id == session.sid:
+                wire = event.to_dict()
+                shown = {k: wire[k] for k in ("type", "outcome", "reason", "toolName", "tier",
+                                              "expiresInS", "durationMs") if k in wire}
+                loop.call_soon_threadsafe(queue.put_nowait, {"event": "approval",
+                                                             "data": json.dumps(shown)})
+
+        unsubscribe = self.events.subscribe(on_event)
 
         async def run() -> None:
             history: list[MessageParam] = [*session.messages,
@@ -245,6 +293,7 @@ class ChatApp:
                                                  on_tool=on_tool)
                 if result.stop == "session_ended":
                     session.ended = result.reason
+                    result.text = _ended_text(result.reason)
                 # keep a conversation the next turn can continue: the full exchange when the
                 # model finished, else the question and what the user was told
                 session.messages = result.messages if result.stop in ("end_turn", "max_tokens") \
@@ -255,7 +304,7 @@ class ChatApp:
                 session.ended = exc.description
                 await queue.put({"event": "done", "data": json.dumps(
                     {"stop": "session_ended", "reason": exc.description,
-                     "text": f"Your session was ended: {exc.description}. Sign in again."})})
+                     "text": _ended_text(exc.description)})})
             except McpUnavailableError as exc:
                 await queue.put({"event": "error", "data": json.dumps(exc.to_dict())})
             except Exception as exc:
@@ -263,6 +312,7 @@ class ChatApp:
                     {"error": "server_error",
                      "error_description": f"the agent failed ({exc.__class__.__name__})"})})
             finally:
+                unsubscribe()
                 await queue.put(None)
 
         task = asyncio.create_task(run())
@@ -270,6 +320,7 @@ class ChatApp:
             while (item := await queue.get()) is not None:
                 yield item
         finally:
+            unsubscribe()
             if not task.done():
                 task.cancel()
 
@@ -367,6 +418,7 @@ class ChatApp:
             Route("/auth/callback", self.callback, name="callback"),
             Route("/auth/logout", self.logout, methods=["POST"]),
             Route("/me", self.me),
+            Route("/calls/last", self.last_call),
             Route("/chat", self.chat, methods=["POST"]),
             Route("/events", self.event_stream),
             Route("/healthz", self.health),
@@ -390,6 +442,16 @@ def _hardened_cookie(out: Response, request: Request, name: str, value: str, *, 
     `X-Forwarded-Proto` uvicorn trusts)."""
     out.set_cookie(name, value, httponly=True, samesite="lax",
                    secure=request.url.scheme == "https", path=path, max_age=int(max_age))
+
+
+def _ended_text(reason: str | None) -> str:
+    """What the person reads when their session was killed: why, once."""
+    why = (reason or "").strip()
+    for prefix in ("the session was ended: ", "the session was ended"):
+        if why.lower().startswith(prefix):
+            why = why[len(prefix):].strip()
+    return (f"Your session was ended: {why}. Sign in again." if why
+            else "Your session was ended. Sign in again.")
 
 
 def _failed(message: str) -> HTMLResponse:

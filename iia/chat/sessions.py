@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import jwt
 
+from iia.chat.cards import People
+
 if TYPE_CHECKING:
     from anthropic.types import MessageParam
 
@@ -34,6 +36,8 @@ class ChatSession:
     ended: str | None = None  # why the session ended, when it did
     # the IDs of the user's groups, as the IdP's latest ID token asserts them (`groups`)
     groups: tuple[str, ...] = ()
+    # who is who, from what the agent read in this conversation (tool cards name people)
+    people: People = field(default_factory=People, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def update_tokens(self, body: dict[str, Any], now: float) -> None:
