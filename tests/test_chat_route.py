@@ -14,13 +14,29 @@ from iia.chat import COOKIE
 from tests.agent_helpers import phone
 
 
+def at_idp(client: httpx.Client, authorize: str, email: str) -> httpx.Response:
+    """What the IdP answers a browser that follows `authorize` and signs in as `email`: the
+    redirect to the callback (after its passkey sign-in page, where it shows one)."""
+    response = client.get(authorize)
+    try:
+        from harness.verify.login import complete_passkey_login
+    except ImportError:  # an IdP that signs the hinted user in at once
+        return response
+    return complete_passkey_login(client, response, email)
+
+
 def sign_in(lab: Lab, email: str = "alice@example.com") -> tuple[httpx.Client, httpx.Response]:
     browser = httpx.Client(base_url=lab.endpoints["chat"], timeout=30)
     response = browser.get("/auth/login", params={"login_hint": email})
     hops = 0
-    while response.status_code in (302, 303) and hops < 5:  # follow as a browser would
-        response = browser.get(response.headers["location"])
+    while hops < 8:  # follow as a browser would, answering a passkey sign-in page if asked
         hops += 1
+        if response.status_code in (302, 303):
+            response = browser.get(response.headers["location"])
+        elif response.status_code == 200 and "id='passkey-request'" in response.text:
+            response = at_idp(browser, str(response.url), email)
+        else:
+            break
     return browser, response
 
 
@@ -66,8 +82,8 @@ def test_sign_in_sets_a_hardened_cookie_and_keeps_tokens_server_side(lab: Lab) -
     assert first.status_code == 302 and first.headers["location"].startswith(
         lab.verify.issuer + "/authorize?")
     assert "code_challenge_method=S256" in first.headers["location"]
-    at_idp = client.get(first.headers["location"])
-    callback = client.get(at_idp.headers["location"])
+    callback = client.get(at_idp(client, first.headers["location"],
+                                 "alice@example.com").headers["location"])
     assert callback.status_code == 302
     cookie = next(c for c in callback.headers.get_list("set-cookie")
                   if c.startswith(f"{COOKIE}="))
@@ -160,7 +176,8 @@ def test_a_callback_started_in_another_browser_is_refused(lab: Lab) -> None:
     the callback URL. The victim's browser did not start that sign-in: refused."""
     attacker = httpx.Client(base_url=lab.endpoints["chat"], timeout=30)
     start = attacker.get("/auth/login", params={"login_hint": "eve@example.com"})
-    callback_url = attacker.get(start.headers["location"]).headers["location"]
+    callback_url = at_idp(attacker, start.headers["location"],
+                          "eve@example.com").headers["location"]
     victim = httpx.Client(base_url=lab.endpoints["chat"], timeout=30)
     response = victim.get(callback_url)
     assert response.status_code == 400 and "start again" in response.text
@@ -209,3 +226,126 @@ def test_behind_a_tls_proxy_the_cookies_are_secure(lab: Lab) -> None:
     hardened = first.headers["set-cookie"]
     assert "Secure" in hardened and "HttpOnly" in hardened and "samesite=lax" in hardened.lower()
     assert "Secure" not in plain.headers["set-cookie"]
+
+
+# -- what the IIA UI reads: tool cards, approval waits, the last call's steps, the console page --
+
+def test_tool_cards_name_the_tier_and_the_person_not_the_id(lab: Lab,
+                                                            browser: httpx.Client) -> None:
+    frank = lab.verify.directory.user_by_username("frank@example.com")
+    assert frank is not None and frank.id
+    with browser.stream("POST", "/chat", json={"message": "show user frank@example.com"}) as r:
+        events = list(sse(r))
+    cards = [d for k, d in events if k == "tool" and d["phase"] == "end"]
+    get_user = next(c for c in cards if c["name"] == "get_user")
+    assert get_user["tier"] == 1 and get_user["tierName"] == "read"
+    assert get_user["outcome"] == "done" and get_user["is_error"] is False
+    # named by what the agent read before (list_users), not by the id it passed
+    assert get_user["input"]["user_id"] == frank.id
+    assert "frank@example.com" in get_user["target"] and frank.id not in get_user["target"]
+    assert "frank@example.com" in get_user["summary"] and frank.id not in get_user["summary"]
+    assert isinstance(get_user["ms"], int) and get_user["ms"] >= 0
+    starts = [d for k, d in events if k == "tool" and d["phase"] == "start"]
+    assert [s["id"] for s in starts] == [c["id"] for c in cards]
+
+
+def test_a_refused_card_carries_the_code_and_reason(lab: Lab, browser: httpx.Client) -> None:
+    with browser.stream("POST", "/chat", json={"message": "delete ivan@example.com"}) as r:
+        events = list(sse(r))
+    refused = next(d for k, d in events if k == "tool" and d["phase"] == "end"
+                   and d["name"] == "delete_user")
+    assert refused["tier"] == 4 and refused["outcome"] == "refused"
+    assert refused["code"] == "access_denied" and "policy" in refused["reason"]
+    assert "ivan@example.com" in refused["target"]
+    assert lab.verify.directory.user_by_username("ivan@example.com") is not None
+    # the chain view: stopped at step 5 (token exchange), step 6 never reached, no OBO token
+    last = browser.get("/calls/last").json()["call"]
+    assert last["tool"] == "delete_user" and last["ok"] is False
+    assert last["stoppedAt"] == 5 and last["code"] == "access_denied" and last["obo"] is None
+    status = {s["step"]: s["status"] for s in last["steps"]}
+    assert status == {1: "ok", 2: "ok", 3: "ok", 4: "skipped", 5: "stopped",
+                      6: "not_reached", 7: "ok"}
+
+
+def test_the_last_call_shows_its_seven_steps_and_decoded_claims(lab: Lab,
+                                                                browser: httpx.Client) -> None:
+    assert browser.get("/calls/last").json() == {"call": None}  # a fresh session: none yet
+    anonymous = httpx.get(lab.endpoints["chat"] + "/calls/last")
+    assert anonymous.status_code == 401 and anonymous.json()["error"] == "not_signed_in"
+    with browser.stream("POST", "/chat", json={"message": "list applications"}) as r:
+        list(sse(r))
+    response = browser.get("/calls/last")
+    assert response.status_code == 200
+    last = response.json()["call"]
+    assert last["tool"] == "list_applications" and last["ok"] is True
+    assert last["stoppedAt"] is None and last["tier"] == 1
+    steps = {s["step"]: s for s in last["steps"]}
+    assert [s["status"] for s in steps.values()] == ["ok", "ok", "ok", "skipped", "ok", "ok",
+                                                     "ok"]
+    assert all(isinstance(steps[n]["ms"], int | float) for n in (3, 5, 6))
+    obo = last["obo"]  # decoded claims for the inspector: the actor and the one RAR object
+    assert obo["act"]["sub"].startswith("spiffe://iia.lab/")
+    assert obo["authorization_details"][0]["type"] == "verify_read_applications" or \
+        obo["authorization_details"][0]["tier"] == 1
+    from iia.events import looks_like_secret
+    assert not looks_like_secret(response.text)  # claims, never a token
+
+
+def test_the_last_call_is_this_sessions_own(lab: Lab, browser: httpx.Client) -> None:
+    with browser.stream("POST", "/chat", json={"message": "list groups"}) as r:
+        list(sse(r))
+    other, _ = sign_in(lab, "bob@example.com")
+    try:
+        assert other.get("/calls/last").json() == {"call": None}
+    finally:
+        other.close()
+    assert browser.get("/calls/last").json()["call"]["tool"] == "list_groups"
+
+
+def test_an_approval_wait_is_streamed_with_its_validity(lab: Lab,
+                                                       browser: httpx.Client) -> None:
+    with phone(lab) as p, browser.stream(
+            "POST", "/chat", json={"message": "revoke sessions of walter@example.com"}) as r:
+        events = list(sse(r))
+    waits = [d for k, d in events if k == "approval"]
+    types = [w["type"] for w in waits]
+    assert "agent:hitl_required" in types and "agent:hitl_approved" in types
+    pending = next(w for w in waits if w["type"] == "agent:push_pending")
+    assert pending["outcome"] == "pending" and pending["expiresInS"] > 0
+    assert pending["toolName"] == "revoke_user_sessions" and pending["tier"] == 3
+    assert types.index("agent:push_pending") < types.index("agent:hitl_approved")
+    assert len(p.answered) == 1
+
+
+def test_me_says_who_may_watch_everyone(lab: Lab, browser: httpx.Client) -> None:
+    other, _ = sign_in(lab, "bob@example.com")
+    try:
+        for client in (browser, other):
+            admin = client.get("/me").json()["admin"]
+            with client.stream("GET", "/events", params={"scope": "all"},
+                               timeout=httpx.Timeout(10, read=1.0)) as response:
+                assert (response.status_code == 200) is admin
+    finally:
+        other.close()
+    assert browser.get("/me").json()["admin"] is True  # alice, the operator, is an admin
+
+
+def test_the_console_page_is_the_chat_page_in_console_mode(lab: Lab) -> None:
+    page = httpx.get(lab.endpoints["console"] + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<body data-mode="console">' in page.text and "Security events" in page.text
+    last = httpx.get(lab.endpoints["console"] + "/calls/last")
+    assert last.status_code == 200 and "call" in last.json()
+    foreign = httpx.get(lab.endpoints["console"] + "/", headers={"Host": "evil.example"})
+    assert foreign.status_code == 403
+
+
+def test_the_chat_page_is_self_contained() -> None:
+    """No CDN: the page loads nothing from another origin."""
+    from pathlib import Path
+
+    import iia.chat
+
+    html_text = (Path(iia.chat.__file__).parent / "page.html").read_text()
+    assert "http://" not in html_text and "https://" not in html_text
+    assert "<script src" not in html_text and "<link rel=\"stylesheet\"" not in html_text
