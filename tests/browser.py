@@ -11,6 +11,8 @@ Playwright's sync API (never a downloaded browser), with every page watched for 
     add_virtual_authenticator(page)    a CDP virtual platform authenticator (CTAP2, internal,
                                        resident keys, user verification that succeeds), for
                                        passkey sign-in and push approval
+    add_passkey(page, id, ...)         import an enrolled passkey into it (WebAuthn.addCredential)
+    sign_counts(page, id)              its credentials' counters (WebAuthn.getCredentials)
 
 A test module typically has::
 
@@ -28,6 +30,7 @@ A test module typically has::
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import Iterator
@@ -41,10 +44,10 @@ import pytest
 from harness.paths import project_root
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, ConsoleMessage, Page
+    from playwright.sync_api import Browser, CDPSession, ConsoleMessage, Page
 
-__all__ = ["ARTIFACTS", "CHROMIUM", "Watched", "add_virtual_authenticator", "launch",
-           "requires_chromium", "screenshot", "watched_page"]
+__all__ = ["ARTIFACTS", "CHROMIUM", "Watched", "add_passkey", "add_virtual_authenticator",
+           "launch", "requires_chromium", "screenshot", "sign_counts", "watched_page"]
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = project_root() / "tests" / "artifacts" / "browser"
@@ -94,8 +97,11 @@ def screenshot(page: Page, name: str, *, full_page: bool = False) -> Path:
 
 @contextmanager
 def watched_page(browser: Browser, name: str, *, base_url: str | None = None,
-                 width: int = 1440, height: int = 900) -> Iterator[Watched]:
-    """A new browser context (its own cookies) and page, watched for console errors."""
+                 width: int = 1440, height: int = 900,
+                 tolerate: tuple[str, ...] = ()) -> Iterator[Watched]:
+    """A new browser context (its own cookies) and page, watched for console errors. `tolerate`:
+    regular expressions of errors a test names and explains (keep it empty; each entry is a
+    known defect of a page the test does not own)."""
     context = browser.new_context(base_url=base_url, viewport={"width": width, "height": height})
     page = context.new_page()
     watched = Watched(page)
@@ -103,7 +109,9 @@ def watched_page(browser: Browser, name: str, *, base_url: str | None = None,
     def on_console(message: ConsoleMessage) -> None:
         if message.type == "error":
             where = message.location.get("url", "")
-            watched.errors.append(f"console error: {message.text} ({where})")
+            line = f"console error: {message.text} ({where})"
+            if not any(re.search(t, line) for t in tolerate):
+                watched.errors.append(line)
 
     page.on("console", on_console)
     page.on("pageerror", lambda exc: watched.errors.append(f"uncaught exception: {exc}"))
@@ -120,15 +128,42 @@ def watched_page(browser: Browser, name: str, *, base_url: str | None = None,
         context.close()
 
 
+def _cdp(page: Page) -> CDPSession:
+    cdp: CDPSession | None = getattr(page, "_iia_webauthn_cdp", None)
+    if cdp is None:
+        cdp = page.context.new_cdp_session(page)
+        setattr(page, "_iia_webauthn_cdp", cdp)  # noqa: B010 - keep it alive with the page
+    return cdp
+
+
 def add_virtual_authenticator(page: Page) -> str:
     """Give the page's browser a CDP virtual authenticator that behaves like a platform passkey
     (WebAuthn.addVirtualAuthenticator: ctap2, internal transport, resident keys, user
     verification, the user verified); returns its authenticatorId. It lives as long as the
     page's CDP session, which is kept on the page."""
-    cdp = page.context.new_cdp_session(page)
+    cdp = _cdp(page)
     cdp.send("WebAuthn.enable")
     added = cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
         "protocol": "ctap2", "transport": "internal", "hasResidentKey": True,
         "hasUserVerification": True, "isUserVerified": True}})
-    setattr(page, "_iia_webauthn_cdp", cdp)  # noqa: B010 - keep the session alive with the page
     return str(added["authenticatorId"])
+
+
+def add_passkey(page: Page, authenticator_id: str, *, credential_id: bytes, rp_id: str,
+                user_handle: bytes, private_key_pkcs8: bytes, sign_count: int = 0) -> None:
+    """Put an existing passkey (a resident credential: its id, RP ID, user handle, PKCS#8 DER
+    private key and counter) into the virtual authenticator (WebAuthn.addCredential), so the
+    browser can answer a ceremony with a key another authenticator enrolled."""
+    b64 = base64.b64encode
+    _cdp(page).send("WebAuthn.addCredential", {"authenticatorId": authenticator_id, "credential": {
+        "credentialId": b64(credential_id).decode(), "isResidentCredential": True,
+        "rpId": rp_id, "privateKey": b64(private_key_pkcs8).decode(),
+        "userHandle": b64(user_handle).decode(), "signCount": sign_count}})
+
+
+def sign_counts(page: Page, authenticator_id: str) -> dict[bytes, int]:
+    """Each credential's counter in the virtual authenticator (WebAuthn.getCredentials): after
+    the browser signed, the passkey's other holder must move its counter past these."""
+    got = _cdp(page).send("WebAuthn.getCredentials", {"authenticatorId": authenticator_id})
+    return {base64.b64decode(c["credentialId"]): int(c["signCount"])
+            for c in got["credentials"]}
