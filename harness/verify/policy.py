@@ -50,15 +50,16 @@ class TokenExchangePolicy:
         self.reloads = 0
         self._actions = self._action_entities()
 
-    def _action_entities(self) -> list[dict[str, Any]]:
-        tiers = sorted({t.tier for t in self.registry.types.values()})
-        entities: list[dict[str, Any]] = [
-            {"uid": {"type": "Verify::Action", "id": f"tier{n}"}, "attrs": {}, "parents": []}
-            for n in tiers]
-        for spec in self.registry.types.values():
-            entities.append({"uid": {"type": "Verify::Action", "id": spec.name}, "attrs": {},
-                             "parents": [{"type": "Verify::Action", "id": f"tier{spec.tier}"}]})
-        return entities
+    def _action_entities(self) -> dict[str, list[dict[str, Any]]]:
+        """For each RAR type, the action entities a request for it needs: the action and its
+        tier (`action in Verify::Action::"tierN"` reads the request's action's ancestors
+        only), built once. Sending every type's entities with every request would make Cedar
+        parse them all, each time, to the same decision."""
+        return {spec.name: [
+            {"uid": {"type": "Verify::Action", "id": spec.name}, "attrs": {},
+             "parents": [{"type": "Verify::Action", "id": f"tier{spec.tier}"}]},
+            {"uid": {"type": "Verify::Action", "id": f"tier{spec.tier}"}, "attrs": {},
+             "parents": []}] for spec in self.registry.types.values()}
 
     def _current(self) -> _Loaded:
         try:
@@ -89,7 +90,7 @@ class TokenExchangePolicy:
             return PolicyDecision(False, "policy-unavailable", loaded.error or "no policy")
         group_names = sorted(set(groups))
         entities = [
-            *self._actions,
+            *self._actions.get(rar_type, ()),
             {"uid": {"type": "Verify::User", "id": user_id}, "attrs": {"email": user_email},
              "parents": [{"type": "Verify::Group", "id": g} for g in group_names]},
             *({"uid": {"type": "Verify::Group", "id": g}, "attrs": {}, "parents": []}
