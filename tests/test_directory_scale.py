@@ -135,6 +135,14 @@ def test_groups_of_answers_what_walking_every_group_answers(scale: Scale) -> Non
         assert user is not None and user.id is not None
         walked = [g.id for g in every_group if any(m.value == user.id for m in g.members or [])]
         assert [g.id for g in directory.groups_of(user.id)] == walked, user.user_name
+        # the token exchange's copy-free reads answer the same
+        assert directory.group_names_of(user.id) == [
+            g.display_name or "" for g in every_group if g.id in walked], user.user_name
+        record = directory.user_record(user.id)
+        assert record is not None and (record.user_name, record.active) == (
+            user.user_name, user.active)
+    assert directory.user_record("no-such-user") is None
+    assert directory.group_names_of("no-such-user") == []
 
 
 def test_unfiltered_pages_are_the_pages_scim2_server_s_storage_answers(scale: Scale) -> None:
@@ -206,6 +214,7 @@ def test_the_indexes_follow_updates_and_deletes(scale: Scale) -> None:
                                                     group=scale.late_group)))
         assert added.status_code == 204, added.text
         assert [g.id for g in directory.groups_of(moving)] == [scale.late_group]
+        assert directory.group_names_of(moving) == [f"Scale group {GROUPS - 1:04d}"]
         removed = http.patch(f"/Groups/{scale.late_group}", json=patch(remove_member(moving)),
                              headers=bearer(world.obo("verify_remove_group_member",
                                                       target=moving, group=scale.late_group)))
@@ -218,6 +227,7 @@ def test_the_indexes_follow_updates_and_deletes(scale: Scale) -> None:
                               headers=bearer(world.obo("verify_delete_user", target=moving)))
     assert deleted.status_code == 204, deleted.text
     assert directory.user(moving) is None and directory.user_by_username(name) is None
+    assert directory.user_record(moving) is None and directory.group_names_of(moving) == []
     page = http.get("/Users", params={"count": "1"},
                     headers=bearer(world.obo("verify_read_users"))).json()
     assert page["totalResults"] == SIZE

@@ -335,8 +335,11 @@ def test_may_act_names_actor(lab: Lab, x: TokenExchange, alice_claims: dict[str,
 
 def test_delegation_live(lab: Lab, x: TokenExchange) -> None:
     directory = lab.verify.directory
-    alice = directory.user_by_username("alice@example.com")
-    dave = directory.user_by_username("dave@example.com")
+    alice_user = directory.user_by_username("alice@example.com")
+    dave_user = directory.user_by_username("dave@example.com")
+    assert alice_user is not None and alice_user.id and dave_user is not None and dave_user.id
+    alice = directory.user_record(alice_user.id)
+    dave = directory.user_record(dave_user.id)
     assert alice is not None and dave is not None
     x._delegation_live(alice, WORKLOAD_SPIFFE_ID)
     refuses(lab, InvalidGrant, "invalid_grant", x._delegation_live, dave, WORKLOAD_SPIFFE_ID,

@@ -9,7 +9,8 @@ Lookups are exact at any size (no page, no cap) and do not walk the directory: b
 storage's dictionary; `userName eq` and `displayName eq` use scim2-server's own equality index
 (the filter is bound to the resource's model so that the storage can use it); `groups_of` and a
 page of an unfiltered, unsorted search use `DirectoryStorage`'s indexes, which every write keeps
-in step.
+in step. The token exchange's warm path reads what it needs of a user and of their groups
+(`user_record`, `group_names_of`) under the storage's lock, without copying whole resources.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import datetime
 import json
 from bisect import bisect_left, insort
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -39,7 +41,7 @@ from scim2_server.utils import (
     parametrize,
 )
 
-__all__ = ["Directory", "DirectoryStorage"]
+__all__ = ["Directory", "DirectoryStorage", "UserRecord"]
 
 
 def _provider() -> ScimProvider:
@@ -96,6 +98,11 @@ class DirectoryStorage(InMemoryStorage):
             stored = self._resources.get(name, {})
             return SearchPage(len(ids), [stored[i].model_copy(deep=True) for i in ids[start:stop]])
 
+    def peek(self, type_name: str | None, resource_id: str) -> Resource[Any] | None:
+        """The stored resource itself, not a copy: to read under `lock` (which the caller
+        holds), never to change."""
+        return self._resources.get(type_name, {}).get(resource_id)
+
     def groups_naming(self, member: str) -> list[str]:
         """The ids of the groups whose `members` hold this value, in id order."""
         with self.lock:
@@ -136,6 +143,16 @@ def _key(resource: Resource[Any]) -> tuple[str | None, str]:
 def _member_values(resource: Resource[Any]) -> set[str]:
     return {m.value for m in (getattr(resource, "members", None) or [])
             if getattr(m, "value", None) is not None}
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """What the token exchange reads of a user, now: read from the storage, not a copy of
+    the whole resource."""
+
+    id: str
+    user_name: str | None
+    active: bool | None
 
 
 class Directory:
@@ -217,7 +234,26 @@ class Directory:
             return [cast(Group, self.storage.get(self.group_type, group_id))
                     for group_id in self.storage.groups_naming(user_id)]
 
-    def delegated(self, user: User[Any]) -> bool:
+    def user_record(self, user_id: str) -> UserRecord | None:
+        """The user's id, userName and active flag as stored now (None: no such user)."""
+        with self.storage.lock:
+            stored: Any = self.storage.peek(self.user_type.name, user_id)
+            if stored is None:
+                return None
+            return UserRecord(id=user_id, user_name=stored.user_name, active=stored.active)
+
+    def group_names_of(self, user_id: str) -> list[str]:
+        """The displayNames of the groups listing this id among their members, in group id
+        order ("" for a group without one): `groups_of` without copying the groups."""
+        with self.storage.lock:
+            names = []
+            for group_id in self.storage.groups_naming(user_id):
+                stored: Any = self.storage.peek(self.group_type.name, group_id)
+                if stored is not None:
+                    names.append(stored.display_name or "")
+            return names
+
+    def delegated(self, user: User[Any] | UserRecord) -> bool:
         """Has this user delegated to the agent (their tokens carry `may_act`)?"""
         return (user.user_name or "").lower() in self._delegated
 

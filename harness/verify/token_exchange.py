@@ -34,14 +34,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jwt
-from scim2_models import User
 from starlette.responses import JSONResponse
 
 from harness.spire.validation import SvidValidationError, trust_domain_of, validate_jwt_svid
 from harness.verify.approvals import Approvals, CallApproval
 from harness.verify.audit import AuditTrail, Decision
 from harness.verify.client_auth import Client
-from harness.verify.directory import Directory
+from harness.verify.directory import Directory, UserRecord
 from harness.verify.errors import (
     NO_STORE,
     AccessDenied,
@@ -182,7 +181,8 @@ class TokenExchange:
         """RFC 9068 §4: a JWT access token of this tenant (signature, issuer, typ, expiry, not
         revoked); the session is checked next, on its own."""
         try:
-            subject = self.tokens.decode(token, typ=ACCESS_TOKEN_TYP, check_session=False)
+            subject = self.tokens.decode(token, typ=ACCESS_TOKEN_TYP, check_session=False,
+                                         remember=True)
         except TokenInvalid as exc:
             raise InvalidGrant(f"subject_token: {exc}") from exc
         ctx.update(user=subject.get("email"), sid=subject["sid"])
@@ -205,9 +205,9 @@ class TokenExchange:
         if "act" in subject:
             raise InvalidGrant("subject_token is itself delegated; chains are not allowed")
 
-    def _subject_user_active(self, subject: Mapping[str, Any]) -> User[Any]:
+    def _subject_user_active(self, subject: Mapping[str, Any]) -> UserRecord:
         """The subject's user exists and is active in the directory, now."""
-        user = self.directory.user(subject["sub"])
+        user = self.directory.user_record(subject["sub"])
         if user is None or not user.active:
             raise InvalidGrant("the user of subject_token is not an active user")
         return user
@@ -267,7 +267,7 @@ class TokenExchange:
         if may_act["sub"] != actor:
             raise InvalidGrant(f"the user's may_act does not name the actor {actor}")
 
-    def _delegation_live(self, user: User[Any], actor: str) -> None:
+    def _delegation_live(self, user: UserRecord, actor: str) -> None:
         """The token's may_act was true when it was issued; the tenant's record is true now
         (RFC 8693 §2.2.2 / RFC 6749 §5.2: a grant whose authority was revoked is invalid_grant).
         """
@@ -307,7 +307,7 @@ class TokenExchange:
         """The tenant's Cedar policy, with the approval state: a refusal is `access_denied`
         with the refusing policy's id and reason."""
         consent_age = self.approvals.session_consent_age(subject["sub"], subject["sid"])
-        groups = [g.display_name or "" for g in self.directory.groups_of(subject["sub"])]
+        groups = self.directory.group_names_of(subject["sub"])
         decision = self.policy.evaluate(
             user_id=subject["sub"], user_email=subject.get("email", ""), groups=groups,
             rar_type=spec.name, context={

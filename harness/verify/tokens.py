@@ -12,11 +12,17 @@
   (RFC 9700 §4.14.2); the generator makes them, `keep_refresh_token` stores what they grant.
 
 Every token carries `sid`; `validate` refuses a token whose session has ended, whose `jti` was
-revoked (RFC 7009), or that is not exactly what the caller expects.
+revoked (RFC 7009), or that is not exactly what the caller expects. The signature check is not
+repeated for a string this service signed itself (an on-behalf-of token, presented once at the
+admin API moments after token exchange minted it) or verified before with `remember` (the user's
+access token, the subject of every token exchange): such a string is known to carry this
+tenant's signature, and counts while the key that signed it is live. Expiry, revocation and the
+session are checked at every call.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import secrets
 import threading
@@ -115,6 +121,9 @@ def member_groups(tenant: Any) -> Callable[[str], list[str]]:
     return lambda user_id: [g.id for g in tenant.directory.groups_of(user_id) if g.id]
 
 
+_KNOWN = 1024  # tokens remembered as signed by this service (TokenService._know)
+
+
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -146,6 +155,9 @@ class TokenService:
         # user id -> the IDs of the groups the user is a member of, read when a token is minted
         self.groups_of: Callable[[str], Sequence[str]] | None = None
         self.generator = AccessTokenGenerator(self)
+        # (digest of the token, typ, audience) -> (kid, claims) of tokens known to be signed
+        # by this service: minted here, or verified with `remember`; the oldest go first
+        self._signed: dict[tuple[str, str, str | None], tuple[str, dict[str, Any]]] = {}
 
     def clock(self) -> float:
         return self._clock()
@@ -191,7 +203,11 @@ class TokenService:
             "act": {"sub": actor},
             "authorization_details": [dict(d) for d in authorization_details],
         }
-        return self.keys.sign(claims, typ="at+jwt"), claims
+        key = self.keys.current
+        token = self.keys.sign(claims, typ="at+jwt", key=key)
+        # what the admin API's decode(typ="at+jwt", audience=None) will be shown
+        self._know(token, "at+jwt", None, key.kid, claims)
+        return token, claims
 
     def approval_token(self, session: Session, *, client_id: str, approval_id: str,
                        authorization_details: Sequence[Mapping[str, Any]]
@@ -253,8 +269,33 @@ class TokenService:
         return jti in self._revoked_jtis
 
     def decode(self, token: str, *, typ: str = "at+jwt", audience: str | None = None,
-               check_session: bool = True) -> dict[str, Any]:
-        """Verify a token this tenant issued and return its claims, or raise TokenInvalid."""
+               check_session: bool = True, remember: bool = False) -> dict[str, Any]:
+        """Verify a token this tenant issued and return its claims, or raise TokenInvalid.
+        `remember`: a token whose signature verifies is known as signed from then on (see the
+        module docstring); the checks that can change over time run at every call."""
+        claims = self._signed_claims(token, typ, audience, remember)
+        now = self._clock()
+        if not isinstance(claims["exp"], int | float) or claims["exp"] <= now:
+            raise TokenInvalid("the token has expired")
+        if not isinstance(claims["iat"], int | float) or claims["iat"] > now + 5:
+            raise TokenInvalid("the token was issued in the future")
+        if self.revoked(claims["jti"]):
+            raise TokenInvalid("the token has been revoked")
+        if check_session and not self.sessions.alive(claims["sid"]):
+            session = self.sessions.get(claims["sid"])
+            why = f" ({session.end_reason})" if session and session.end_reason else ""
+            raise TokenInvalid(f"the token's session has ended{why}")
+        return claims
+
+    def _signed_claims(self, token: str, typ: str, audience: str | None,
+                       remember: bool) -> dict[str, Any]:
+        """The claims of a token whose header, signature (by a live key of this tenant),
+        issuer, audience and required claims verify, or TokenInvalid. A token known as signed
+        here (`_know`) counts while its key is live."""
+        with self._lock:
+            known = self._signed.get((_hash(token), typ, audience))
+        if known is not None and any(k.kid == known[0] for k in self.keys.live_keys()):
+            return copy.deepcopy(known[1])
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -268,7 +309,7 @@ class TokenService:
             raise TokenInvalid("the token was not signed by a key of this tenant")
         options: dict[str, Any] = {"require": ["iss", "sub", "exp", "iat", "jti", "sid"],
                                    "verify_aud": audience is not None,
-                                   # times are checked against this tenant's clock, below
+                                   # times are checked against this tenant's clock (decode)
                                    "verify_exp": False, "verify_iat": False, "verify_nbf": False}
         try:
             claims = jwt.decode(token, key, algorithms=["ES256"], issuer=self.issuer,
@@ -281,15 +322,15 @@ class TokenService:
             raise TokenInvalid("the token's signature does not verify") from exc
         except jwt.PyJWTError as exc:
             raise TokenInvalid(f"invalid token: {exc}") from exc
-        now = self._clock()
-        if not isinstance(claims["exp"], int | float) or claims["exp"] <= now:
-            raise TokenInvalid("the token has expired")
-        if not isinstance(claims["iat"], int | float) or claims["iat"] > now + 5:
-            raise TokenInvalid("the token was issued in the future")
-        if self.revoked(claims["jti"]):
-            raise TokenInvalid("the token has been revoked")
-        if check_session and not self.sessions.alive(claims["sid"]):
-            session = self.sessions.get(claims["sid"])
-            why = f" ({session.end_reason})" if session and session.end_reason else ""
-            raise TokenInvalid(f"the token's session has ended{why}")
+        if remember:
+            self._know(token, typ, audience, str(header["kid"]), claims)
         return claims
+
+    def _know(self, token: str, typ: str, audience: str | None, kid: str,
+              claims: Mapping[str, Any]) -> None:
+        """Remember that `token` carries this service's signature by `kid` (a copy of its
+        claims), forgetting the oldest beyond `_KNOWN` (a forgotten one is verified again)."""
+        with self._lock:
+            while len(self._signed) >= _KNOWN:
+                del self._signed[next(iter(self._signed))]
+            self._signed[(_hash(token), typ, audience)] = (kid, copy.deepcopy(dict(claims)))
