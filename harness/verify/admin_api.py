@@ -22,11 +22,14 @@ it too (whoever holds a token gets one try, not a probe of the coverage check), 
 perform two requests. Every error is a SCIM
 error body (RFC 7644 §3.12, `admin_errors`); every decision goes to the audit trail and to
 `requests`. The SCIM side is `scim_service.AdminScimService`; the JSON side `verify_endpoints`.
+The server's loop reads each request and writes its response; the gate and the SCIM work run on
+`admin_worker`'s thread, so the tenant's other endpoints are not held up behind them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -34,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from scim2_models import SCIMException
-from scim2_server.applications.asgi import ASGIApplication, Scope
+from scim2_server.applications.asgi import ASGIApplication, Receive, Scope, Send
 from scim2_server.memory import AsyncInMemoryStorage
 from scim2_server.requests import ScimRequest
 from scim2_server.responses import ScimResponse
@@ -42,6 +45,7 @@ from starlette.types import ASGIApp
 
 from harness.expiring import ExpiringSet
 from harness.verify.admin_errors import InvalidToken, MissingToken, NoPassthrough, NotCovered
+from harness.verify.admin_worker import admin_worker
 from harness.verify.audit import AuditTrail, Decision
 from harness.verify.coverage import Coverage, Grant, RequestLine
 from harness.verify.directory import Directory
@@ -114,6 +118,24 @@ class _AdminApplication(ASGIApplication):
         """The API root as clients see it (scim2-server would append `/v2`), so that
         `meta.location` and `Location` are URLs under the `/v2.0` mount."""
         return self.api.base_url
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """scim2-server's ASGI entry point, with `serve` and the encoding of its answer on the
+        admin worker's thread (the same messages `send_response` sends)."""
+        if scope["type"] == "lifespan":
+            await self.serve_lifespan(receive, send)
+            return
+        request = await self.read_request(scope, receive)
+        status, headers, body = await admin_worker.run(self._answer(request))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _answer(self, request: ScimRequest) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        response = await self.serve(request)
+        body = b"" if response.body is None else json.dumps(response.body).encode()
+        return (int(response.status),
+                [(name.encode(), value.encode()) for name, value in response.headers.items()],
+                body)
 
     async def serve(self, request: ScimRequest) -> ScimResponse:
         admission = _Admission()
