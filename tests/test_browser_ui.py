@@ -148,11 +148,7 @@ def test_tiers_and_the_kill_as_a_person_sees_them(ui_lab: Lab, browser: Browser)
     lab = ui_lab
     ivan = lab.verify.directory.user_by_username("ivan@example.com")
     assert ivan is not None and ivan.active
-    # the simulated Verify's sign-in page declares no icon, so Chromium's favicon request
-    # 404s there (harness/verify/verify_app.py, not this UI); every other error fails
-    verify_icon = re.escape(lab.verify.passkeys.origin) + r"/favicon\.ico"
-    with watched_page(browser, "iia-ui", base_url=lab.endpoints["chat"],
-                      tolerate=(verify_icon,)) as w:
+    with watched_page(browser, "iia-ui", base_url=lab.endpoints["chat"]) as w:
         page = w.page
         sign_in(page, lab)
 

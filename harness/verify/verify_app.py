@@ -448,6 +448,7 @@ def _page(kind: str, origin: str) -> str:
                                "passkey</button><p id='status'></p>", _ENROLL_JS)
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{title}"
             f"</title><meta name='viewport' content='width=device-width, initial-scale=1'>"
+            "<link rel='icon' href='data:,'>"
             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}"
             f"<script>{WEBAUTHN_JS}{script}</script>"
             f"<!-- relying party {html.escape(origin)} --></body></html>")
@@ -463,7 +464,8 @@ def login_page(request_json: Mapping[str, Any], hint: str | None) -> str:
     data = json.dumps(request_json).replace("</", "<\\/")
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Sign in - IBM "
-        f"Verify (lab)</title><style>{_STYLE}</style></head><body><h1>Sign in{who}</h1>"
+        f"Verify (lab)</title><link rel='icon' href='data:,'><style>{_STYLE}</style></head>"
+        f"<body><h1>Sign in{who}</h1>"
         "<p>Sign in with your passkey: this device's (Touch ID, Windows Hello) or your phone's."
         "</p><form method='post' id='login' action='"
         f"{html.escape(request_json['action'])}'>{hidden}"
