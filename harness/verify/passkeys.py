@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from webauthn import (
     generate_authentication_options,
@@ -47,23 +46,15 @@ from webauthn.helpers.structs import (
 )
 
 from harness.authenticator import b64url, from_b64url
+from harness.origins import RP_ID, user_facing_url
 
 __all__ = ["RP_ID", "AssertionRequired", "InvalidAssertion", "PasskeyCredential",
            "PasskeyError", "PasskeyStore", "RelyingParty", "Verified", "canonical_json",
            "challenge_binding_view", "claimed_challenge", "claimed_origin", "credential_digest",
            "push_challenge", "signed_rp_id", "user_facing_url"]
 
-RP_ID = "localhost"
 RP_NAME = "IBM Security Verify (lab)"
 CEREMONY_TTL = 300.0
-
-
-def user_facing_url(base_url: str) -> str:
-    """`http://localhost:PORT` for a Verify at http://127.0.0.1:PORT (or any loopback name):
-    the origin of the pages a person sees, the only one a passkey is signed for."""
-    parts = urlsplit(base_url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme or 'http'}://{RP_ID}{port}"
 
 
 class PasskeyError(Exception):
