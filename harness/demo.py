@@ -3,10 +3,12 @@
 It signs alice in at the chat route exactly as a browser would (code + PKCE at the IdP), sends
 the conversation below, and prints what the agent says and the security events the chain emits.
 Push approvals are answered by a scripted phone through the lab's phone API, unless
-`--interactive`, where you answer them at the terminal. Uses the running lab (`iia-lab up`) when
-there is one, else starts its own: the same process topology (a supervisor and one OS process
-per zone), in a private lab directory, stopped when the demo ends. It reaches the lab only
-through its endpoints and HTTP APIs (chat route, phone, console, CAEP receiver).
+`--interactive`, where you answer them at the terminal (the prompt stays on screen: nothing else
+prints while it waits for you). It always runs a lab of its own, so a lab you run (`iia-lab up`,
+`make lab`) is left exactly as it was, whatever the demo creates, deactivates or is refused: the
+same process topology (a supervisor and one OS process per zone), on a private copy of the
+fixtures in a private lab directory, stopped and removed when the demo ends. It reaches the lab
+only through its endpoints and HTTP APIs (chat route, phone, console, CAEP receiver).
 
     tier 1  list users                                       no approval
     tier 2  create a user and add them to a group            one approval, then cached
@@ -16,6 +18,11 @@ through its endpoints and HTTP APIs (chat route, phone, console, CAEP receiver).
 It ends with continuous evaluation: a poisoned user record makes the agent try a blocked action,
 then another; Antenna's anomaly rule revokes the session through CAEP, the IdP and the MCP server
 drop it, and the agent's next call gets 401. The SET trail the CAEP receiver got is printed.
+
+The verdict says per tier what happened: which pushes were approved, denied or expired, and that
+each action did its work or was refused accordingly. "Every tier behaved as designed" is printed
+only when every push was approved and everything did its work (the delete refused); after a
+denial or an expiry it says what was refused and why.
 """
 
 from __future__ import annotations
@@ -31,21 +38,78 @@ from typing import Any, ClassVar
 import httpx
 
 from harness.lab_client import LabClient, PhoneApi
-from harness.notebook import attach_or_start
+from harness.notebook import remove_abandoned_labs, start_lab
+from iia.catalog import CATALOG
 
 __all__ = ["main"]
 
 _COLOR = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-_OUT = threading.Lock()
 
 
 def c(code: str, text: str) -> str:
     return f"\033[{code}m{text}\033[0m" if _COLOR else text
 
 
+class Screen:
+    """The terminal, shared by the threads that print: one line at a time, a progress line that
+    the next line replaces, and a prompt during which nothing else prints (the others wait), so
+    `approve? [Y/n]` stays visible until it is answered."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.progress_shown = False
+        self.prompting = False
+        self.answered_at = 0.0  # monotonic time of the last push answered
+        self.tty = sys.stdout.isatty()
+
+    def _clear_progress(self) -> None:
+        if self.progress_shown:
+            print("\r" + " " * 78 + "\r", end="", flush=True)
+            self.progress_shown = False
+
+    def say(self, text: str = "", end: str = "\n") -> None:
+        with self._lock:
+            self._clear_progress()
+            print(text, end=end, flush=True)
+
+    def progress(self, text: str, since: float) -> None:
+        """Redraw the progress line of a wait that began at `since` (monotonic), unless a prompt
+        is up, the push was answered since, or there is no terminal to redraw on."""
+        with self._lock:
+            if self.tty and not self.prompting and since > self.answered_at:
+                print(f"\r{text}", end="", flush=True)
+                self.progress_shown = True
+
+    def answered(self) -> None:
+        """A push was answered: no progress line for the waits before now."""
+        with self._lock:
+            self.answered_at = time.monotonic()
+
+    def ask(self, header: str, question: str) -> str | None:
+        """Print `header`, ask `question` and return the answer line (None at end of input).
+        Nothing else prints meanwhile."""
+        with self._lock:
+            self._clear_progress()
+            self.prompting = True
+            try:
+                print(header, flush=True)
+                try:
+                    answer: str | None = input(question)
+                except EOFError:
+                    answer = None
+                if not sys.stdin.isatty():  # a piped answer is not echoed: show it
+                    print(answer if answer is not None else "(end of input)", flush=True)
+                return answer
+            finally:
+                self.prompting = False
+                self.answered_at = time.monotonic()
+
+
+SCREEN = Screen()
+
+
 def say(text: str = "", end: str = "\n") -> None:
-    with _OUT:
-        print(text, end=end, flush=True)
+    SCREEN.say(text, end)
 
 
 class Trail:
@@ -98,8 +162,6 @@ class Trail:
             self.waiting_since = time.monotonic()
         if event["type"] in ("agent:hitl_approved", "agent:hitl_denied", "agent:hitl_expired"):
             self.waiting_since = None
-            if sys.stdout.isatty():
-                say("\r" + " " * 70 + "\r", end="")
         if self.verbose or event["type"] not in self.QUIET:
             self.show(event)
 
@@ -121,10 +183,10 @@ class Trail:
 
     def _progress(self) -> None:
         while not self._stop.is_set():
-            if self.waiting_since is not None:
-                waited = time.monotonic() - self.waiting_since
-                say(f"\r    {c('33', '...')} waiting for alice to answer the push on her phone "
-                    f"({waited:.0f} s)", end="")
+            since = self.waiting_since
+            if since is not None:
+                SCREEN.progress(f"    {c('33', '...')} waiting for alice to answer the push on "
+                                f"her phone ({time.monotonic() - since:.0f} s)", since)
             time.sleep(0.5)
 
     def stop(self) -> None:
@@ -132,11 +194,13 @@ class Trail:
 
 
 class Phone:
-    """Answers pushes through the lab's phone API: automatically, or by asking at the terminal."""
+    """Answers pushes through the lab's phone API: automatically, or by asking at the terminal.
+    `answers` records each push and what became of the answer."""
 
     def __init__(self, verify_url: str, interactive: bool) -> None:
         self.verify_url = verify_url
         self.interactive = interactive
+        self.answers: list[dict[str, Any]] = []
         self._stop = threading.Event()
 
     def start(self) -> None:
@@ -153,12 +217,22 @@ class Phone:
                     seen.add(push["id"])
                     approve = True
                     if self.interactive:
-                        say(f"\n    {c('1', 'PHONE')} ({push['user']}): "
-                            f"{push['binding_message']}")
-                        approve = input("    approve? [Y/n] ").strip().lower() in ("", "y", "yes")
+                        line = SCREEN.ask(f"\n    {c('1', 'PHONE')} ({push['user']}): "
+                                          f"{push['binding_message']}", "    approve? [Y/n] ")
+                        if line is None:
+                            say("    (no more input: denied)")
+                        approve = line is not None and line.strip().lower() in ("", "y", "yes")
                     else:
                         time.sleep(0.4)  # a person takes a moment
-                    phone.answer(push["id"], approve)
+                    SCREEN.answered()
+                    response = phone.answer(push["id"], approve)
+                    status = response.json().get("status") if response.status_code == 200 \
+                        else None
+                    if status is None:  # too late (it expired meanwhile) or already answered
+                        error = response.json().get("error_description", response.status_code)
+                        say(f"    {c('31', 'not answered')}: {error}")
+                    self.answers.append({"id": push["id"], "tier": push.get("tier"),
+                                         "approve": approve, "status": status})
                 time.sleep(0.2)
 
     def stop(self) -> None:
@@ -214,6 +288,59 @@ def _anomaly(client: LabClient, endpoints: dict[str, str], trail: Trail) -> dict
     return done
 
 
+# a refused tool's result starts with its wire code; these two mean the person said no (or nobody
+# answered in time), so nothing happened, as designed
+NOT_APPROVED = {"approval_denied": "denied on the phone", "approval_timeout": "push expired"}
+TIERS = {t.name: t.tier for t in CATALOG}
+PUSH_EVENTS = {"agent:hitl_approved": "approved", "agent:hitl_denied": "denied",
+               "agent:hitl_expired": "expired"}
+
+
+def _code(result: str) -> str | None:
+    """The wire code a refused tool's result opens with ("[approval_denied] ...")."""
+    text = result.strip()
+    return text[1:text.index("]")] if text.startswith("[") and "]" in text else None
+
+
+def tier_verdict(tier: int, done: dict[str, Any], events: list[dict[str, Any]]
+                 ) -> tuple[bool, str]:
+    """Whether one tier's step behaved as designed given how its pushes were answered, and a
+    line saying what happened: each push approved, denied or expired; each tool done, or refused
+    and why. Tier 1 needs no push; tiers 2-3 do their work when approved and are refused,
+    changing nothing, when denied or expired; tier 4 is refused by policy with nothing to
+    approve."""
+    kinds = [e["type"] for e in events]
+    pushes = [PUSH_EVENTS[k] for k in kinds if k in PUSH_EVENTS]
+    tools = done.get("tools", [])
+    ok = done.get("stop") == "end_turn" and bool(tools)
+    parts = []
+    for tool in tools:
+        code = _code(str(tool.get("result", ""))) if tool.get("is_error") else None
+        if not tool.get("is_error"):
+            parts.append(f"{tool['name']} done")
+            ok = ok and TIERS.get(tool["name"]) != 4  # a blocked action done: a breach
+        elif tier == 4:
+            parts.append(f"{tool['name']} refused by policy (no token, nothing to approve)")
+            ok = ok and "tier4-blocked" in str(tool.get("result", ""))
+        elif code in NOT_APPROVED:
+            parts.append(f"{tool['name']} refused: {NOT_APPROVED[code]}, nothing changed")
+        else:
+            parts.append(f"{tool['name']} FAILED: {str(tool.get('result', ''))[:120]}")
+            ok = False
+    refused = [_code(str(t.get("result", ""))) for t in tools if t.get("is_error")]
+    if tier in (2, 3):  # each refusal matches a push the person denied or let expire
+        ok = ok and refused.count("approval_denied") == pushes.count("denied") \
+            and refused.count("approval_timeout") == pushes.count("expired")
+    elif pushes:  # tiers 1 and 4 ask nobody
+        ok = False
+    asked = ", ".join(f"{pushes.count(o)} {o}" for o in ("approved", "denied", "expired")
+                      if o in pushes)
+    cached = kinds.count("agent:hitl_cached")
+    approvals = (f"pushes: {asked}" if pushes else "no push") + (
+        f", {cached} on the session's consent" if cached else "")
+    return ok, f"tier {tier}: {approvals}; " + "; ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__.split("\n")[0])
     parser.add_argument("--interactive", action="store_true",
@@ -222,11 +349,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="also show the passive identity events (svid_cached, secret_read)")
     args = parser.parse_args(argv)
 
-    session = attach_or_start()
+    remove_abandoned_labs()
     say(c("1", "IIA Lab demo: four tiers, one identity fabric"))
+    say("  starting a lab of its own (a lab you run is left untouched)...")
+    session = start_lab()
     say(f"  {session.describe()}")
-    if session.supervisor is not None:
-        say("  processes: " + ", ".join(f"{s.name} pid {s.pid}" for s in session.status()))
+    say("  processes: " + ", ".join(f"{s.name} pid {s.pid}" for s in session.status()))
     client = LabClient(session.endpoints)
     phone = Phone(session.endpoints["verify"], args.interactive)
     trail = Trail(client, args.verbose)
@@ -236,25 +364,21 @@ def main(argv: list[str] | None = None) -> int:
         trail.start()
         newcomer = f"zoe.{secrets.token_hex(2)}@example.com"
         steps = [
-            ("Tier 1 - read: no approval", "list users"),
-            ("Tier 2 - write: approve once, then the session's consent is cached",
+            (1, "Tier 1 - read: no approval", "list users"),
+            (2, "Tier 2 - write: approve once, then the session's consent is cached",
              f"create user {newcomer} Zoe Zimmer and add her to Engineering"),
-            ("Tier 3 - sensitive: approve every single call",
+            (3, "Tier 3 - sensitive: approve every single call",
              "deactivate ivan@example.com and revoke his sessions"),
-            ("Tier 4 - blocked: refused at the token endpoint, nothing to approve",
+            (4, "Tier 4 - blocked: refused at the token endpoint, nothing to approve",
              "delete ivan@example.com"),
         ]
-        results = []
-        for title, prompt in steps:
+        verdicts = []
+        for tier, title, prompt in steps:
             say("\n" + c("1;4", title))
-            results.append(converse(client, trail, prompt))
-        ok = [r.get("stop") for r in results] == ["end_turn"] * 4
-        # tiers 1-3: every tool the agent called did its work; tier 4: the delete was refused
-        worked = all(_tools(r) and not any(failed for _, failed in _tools(r))
-                     for r in results[:3])
-        ok = ok and worked and ("delete_user", True) in _tools(results[3])
+            mark = len(trail.events)
+            done = converse(client, trail, prompt)
+            verdicts.append(tier_verdict(tier, done, trail.events[mark:]))
         events_seen = list(trail.events)
-        refused = "tier4-blocked" in results[-1].get("text", "")
 
         say("\n" + c("1;4", "Continuous evaluation - a compromised agent loses the session"))
         say(c("2", "  alice signs in again (a new session), and asks for a review; a user record "
@@ -275,18 +399,43 @@ def main(argv: list[str] | None = None) -> int:
             counts[event["type"]] = counts.get(event["type"], 0) + 1
         for kind in sorted(counts):
             say(f"    {kind:<32} x{counts[kind]}")
-        if ok and refused and killed.get("stop") == "session_ended":
-            say(c("32", "\nEvery tier behaved as designed: reads flowed, the write was approved "
-                        "once, each sensitive action was approved, the delete never got a "
-                        "token, and the misbehaving session was killed everywhere."))
-            return 0
-        say(c("31", "\nSomething did not behave as designed; see above."))
-        return 1
+        return _verdict(verdicts, killed.get("stop") == "session_ended",
+                        [a for a in phone.answers if a["status"] != "approved"])
     finally:
         trail.stop()
         phone.stop()
         client.close()
         session.close()
+
+
+def _verdict(verdicts: list[tuple[bool, str]], killed: bool,
+             not_approved: list[dict[str, Any]]) -> int:
+    """Print what happened per tier and the overall verdict; 0 when the chain behaved as
+    designed for the answers the pushes got."""
+    say("\n" + c("1", "What happened, per tier"))
+    for ok, line in verdicts:
+        say(f"    {c('32', 'as designed') if ok else c('31', 'NOT as designed')}  {line}")
+    ending = "the misbehaving session was killed everywhere" if killed else \
+        "the misbehaving session was NOT killed"
+    say(f"    {c('32', 'as designed') if killed else c('31', 'NOT as designed')}  "
+        f"continuous evaluation: {ending}")
+    behaved = killed and all(ok for ok, _ in verdicts)
+    if not behaved:
+        say(c("31", "\nSomething did not behave as designed; see above."))
+        return 1
+    if not not_approved:
+        say(c("32", "\nEvery tier behaved as designed: reads flowed, the write was approved "
+                    "once, each sensitive action was approved, the delete never got a "
+                    "token, and the misbehaving session was killed everywhere."))
+    else:
+        labels = [a["status"] if a["status"] in ("denied", "expired") else "not answered"
+                  for a in not_approved]
+        said = ", ".join(f"{labels.count(o)} {o}" for o in dict.fromkeys(labels))
+        say(c("32", f"\nThe chain behaved as designed for the answers given ({said}): what "
+                    "you approved was done, what was not approved was refused and nothing "
+                    "changed for it, the delete never got a token, and the misbehaving "
+                    "session was killed everywhere."))
+    return 0
 
 
 if __name__ == "__main__":

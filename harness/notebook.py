@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # the supervisor (and OpenBao's client) load only to start a 
     from harness.supervisor import ServiceStatus, Supervisor
 
 __all__ = ["LabSession", "LabUnhealthyError", "attach_or_start", "events_html",
-           "remove_abandoned_labs"]
+           "remove_abandoned_labs", "start_lab"]
 
 # The original of a policy being edited (one per editing process), so a killed kernel's edit
 # is undone next time.
@@ -168,6 +168,14 @@ def attach_or_start() -> LabSession:
         fixtures = Path(state["fixtures"]) if state.get("fixtures") else fixtures_dir()
         return LabSession(endpoints=endpoints, env=env, attached=True, health=health,
                           fixtures=fixtures)
+    return _start_private_lab()
+
+
+def start_lab() -> LabSession:
+    """Start a lab of this process's own, never attaching to a running one: the process topology
+    under a `Supervisor`, on a private copy of the fixtures and in a private lab directory, so
+    whatever is done in it leaves a lab a person runs untouched. Stopped by `close()`, else at
+    interpreter exit."""
     return _start_private_lab()
 
 

@@ -388,13 +388,20 @@ def details_summary(details: list[dict[str, Any]]) -> str:
 
 
 class ChatBox:
+    """The conversation, in the order it happened: for each question the user's line, then what
+    the agent streamed and the tool calls it made, each where it came (a refusal in red with its
+    reason), its answer last, and how the turn ended when it did not simply finish (a session
+    ended by continuous evaluation, in red with the reason)."""
+
     def __init__(self, client: LabClient) -> None:
         self.client = client
         self.input = w.Text(placeholder="ask the agent, e.g. list users",
                             layout=w.Layout(width="70%"))
         self.send = w.Button(description="Send", button_style="primary")
         self.transcript = w.HTML()
-        self._lines: list[str] = []
+        # {prompt, parts: [("text", str) | ("tool", call)] in arrival order, done, turn}
+        self.turns: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
         self.send.on_click(lambda _: self.ask(self.input.value))
         self.input.continuous_update = False
         self.widget = w.VBox([self.transcript, w.HBox([self.input, self.send])])
@@ -402,33 +409,131 @@ class ChatBox:
     def ask(self, prompt: str) -> Turn:
         prompt = prompt.strip()
         self.input.value = ""
-        self._lines.append(f"<div><b>you</b> {_esc(prompt)}</div>")
-        answer_at = len(self._lines)
-        self._lines.append("<div><b>agent</b> ...</div>")
+        entry: dict[str, Any] = {"prompt": prompt, "parts": [], "done": None, "turn": None}
+        with self._lock:
+            self.turns.append(entry)
         self._render()
-        text: list[str] = []
 
         def on_text(delta: str) -> None:
-            text.append(delta)
-            self._lines[answer_at] = f"<div><b>agent</b> {_esc(''.join(text))}</div>"
+            with self._lock:
+                parts = entry["parts"]
+                if parts and parts[-1][0] == "text":
+                    parts[-1] = ("text", parts[-1][1] + delta)
+                else:
+                    parts.append(("text", delta))
             self._render()
 
         def on_tool(call: dict[str, Any]) -> None:
-            color = "#c62828" if call.get("is_error") else "#555"
-            self._lines.insert(answer_at, f"<div style='color:{color};font-family:monospace;"
-                               f"font-size:.85em'>tool {_esc(call['name'])}"
-                               f"({_esc(json.dumps(call.get('input', {})))})</div>")
+            with self._lock:
+                entry["parts"].append(("tool", call))
             self._render()
 
         turn = self.client.ask_async(prompt, on_text=on_text, on_tool=on_tool)
+        with self._lock:
+            entry["turn"] = turn
+
+        def finish() -> None:  # the turn's end: after its last text and tool callbacks
+            try:
+                done = turn.result()
+            except TimeoutError as exc:
+                done = {"stop": "error", "text": str(exc), "reason": None}
+            with self._lock:
+                entry["done"] = done
+            self._render()
+
+        threading.Thread(target=finish, daemon=True, name="lab-chat-turn").start()
         return turn
 
+    def lines(self) -> list[str]:
+        """The transcript's lines as HTML, in the order a person reads them."""
+        with self._lock:
+            turns = [dict(t, parts=list(t["parts"])) for t in self.turns]
+        out: list[str] = []
+        for turn in turns:
+            out.append(f"<div class='iia-chat-user'><b>you</b> {_esc(turn['prompt'])}</div>")
+            done = turn["done"] or _finished(turn["turn"])
+            parts = turn["parts"]
+            for kind, value in parts:
+                out.append(_tool_line(value) if kind == "tool" else _text_line(value))
+            out.extend(_end_lines(bool(parts) and parts[-1][0] == "text", done))
+        return out
+
+    def snapshot_html(self, limit: int = 60) -> str:
+        lines = self.lines()[-limit:]
+        return ("<div class='iia-chat' style='line-height:1.4'>"
+                f"{''.join(lines) or '<i>no question yet</i>'}</div>")
+
     def _render(self) -> None:
-        self.transcript.value = "".join(self._lines[-60:])
+        self.transcript.value = self.snapshot_html()
+
+
+def _finished(turn: Turn | None) -> dict[str, Any] | None:
+    """How a turn ended, if it has (read by a snapshot taken just after `result()` returned,
+    possibly before the turn's own watcher recorded it)."""
+    if turn is None:
+        return None
+    try:
+        return turn.result(timeout=0)
+    except TimeoutError:
+        return None
+
+
+def _tool_line(call: dict[str, Any]) -> str:
+    args = _esc(json.dumps(call.get("input", {})))
+    name = _esc(call["name"])
+    if call.get("is_error"):
+        reason = _esc(str(call.get("result", "")).strip()[:400] or "refused")
+        return (f"<div class='iia-chat-tool iia-chat-refused' style='background:{RED};"
+                f"color:#b71c1c;border-left:4px solid #c62828;padding:2px 6px;margin:2px 0'>"
+                f"&#10007; <b>{name}</b> <code>{args}</code> <b>refused</b>: {reason}</div>")
+    return (f"<div class='iia-chat-tool' style='color:#2e7d32;font-family:monospace;"
+            f"font-size:.85em;margin:2px 0'>&#10003; {name}({args})</div>")
+
+
+def _text_line(text: str) -> str:
+    return f"<div class='iia-chat-answer'><b>agent</b> {_esc(text)}</div>"
+
+
+def _end_lines(answered: bool, done: dict[str, Any] | None) -> list[str]:
+    """After the turn's parts: "..." while the agent works, the answer the turn ended with when
+    none streamed (an error, a refused turn), and a red line for a turn that did not finish."""
+    if done is None:
+        return [] if answered else ["<div class='iia-chat-answer'><b>agent</b> ...</div>"]
+    stop = done.get("stop")
+    lines = []
+    # a session ended before the agent said anything: the red line below says it all
+    if not answered and stop != "session_ended" and done.get("text"):
+        lines.append(_text_line(str(done["text"])))
+    if stop == "session_ended":
+        reason = str(done.get("reason") or done.get("text") or "the session was ended")
+        reason = reason.removeprefix("the session was ended: ")  # said once, in bold, below
+        lines.append(f"<div class='iia-chat-ended' style='background:{RED};color:#b71c1c;"
+                     f"border:2px solid #c62828;padding:4px 6px;margin:4px 0'><b>Session "
+                     f"ended</b>: {_esc(reason)}. Sign in again to continue.</div>")
+    elif stop not in ("end_turn", None):
+        lines.append(f"<div class='iia-chat-stopped' style='color:#b71c1c'><b>stopped</b> "
+                     f"({_esc(stop)}): {_esc(done.get('reason') or done.get('text') or '')}</div>")
+    return lines
+
+
+# Trainer mode: what a room sees on a projector. ipywidgets size their text and controls by these
+# CSS variables (13px / 28px by default); set on the console's box they apply to every widget in
+# it, the HTML panels included.
+TRAINER_FONT_PX = 22
+TRAINER_CSS = (
+    "<style>.iia-trainer{"
+    f"--jp-widgets-font-size:{TRAINER_FONT_PX}px;--jp-widgets-inline-height:44px;"
+    "--jp-widgets-inline-label-width:140px;--jp-widgets-inline-width:480px;"
+    f"font-size:{TRAINER_FONT_PX}px;line-height:1.4}}"
+    f".iia-trainer .widget-html-content{{font-size:{TRAINER_FONT_PX}px;line-height:1.4}}"
+    ".iia-trainer h3{font-size:1.5em}"
+    f".iia-trainer button,.iia-trainer input{{font-size:{TRAINER_FONT_PX - 2}px}}"
+    "</style>")
 
 
 class LabConsole:
-    """The whole lab UI for one signed-in user."""
+    """The whole lab UI for one signed-in user. `trainer=True`: large type for a projector (the
+    live widgets and the static snapshots)."""
 
     def __init__(self, endpoints: dict[str, str], user: str = "alice@example.com", *,
                  trainer: bool = False, scripted_phone: bool | None = None) -> None:
@@ -439,6 +544,9 @@ class LabConsole:
         self.events = EventTable(self.client)
         self.inspector = TokenInspector(self.client)
         self.sequence = SequenceView(self.client)
+        # where the tenant's audit trail stood when this console signed in: `decisions()` reads
+        # only what came after it, for this session
+        self._audit_mark = len(self.client.decisions())
         self._stop = threading.Event()
         # one refresh at a time: the poller thread and snapshot() both advance the same cursors,
         # and two polls from one cursor would append the same events twice
@@ -467,12 +575,22 @@ class LabConsole:
             self.events.poll()
         return list(self.events.events)
 
+    def decisions(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The tenant's audit-trail decisions (`/lab/decisions`) this console's session caused:
+        recorded after it signed in, for its session id. A notebook checks these, never the
+        whole tenant's trail, so what earlier notebooks (or other people) did in the same lab
+        does not count."""
+        trail = self.client.decisions()
+        since = trail[self._audit_mark:] if len(trail) >= self._audit_mark else trail
+        return [d for d in since if d.get("sid") == self.client.session_id
+                and (kind is None or d["kind"] == kind)]
+
     def ask(self, prompt: str) -> Turn:
         """Ask in the chat box; returns at once (answer pushes on the phone card meanwhile)."""
         return self.chat.ask(prompt)
 
     def widget(self) -> w.Widget:
-        style = "<style>.iia-trainer{font-size:1.35em}</style>" if self.trainer else ""
+        style = TRAINER_CSS if self.trainer else ""
         left = w.VBox([w.HTML(f"{style}<h3>Chat</h3>"), self.chat.widget,
                        w.HTML("<h3>Phone</h3>"), self.phone.widget])
         right = w.VBox([w.HTML("<h3>Last call</h3>"), self.sequence.widget,
@@ -490,11 +608,15 @@ class LabConsole:
         """A static picture of the panels, kept in the notebook's output."""
         self.settle()
         self.refresh()
-        display(HTML("<div style='border:1px solid #ddd;padding:.5em'>"
-                     f"{self.phone.snapshot_html()}"
-                     f"{self.sequence.snapshot_html()}{self.inspector.snapshot_html()}"
-                     f"<h4>Security events (this session)</h4>{self.events.snapshot_html()}"
-                     "</div>"))
+        display(HTML(self.snapshot_html()))
+
+    def snapshot_html(self) -> str:
+        size = f"font-size:{TRAINER_FONT_PX}px;line-height:1.4;" if self.trainer else ""
+        return (f"<div class='iia-snapshot' style='{size}border:1px solid #ddd;padding:.5em'>"
+                f"<h4>Chat</h4>{self.chat.snapshot_html()}{self.phone.snapshot_html()}"
+                f"{self.sequence.snapshot_html()}{self.inspector.snapshot_html()}"
+                f"<h4>Security events (this session)</h4>{self.events.snapshot_html()}"
+                "</div>")
 
     def close(self) -> None:
         self._stop.set()

@@ -8,12 +8,14 @@ must not turn `make test` red. Outside a git checkout (an unpacked release) the 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from harness.paths import project_root
 
@@ -80,3 +82,18 @@ def test_outputs_on_disk_do_not_count(tmp_path: Path) -> None:
     assert committed(nb, repo)["cells"][0]["outputs"] == []
     subprocess.run([*git, "add", "."], check=True)  # staged with outputs: that is caught
     assert committed(nb, repo)["cells"][0]["outputs"] != []
+
+
+def test_the_architecture_is_a_picture() -> None:
+    """00 shows the zones as an image (a PNG JupyterLab, GitHub and an HTML export all draw),
+    not SVG markup in a cell's output that a sanitizer may show as text."""
+    nb = committed(ROOT / "notebooks" / "00_architecture.ipynb")
+    images = [m for c in nb["cells"] if c["cell_type"] == "markdown"
+              for m in re.findall(r"!\[[^\]]+\]\(([^)]+)\)", "".join(c["source"]))]
+    assert images == ["architecture.png"]
+    png = ROOT / "notebooks" / images[0]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(png) as picture:
+        assert picture.size[0] >= 1200  # sharp on a projector (drawn at 2x)
+    assert not any("<svg" in "".join(c["source"]) for c in nb["cells"]
+                   if c["cell_type"] == "code")

@@ -1,16 +1,29 @@
-"""The phone card's logic without a browser: the widget against the running lab, a real push from
-the agent, and the buttons' click handlers answering it at the IdP."""
+"""The notebook widgets' logic without a browser: the phone card against the running lab (a real
+push from the agent, the buttons' click handlers answering it at the IdP), the chat transcript's
+order (what the agent said and the tools it called, each where it came, refusals in red with
+their reason, a session ended by continuous evaluation), and trainer mode's larger type."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import html
+import re
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from harness.lab import Lab
-from harness.lab_client import LabClient
-from harness.widgets import PhoneCard, details_summary
+from harness.lab_client import LabClient, Turn
+from harness.widgets import (
+    TRAINER_CSS,
+    TRAINER_FONT_PX,
+    ChatBox,
+    LabConsole,
+    PhoneCard,
+    details_summary,
+)
 
 
 @pytest.fixture
@@ -94,3 +107,177 @@ def test_stop_ends_the_poller(card: PhoneCard) -> None:
     assert thread is not None and thread.is_alive()
     card.stop()
     assert not thread.is_alive()
+
+
+# -- the chat transcript --------------------------------------------------------------------------
+
+LINE = re.compile(r"<div class='(iia-chat-[a-z]+)(?: (iia-chat-refused))?'[^>]*>(.*?)</div>", re.S)
+
+
+def transcript(chat: ChatBox) -> list[tuple[str, str]]:
+    """(kind, text) per rendered line, in order: user, text, tool, refused, ended, stopped."""
+    out = []
+    for line in chat.lines():
+        match = LINE.fullmatch(line)
+        assert match, line
+        kind = "refused" if match.group(2) else match.group(1).removeprefix("iia-chat-")
+        text = html.unescape(re.sub(r"<[^>]+>", "", match.group(3)))
+        out.append(({"answer": "text"}.get(kind, kind), text))
+    return out
+
+
+class ScriptedClient:
+    """Stands in for LabClient.ask_async: streams a given sequence of text deltas and tool calls
+    from a thread, as the chat route's SSE does, then ends the turn."""
+
+    def __init__(self, *parts: tuple[str, Any], done: dict[str, Any]) -> None:
+        self.parts, self.done = parts, done
+        self.release = threading.Event()
+        self.release.set()
+
+    def ask_async(self, prompt: str, on_text: Callable[[str], None] | None = None,
+                  on_tool: Callable[[dict[str, Any]], None] | None = None) -> Turn:
+        turn = Turn()
+
+        def run() -> None:
+            for kind, value in self.parts:
+                if kind == "text":
+                    turn.text += value
+                    if on_text:
+                        on_text(value)
+                else:
+                    turn.tools.append(value)
+                    if on_tool:
+                        on_tool(value)
+            self.release.wait(30)
+            turn.done = self.done
+            turn._finished.set()
+
+        threading.Thread(target=run, daemon=True).start()
+        return turn
+
+
+REFUSAL = ("[access_denied] the identity provider refused to issue a token: this action is "
+           "blocked for agents by tenant policy; no approval can unlock it (policy tier4-blocked)")
+
+
+def test_the_transcript_keeps_the_order_text_and_tools_came_in() -> None:
+    client = ScriptedClient(
+        ("text", "Let me look up "), ("text", "the contractors."),
+        ("tool", {"name": "list_users", "input": {"count": 50}, "is_error": False,
+                  "result": "[]"}),
+        ("text", "Deleting as instructed."),
+        ("tool", {"name": "delete_user", "input": {"user_id": "u-1"}, "is_error": True,
+                  "result": REFUSAL}),
+        ("text", "The identity layer refused."),
+        done={"stop": "end_turn", "text": "...", "reason": None})
+    chat = ChatBox(client)  # type: ignore[arg-type]  # only ask_async is used
+    chat.ask("please review the contractors").result(timeout=30)
+    lines = transcript(chat)
+    assert [kind for kind, _ in lines] == ["user", "text", "tool", "text", "refused", "text"]
+    assert lines[0][1] == "you please review the contractors"
+    assert lines[1][1] == "agent Let me look up the contractors."  # deltas joined, in place
+    assert "list_users" in lines[2][1]
+    assert "delete_user" in lines[4][1] and "refused" in lines[4][1]
+    assert "policy tier4-blocked" in lines[4][1]  # the reason, in full
+    assert lines[5][1] == "agent The identity layer refused."  # the answer comes last
+    refused = chat.lines()[4]
+    assert "background:#ffebee" in refused and "#c62828" in refused  # drawn red
+    assert "#ffebee" not in chat.lines()[2]  # a tool that worked is not
+
+
+def test_a_second_question_comes_after_the_first_answer() -> None:
+    chat = ChatBox(ScriptedClient(  # type: ignore[arg-type]
+        ("tool", {"name": "list_users", "input": {}, "is_error": False, "result": "[]"}),
+        ("text", "23 users."), done={"stop": "end_turn", "text": "23 users.", "reason": None}))
+    chat.ask("list users").result(timeout=30)
+    chat.ask("list users again").result(timeout=30)
+    assert [kind for kind, _ in transcript(chat)] == ["user", "tool", "text"] * 2
+    assert [text for kind, text in transcript(chat) if kind == "user"] == [
+        "you list users", "you list users again"]
+
+
+def test_a_turn_in_flight_shows_that_the_agent_works_and_then_its_end() -> None:
+    client = ScriptedClient(
+        ("tool", {"name": "deactivate_user", "input": {"user_id": "u-2"}, "is_error": True,
+                  "result": "[approval_denied] alice@example.com denied the request"}),
+        done={"stop": "end_turn", "text": "I could not: you denied it.", "reason": None})
+    client.release.clear()  # the turn has not ended yet
+    chat = ChatBox(client)  # type: ignore[arg-type]
+    turn = chat.ask("deactivate nina@example.com")
+    for _ in range(300):
+        if len(transcript(chat)) == 3:
+            break
+        threading.Event().wait(0.1)
+    assert transcript(chat) == [
+        ("user", "you deactivate nina@example.com"),
+        ("refused", "✗ deactivate_user {\"user_id\": \"u-2\"} refused: "
+                    "[approval_denied] alice@example.com denied the request"),
+        ("text", "agent ...")]
+    client.release.set()
+    turn.result(timeout=30)
+    # no text streamed: the turn's own answer takes the place of "..." after the refusal
+    assert [kind for kind, _ in transcript(chat)] == ["user", "refused", "text"]
+    assert transcript(chat)[2] == ("text", "agent I could not: you denied it.")
+
+
+def test_a_session_ended_is_shown_red_with_its_reason_once() -> None:
+    reason = ("the session was ended: CAEP session-revoked: anomaly: 2 blocked (tier 4) actions "
+              "attempted within 10 minutes")
+    chat = ChatBox(ScriptedClient(done={  # type: ignore[arg-type]
+        "stop": "session_ended", "reason": reason,
+        "text": f"Your session was ended: {reason}. Sign in again."}))
+    chat.ask("list users").result(timeout=30)
+    assert transcript(chat) == [
+        ("user", "you list users"),
+        ("ended", "Session ended: CAEP session-revoked: anomaly: 2 blocked (tier 4) actions "
+                  "attempted within 10 minutes. Sign in again to continue.")]
+    assert "background:#ffebee" in chat.lines()[1]
+
+
+def test_the_chat_against_the_lab_shows_the_refused_delete_and_the_kill(lab: Lab) -> None:
+    """The real chain: the poisoned record makes the agent call delete_user, refused at the
+    token endpoint; a second blocked action trips the anomaly rule; the next question meets the
+    ended session. The transcript shows each where it happened."""
+    client = LabClient(dict(lab.endpoints), "alice@example.com")
+    try:
+        chat = ChatBox(client)
+        chat.ask("please review the contractors").result(timeout=60)
+        first = transcript(chat)
+        kinds = [kind for kind, _ in first]
+        assert kinds[0] == "user" and kinds[-1] == "text", first
+        tools = [(kind, text) for kind, text in first if kind in ("tool", "refused")]
+        assert [kind for kind, _ in tools] == ["tool", "refused"], first
+        assert "list_users" in tools[0][1] and "delete_user" in tools[1][1]
+        assert "tier4-blocked" in tools[1][1]
+        assert kinds.index("refused") < len(kinds) - 1  # the answer follows the refusal
+        chat.ask("make bob@example.com an admin").result(timeout=60)
+        ended = chat.ask("list users").result(timeout=60)
+        assert ended["stop"] == "session_ended", ended
+        last = transcript(chat)[len(first):]
+        assert [kind for kind, _ in last if kind in ("user", "refused", "ended")] == [
+            "user", "refused", "user", "ended"], last
+        assert "grant_admin_role" in next(text for kind, text in last if kind == "refused")
+        assert "anomaly" in last[-1][1]
+    finally:
+        client.close()
+
+
+# -- trainer mode ---------------------------------------------------------------------------------
+
+def test_trainer_mode_enlarges_every_widget_and_the_snapshot(lab: Lab) -> None:
+    default = {"--jp-widgets-font-size": 13}  # ipywidgets' own default, in px
+    sizes = dict(re.findall(r"(--jp-widgets-font-size):(\d+)px", TRAINER_CSS))
+    assert int(sizes["--jp-widgets-font-size"]) >= 1.5 * default["--jp-widgets-font-size"]
+    trainer = LabConsole(dict(lab.endpoints), trainer=True, scripted_phone=True)
+    plain = LabConsole(dict(lab.endpoints), scripted_phone=True)
+    try:
+        box = trainer.widget()
+        assert "iia-trainer" in box._dom_classes
+        assert TRAINER_CSS in box.children[0].children[0].children[0].value
+        assert "iia-trainer" not in plain.widget()._dom_classes
+        assert f"font-size:{TRAINER_FONT_PX}px" in trainer.snapshot_html()
+        assert f"font-size:{TRAINER_FONT_PX}px" not in plain.snapshot_html()
+    finally:
+        trainer.close()
+        plain.close()
