@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # JupyterLab refuses to run as root unless told; containers and CI sandboxes often are root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+# pip is quiet for `make test`; `make lab` shows its progress (a fresh install takes minutes)
+PIP_QUIET ?= --quiet
 
 .PHONY: install lab demo test lint typecheck bench mutants up down status clean
 
@@ -12,19 +14,22 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@echo "==> installing iia-lab and its tools into $(VENV) (minutes on a fresh machine)"
+	$(BIN)/python -m pip install $(PIP_QUIET) --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install $(PIP_QUIET) --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
 ## lab: start the simulated world and JupyterLab on notebooks/ (Ctrl-C stops both)
+lab: PIP_QUIET :=
 lab: install
 	@# outputs JupyterLab saves into a notebook never reach a commit (a git filter, this clone only)
 	@# (--keep-id: the committed notebooks keep their cell ids, so a saved notebook is unchanged)
 	-git rev-parse --git-dir >/dev/null 2>&1 && $(BIN)/nbstripout --install && \
 	  git config filter.nbstripout.clean '"$(abspath $(BIN))/python" -m nbstripout --keep-id'
 	$(BIN)/iia-lab up --detach
+	@# no news toast, no kernel dialog, and the URL printed once it answers (harness/jupyter_lab.py)
 	trap '$(BIN)/iia-lab down' EXIT INT TERM; \
-	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --ServerApp.root_dir=notebooks $(ROOT_FLAG)
+	$(BIN)/python -m harness.jupyter_lab $(ROOT_FLAG)
 
 ## demo: a headless walkthrough of the four tiers through the real chain (ARGS=--interactive)
 demo: install
