@@ -120,10 +120,17 @@ def _authorization(cfg: Mapping[str, str]) -> str | None:
 
 def _vault(cfg: Mapping[str, str], token: str) -> tuple[hvac.Client, VaultLayout]:
     import hvac
+    import requests
 
     from harness.openbao import VaultLayout
 
-    return hvac.Client(url=cfg["IIA_VAULT_ADDR"], token=token), VaultLayout.load(_fixtures(cfg))
+    # the simulated IdP writes the rotated secret to Vault on every client authentication: one
+    # keep-alive session that does not consult proxy variables or ~/.netrc on each request
+    # (`trust_env` off; the address is the lab's own loopback Vault), as iia.identity.vault does
+    session = requests.Session()
+    session.trust_env = False
+    return (hvac.Client(url=cfg["IIA_VAULT_ADDR"], token=token, session=session),
+            VaultLayout.load(_fixtures(cfg)))
 
 
 def _jwt_unconfigured(client: hvac.Client, layout: VaultLayout) -> bool:
