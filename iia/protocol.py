@@ -10,7 +10,9 @@ from typing import Final
 
 __all__ = [
     "ACCESS_TOKEN_JWT_TYPES", "ACCESS_TOKEN_TYP", "CAEP_EVENT", "CIBA_GRANT",
-    "DELIVERY_POLL", "DELIVERY_PUSH", "ID_TOKEN_TYPE", "SESSION_ENDED", "SET_MEDIA_TYPE", "SET_TYP",
+    "DELIVERY_POLL", "DELIVERY_PUSH", "ID_TOKEN_TYPE", "REGISTERED_CLIENT_CLAIM",
+    "REGISTRATION_DOCUMENT", "REGISTRATION_DYNAMIC", "REGISTRATION_KINDS", "SESSION_ENDED",
+    "SET_MEDIA_TYPE", "SET_TYP",
     "SSF_VERIFICATION", "TOKEN_EXCHANGE_GRANT", "TOKEN_TYPE_ACCESS_TOKEN", "TOKEN_TYPE_JWT",
 ]
 
@@ -49,3 +51,13 @@ SSF_VERIFICATION: Final = "https://schemas.openid.net/secevent/ssf/event-type/ve
 # (RFC 6749 §5.2, extension member) carries `"session_ended": true` when it refused because the
 # user's IdP session is over, so a client never has to read it out of `error_description`.
 SESSION_ENDED: Final = "session_ended"
+
+# A user access token issued to a client the tenant did not configure carries how the client
+# came to be known, in this claim (a claim of this tenant's, like `sid`): "rfc7591" (it registered
+# itself, RFC 7591) or "cimd" (its client_id is the URL of its Client ID Metadata Document). The
+# tenant issues such a token for the MCP server only when its setting lets those clients use the
+# agent; the MCP server accepts a client outside its allow-list only with this claim.
+REGISTERED_CLIENT_CLAIM: Final = "client_registration"
+REGISTRATION_DYNAMIC: Final = "rfc7591"
+REGISTRATION_DOCUMENT: Final = "cimd"
+REGISTRATION_KINDS: Final = frozenset({REGISTRATION_DYNAMIC, REGISTRATION_DOCUMENT})

@@ -11,7 +11,10 @@ RFC 9068 JWT access tokens from the IdP, validated with authlib's RFC 9068 claim
   leeway), and `sub`, `client_id`, `iat`, `jti` (RFC 9068 §2.2) and `sid` are present;
 * it is not a delegated token (`act`), its `client_id` is one of the allowed clients (another
   application of the same tenant can get tokens for this resource too: they are not ours to
-  honour), and its session is one this server has not dropped.
+  honour) or the token says the tenant issued it to a client that registered itself (RFC 7591)
+  or presented a Client ID Metadata Document (`client_registration`, iia.protocol: the tenant
+  issues such tokens for this resource only when its setting lets those clients use the
+  agent), and its session is one this server has not dropped.
 
 authlib's `JWTBearerTokenValidator` does the same claims check but collapses every refusal into
 one sentence-less `invalid_token`, takes no leeway and has no place for our key cache, so this
@@ -42,7 +45,7 @@ from iia.errors import IIAError
 from iia.jwks import JwksCache, JwksUnavailableError
 from iia.net import http_client
 from iia.oauth.client import IdpUnavailableError
-from iia.protocol import ACCESS_TOKEN_JWT_TYPES
+from iia.protocol import ACCESS_TOKEN_JWT_TYPES, REGISTERED_CLIENT_CLAIM, REGISTRATION_KINDS
 from iia.sessions import SessionRevocations
 
 __all__ = ["Caller", "InvalidTokenError", "UserTokenVerifier"]
@@ -155,7 +158,9 @@ class UserTokenVerifier:
         if "act" in claims:
             raise InvalidTokenError("a delegated token cannot call the MCP server")
         client = claims["client_id"]
-        if not isinstance(client, str) or client not in self.allowed_clients:
+        registered = claims.get(REGISTERED_CLIENT_CLAIM) in REGISTRATION_KINDS
+        if not isinstance(client, str) or (client not in self.allowed_clients
+                                           and not registered):
             raise InvalidTokenError(f"the access token was issued to the client "
                                     f"{str(client)[:100]!r}, which may not call this MCP server")
         reason = self.revocations.reason(str(claims["sid"]))

@@ -9,12 +9,18 @@ their `client_id`. `iia-mcp-server`'s secret rotates on each successful use (see
 
 authlib says only that "the client cannot authenticate"; `refusal` says why, from the request
 alone (it never presents a secret again, which would rotate it).
+
+Besides the tenant's own clients (fixtures/tenant/clients.json) the registry answers for the
+clients that registered themselves (RFC 7591, harness/verify/client_registration.py) and for
+Client ID Metadata Documents (an https URL as `client_id`, harness/verify/
+client_metadata_document.py): both are `Source`s it asks in that order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import ClientMixin
@@ -22,22 +28,33 @@ from authlib.oauth2.rfc6749.util import extract_basic_authorization
 
 from harness.verify.rotation import RotatingClientSecret
 
-__all__ = ["CONFIDENTIAL_AUTH_METHODS", "Client", "ClientRegistry", "loopback_redirect_matches",
-           "refusal"]
+__all__ = ["CONFIDENTIAL_AUTH_METHODS", "LOOPBACK_HOSTS", "Client", "ClientRegistry", "Source",
+           "loopback_redirect_matches", "refusal"]
 
 # RFC 7591 §2 names of the methods a confidential client may authenticate with
 CONFIDENTIAL_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 
 
+# the loopback interface as a redirect URI names it (urlsplit's hostname: no brackets on [::1]);
+# RFC 8252 §7.3 names the IP literals, §8.3 discourages but does not forbid `localhost`, which
+# native MCP clients use (the Inspector's http://localhost:6274/oauth/callback)
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
 def loopback_redirect_matches(registered: str, presented: str) -> bool:
-    """Exact match, except that a loopback IP redirect URI matches on any port (RFC 8252 §7.3)."""
+    """Exact match, except that a loopback redirect URI matches on any port (RFC 8252 §7.3):
+    same scheme (http), same host, same path and query, any port, no fragment."""
     if registered == presented:
         return True
     r, p = urlsplit(registered), urlsplit(presented)
-    if r.scheme != "http" or p.scheme != "http" or r.hostname not in ("127.0.0.1", "[::1]"):
+    if r.scheme != "http" or p.scheme != "http" or r.hostname not in LOOPBACK_HOSTS:
+        return False
+    try:
+        p.port  # noqa: B018 - a port that is no number is no redirect URI
+    except ValueError:
         return False
     return (r.hostname == p.hostname and r.path == p.path and r.query == p.query
-            and not p.fragment)
+            and not p.fragment and not p.username and not p.password)
 
 
 @dataclass
@@ -52,6 +69,10 @@ class Client(ClientMixin):  # type: ignore[misc]
     # and, in ping mode, the URL the OP POSTs its callback to (§10.2)
     backchannel_token_delivery_mode: str = "poll"  # noqa: S105 - a mode's name, no secret
     backchannel_client_notification_endpoint: str | None = None
+    # how the client came to be known: None for the tenant's own clients, "rfc7591" for one
+    # that registered itself, "cimd" for a Client ID Metadata Document (iia.protocol)
+    registration: str | None = None
+    client_name: str | None = None
 
     # -- authlib's ClientMixin ----------------------------------------------------------------
 
@@ -83,12 +104,36 @@ class Client(ClientMixin):  # type: ignore[misc]
         return grant_type in self.grant_types
 
 
+class Source(Protocol):
+    """Clients the tenant did not configure: registered ones, metadata documents."""
+
+    def get(self, client_id: str) -> Client | None: ...
+
+    def unknown_reason(self, client_id: str) -> str | None:
+        """Why `client_id` is no client of this source, when it looked like one (else None)."""
+        ...
+
+
 class ClientRegistry:
-    def __init__(self, clients: Mapping[str, Client]) -> None:
+    def __init__(self, clients: Mapping[str, Client], sources: Sequence[Source] = ()) -> None:
         self._clients = dict(clients)
+        self.sources = list(sources)
 
     def get(self, client_id: str) -> Client | None:
-        return self._clients.get(client_id)
+        client = self._clients.get(client_id)
+        for source in self.sources:
+            if client is not None:
+                break
+            client = source.get(client_id)
+        return client
+
+    def unknown_reason(self, client_id: str) -> str:
+        """The sentence for a client_id no client answers to."""
+        for source in self.sources:
+            reason = source.unknown_reason(client_id)
+            if reason:
+                return reason
+        return f"unknown client {client_id[:200]!r}"
 
     def add(self, client: Client) -> None:
         self._clients[client.client_id] = client
@@ -107,7 +152,7 @@ def refusal(headers: Mapping[str, str], form: Mapping[str, str], registry: Clien
         return "client authentication is required"
     client = registry.get(client_id)
     if client is None:
-        return f"unknown client {client_id!r}"
+        return registry.unknown_reason(client_id)
     if client.public:
         if endpoint == "introspection":
             return "introspection is for confidential clients (RFC 7662 §2.1)"

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from authlib.common.urls import add_params_to_uri
-from authlib.oauth2.rfc6749.errors import OAuth2Error
+from authlib.oauth2.rfc6749.errors import OAuth2Error, UnauthorizedClientError
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc9207 import IssuerParameter
@@ -123,6 +123,9 @@ class OidcProvider:
         self._clock = clock
         self._lock = threading.Lock()
         self._codes: dict[str, AuthorizationCode] = {}
+        # the tenant's setting for clients it did not configure (client_registration.py):
+        # `agent_access` says whether they may get user tokens for the MCP server
+        self.registration: Any = None
 
     # -- /authorize -------------------------------------------------------------------------
 
@@ -140,6 +143,8 @@ class OidcProvider:
         try:  # authlib: client, redirect_uri, response_type, scope, PKCE
             grant = self.server.get_consent_grant(oauth_request)
         except OAuth2Error as exc:
+            if exc.error == "invalid_client":  # say why (a metadata document's refusal...)
+                exc.description = self.clients.unknown_reason(form.form.get("client_id", ""))
             return self._refuse(exc)
         params = form.form
         state = params.get("state")
@@ -152,6 +157,9 @@ class OidcProvider:
         if resource.rstrip("/") != self.mcp_resource:
             return fail("invalid_target", f"this tenant issues user tokens only for "
                         f"{self.mcp_resource}")
+        refusal = self._registered_client_refusal(grant.client)
+        if refusal:
+            return fail("unauthorized_client", refusal)
         hint = params.get("login_hint")
         ceremony = params.get("passkey_ceremony")
         if ceremony:
@@ -183,6 +191,16 @@ class OidcProvider:
         self.audit.record(Decision(kind="login", outcome="allowed", user=session.email,
                                    sid=session.sid, client_id=client.client_id))
         return response
+
+    def _registered_client_refusal(self, client: Client) -> str | None:
+        """A client that registered itself or presents a metadata document gets user tokens
+        for the MCP server only when the tenant lets such clients use the agent."""
+        if client.registration is None or self.registration is None or \
+                self.registration.agent_access:
+            return None
+        return (f"{client.client_name or client.client_id} is a registered client, and this "
+                "tenant does not let registered clients use the agent (the tenant admin's "
+                "setting agent_access)")
 
     def _login_page(self, params: Mapping[str, str], user_id: str | None) -> Response:
         """The sign-in page: a passkey ceremony (the hinted user's passkeys, or any
@@ -254,6 +272,9 @@ class OidcProvider:
     # -- the refresh grant's user side (grants.RefreshTokenGrant) -------------------------
 
     def spend_refresh_token(self, token: str, client: Client) -> RefreshGrant:
+        refusal = self._registered_client_refusal(client)
+        if refusal:
+            raise UnauthorizedClientError(refusal)
         try:
             return self.tokens.use_refresh_token(token, client.client_id)
         except TokenInvalid as exc:

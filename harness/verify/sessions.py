@@ -85,6 +85,12 @@ class SessionStore:
             sids = [s.sid for s in self._sessions.values() if s.user_id == user_id and s.alive]
         return [sid for sid in sids if self.end(sid, reason)]
 
+    def end_where(self, which: Callable[[Session], bool], reason: str) -> list[str]:
+        """End every live session `which` picks; the sids that ended."""
+        with self._lock:
+            sids = [s.sid for s in self._sessions.values() if s.alive and which(s)]
+        return [sid for sid in sids if self.end(sid, reason)]
+
     def sessions_of(self, user_id: str) -> list[Session]:
         with self._lock:
             return [s for s in self._sessions.values() if s.user_id == user_id]

@@ -5,6 +5,9 @@ under `/v2.0/`. Lab-only helpers (the push "phone", the audit trail) live under 
 
     /oidc/endpoint/default/.well-known/openid-configuration   discovery (+ RFC 8414 metadata)
     /oidc/endpoint/default/{authorize,token,jwks,introspect,revoke,logout,bc-authorize}
+    /oidc/endpoint/default/register   RFC 7591 dynamic client registration (public clients;
+                          client_registration.py); an https client_id is a Client ID Metadata
+                          Document (client_metadata_document.py)
     /v2.0/...             admin API: SCIM Users/Groups, applications, access policies
     /v1.0/ssf/events      SSF push receiver (CAEP session-revoked)
     /lab/phone            the user's Verify app: passkey sign-in, pending pushes, Approve / Deny
@@ -42,6 +45,12 @@ from harness.verify.audit import AuditTrail, Decision
 from harness.verify.authorization_server import VerifyAuthorizationServer
 from harness.verify.ciba import DELIVERY_MODES, Ciba, PushLimits, ciba_delivery
 from harness.verify.client_auth import CONFIDENTIAL_AUTH_METHODS, Client, ClientRegistry
+from harness.verify.client_metadata_document import MetadataDocuments
+from harness.verify.client_registration import (
+    ClientRegistration,
+    RegisteredClients,
+    load_registration_settings,
+)
 from harness.verify.directory import Directory
 from harness.verify.grants import (
     AuthorizationCodeGrant,
@@ -148,6 +157,14 @@ class VerifyTenant:
                                    clock=clock)
         self.mcp_client_secret = mcp_client_secret
         self.clients = load_clients(fixtures, mcp_client_secret, self.mcp_resource)
+        # clients the tenant did not configure: RFC 7591 registrations, metadata documents
+        self.registration_settings = load_registration_settings(fixtures)
+        rs = self.registration_settings
+        self.registered = RegisteredClients(max_clients=rs.max_clients, idle_ttl=rs.idle_ttl,
+                                            clock=clock)
+        self.metadata_documents = MetadataDocuments(rs, self.audit, clock=clock)
+        self.clients.sources = [self.registered, self.metadata_documents]
+        self.registration = ClientRegistration(rs, self.registered, self.audit)
         self.registry = RarRegistry(fixtures / "policy" / "rar_types.json")
         self.policy = TokenExchangePolicy(fixtures / "policy" / "token_exchange.cedar",
                                           self.registry)
@@ -160,6 +177,7 @@ class VerifyTenant:
                                  clients=self.clients, directory=self.directory,
                                  sessions=self.sessions, tokens=self.tokens, audit=self.audit,
                                  server=self.server, passkeys=self.passkeys, clock=clock)
+        self.oidc.registration = self.registration_settings
         self.exchange = TokenExchange(
             issuer=self.issuer, mcp_resource=self.mcp_resource,
             admin_api_url=self.admin_api_url, tokens=self.tokens, directory=self.directory,
@@ -206,6 +224,11 @@ class VerifyTenant:
 
     def _build_metadata(self) -> dict[str, Any]:
         i = self.issuer
+        rs = self.registration_settings
+        registration: dict[str, Any] = {
+            "client_id_metadata_document_supported": rs.metadata_documents}
+        if rs.dynamic_registration:
+            registration["registration_endpoint"] = f"{i}/register"  # RFC 7591, RFC 8414 §2
         return {
             "issuer": i,
             "authorization_endpoint": f"{i}/authorize",
@@ -233,6 +256,7 @@ class VerifyTenant:
             "resource_indicators_supported": True,
             "admin_api": self.admin_api_url,
             "ssf_receiver_endpoint": f"{self.base_url}/v1.0/ssf/events",
+            **registration,
         }
 
     async def discovery(self, request: Request) -> JSONResponse:
@@ -308,6 +332,25 @@ class VerifyTenant:
                                 status_code=404)
         return JSONResponse(result)
 
+    # -- clients the tenant did not configure: may they use the agent? ----------------------
+
+    def set_registered_client_access(self, allowed: bool) -> int:
+        """The tenant admin's switch (fixtures/tenant/client_registration.json `agent_access`):
+        may clients that registered themselves or present a metadata document get user tokens
+        for the MCP server? Switching it off also ends their live sessions (every token of them
+        dies with its session); returns how many ended."""
+        self.registration_settings.agent_access = allowed
+        ended = 0 if allowed else len(self.sessions.end_where(
+            lambda s: (c := self.clients.get(s.client_id)) is not None
+            and c.registration is not None,
+            "the tenant admin no longer lets registered clients use the agent"))
+        self.audit.record(Decision(
+            kind="client_registration", outcome="agent_access_on" if allowed
+            else "agent_access_off", details={"ended_sessions": ended},
+            reason=("registered clients may use the agent" if allowed else
+                    "registered clients may no longer use the agent")))
+        return ended
+
     # -- the lab operator's rotation of the Vault-held credential --------------------------
 
     async def rotate_credential(self, request: Request) -> JSONResponse:
@@ -344,6 +387,7 @@ class VerifyTenant:
             Route(f"{b}/revoke", self.revoke, methods=["POST"]),
             Route(f"{b}/logout", self.oidc.end_session, methods=["GET", "POST"]),
             Route(f"{b}/bc-authorize", self.bc_authorize, methods=["POST"]),
+            Route(f"{b}/register", self.registration.register, methods=["POST"]),
             Route("/v1.0/ssf/events", self.ssf.push, methods=["POST"]),
             *self.verify_app.routes(),
             Route("/lab/decisions", self.decisions),

@@ -40,6 +40,7 @@ from harness.expiring import ExpiringSet
 from harness.keyset import RotatingKeySet
 from harness.verify.client_auth import Client
 from harness.verify.sessions import Session, SessionStore
+from iia.protocol import REGISTERED_CLIENT_CLAIM
 
 __all__ = ["AccessTokenGenerator", "Grantee", "RefreshGrant", "TokenInvalid", "TokenService",
            "member_groups"]
@@ -112,6 +113,9 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]
             claims["groups"] = list(self.service.groups_of(user.session.user_id))
         if user.may_act:
             claims["may_act"] = {"sub": user.may_act}
+        registration = getattr(client, "registration", None)
+        if registration:  # a client that registered itself (RFC 7591) or a metadata document
+            claims[REGISTERED_CLIENT_CLAIM] = registration
         return claims
 
 
