@@ -243,3 +243,41 @@ def test_the_registration_store_is_bounded_least_recently_used_out_and_idle_ones
     assert store.get(first) is not None and store.get(third) is not None
     now[0] += 61  # unused for longer than idle_ttl: lapsed
     assert store.get(first) is None and store.get(third) is None and len(store) == 0
+
+
+# -- the tenant's setting: may registered clients use the agent? --------------------------------
+
+def test_with_agent_access_off_a_registered_client_is_refused_and_nothing_runs(
+        lab: Lab, registered: str) -> None:
+    live = login(lab.verify.issuer, EMAIL, client_id=registered,
+                 redirect_uri="http://localhost/callback", resource=lab.mcp_url)
+    sid = claims(live["access_token"])["sid"]
+    lab.verify.set_registered_client_access(False)
+    try:
+        # the live session of the registered client ended with the switch
+        assert not lab.verify.sessions.alive(sid)
+        nothing = NothingRegistered(lab)
+        with pytest.raises(LoginError, match="unauthorized_client: Registered test client is "
+                                             "a registered client"):
+            login(lab.verify.issuer, EMAIL, client_id=registered,
+                  redirect_uri="http://localhost/callback", resource=lab.mcp_url)
+        nothing.happened()
+        # a token of that client without the tenant's client_registration claim (what the
+        # tenant issues no more) is refused by the MCP server: 401 invalid_token, no tool runs
+        base = claims(login(lab.verify.issuer, EMAIL, resource=lab.mcp_url)["access_token"])
+        bare = lab.verify.keys.sign({**base, "client_id": registered}, typ="at+jwt")
+        calls = len(lab.mcp.chain.history)
+        requests = len(lab.verify.admin_api.requests)
+        response = httpx.post(lab.mcp_url, timeout=30, json={
+            "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "list_users", "arguments": {"count": 1}}}, headers={
+            "Authorization": f"Bearer {bare}", "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": "2025-11-25"})
+        assert response.status_code == 401
+        assert 'error="invalid_token"' in response.headers["www-authenticate"]
+        assert f"issued to the client '{registered}'" in response.json()["error"]["message"]
+        assert len(lab.mcp.chain.history) == calls
+        assert len(lab.verify.admin_api.requests) == requests
+    finally:
+        lab.verify.set_registered_client_access(True)
