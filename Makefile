@@ -7,10 +7,14 @@ STAMP  := $(VENV)/.installed
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 # pip is quiet for `make test`; `make lab` shows its progress (a fresh install takes minutes)
 PIP_QUIET ?= --quiet
+# third-party MCP clients the suite runs (the TypeScript SDK, the Inspector CLI): npm ci from the
+# committed lock into clients/node/node_modules (git-ignored); --ignore-scripts: nothing to build
+NODE_DIR   := clients/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
 .PHONY: install lab demo test lint typecheck bench mutants up down status clean
 
-install: $(STAMP)
+install: $(STAMP) $(NODE_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +22,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install $(PIP_QUIET) --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install $(PIP_QUIET) --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
+
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	@echo "==> installing the TypeScript MCP SDK and the Inspector CLI into $(NODE_DIR)/node_modules"
+	cd $(NODE_DIR) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
 
 ## lab: start the simulated world and JupyterLab on notebooks/ (Ctrl-C stops both)
 lab: PIP_QUIET :=
@@ -72,4 +81,4 @@ status:
 	$(BIN)/iia-lab status
 
 clean: down
-	rm -rf $(VENV) .lab .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(NODE_DIR)/node_modules .lab .pytest_cache .ruff_cache *.egg-info
