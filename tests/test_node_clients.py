@@ -163,3 +163,32 @@ def test_the_inspector_cli_signs_in_with_its_own_oauth_and_lists_and_reads(
     assert called.returncode == 0, called.stderr[-3000:]
     assert "bob@example.com" in called.stdout
     assert not json.loads(called.stdout)["result"].get("isError")
+
+
+def test_the_typescript_sdk_registers_itself_dynamically_then_reads(lab: Lab) -> None:
+    """No client id given: the SDK registers at the registration_endpoint (RFC 7591) with its
+    loopback redirect URI, then signs alice in as that new public client."""
+    client = NodeClient(lab.mcp_url)
+    try:
+        registered = client.expect("registered")
+        assert registered["client_id"] and registered["client_id"] != "iia-ui"
+        connected = client.sign_in("alice@example.com")
+        assert connected["client_id"] == registered["client_id"]
+        client.send(op="call", id="r1", name="list_users",
+                    arguments={"filter": 'userName eq "bob@example.com"'})
+        result = client.expect("result", id="r1")["result"]
+        assert not result.get("isError"), result
+        assert "bob@example.com" in json.dumps(result)
+    finally:
+        client.close()
+
+
+def test_the_inspector_cli_registers_itself_dynamically_then_lists(
+        lab: Lab, tmp_path: Path) -> None:
+    listed = inspector(lab, tmp_path, "--method", "tools/list",
+                       "--callback-url", "http://127.0.0.1:0/callback")
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    authorize = listed.stderr.split("navigate to: ", 1)[1].split()[0]
+    assert "client_id=" in authorize and "client_id=iia-ui" not in authorize  # its own client
+    names = {tool["name"] for tool in json.loads(listed.stdout)["result"]["tools"]}
+    assert {"list_users", "create_user", "delete_user"} <= names
