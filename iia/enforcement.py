@@ -34,6 +34,7 @@ from iia.identity import WorkloadIdentity
 from iia.oauth.client import AuthorizationServerClient
 from iia.oauth.errors import OAuthError
 from iia.oauth.token_exchange import JWT, OboToken, exchange
+from iia.people import SessionNames
 from iia.rar import RarDetails, authorization_details, session_consent_details
 from iia.resource_server import Caller
 from iia.sessions import SessionRevocations
@@ -126,6 +127,9 @@ class EnforcementChain:
         self.context = context or CatalogContext()
         self.tools = {t.name: t for t in tools}
         self._validators = {t.name: Draft202012Validator(dict(t.input_schema)) for t in tools}
+        # who is who per session, from what the admin API answered that session's calls: the
+        # summaries, pushes and events name people by it, never by the model's ids
+        self.names = SessionNames()
         self.last: ToolOutcome | None = None
         # (call id, milliseconds per step) of recent calls: the sequence view and the benchmark
         self.timings: deque[tuple[str, dict[str, float]]] = deque(maxlen=10_000)
@@ -167,7 +171,8 @@ class EnforcementChain:
             where = "/".join(str(p) for p in error.absolute_path) or "arguments"
             return self._fail(tool, timings, began, "invalid_arguments",
                               f"invalid arguments for {tool.name}: {where}: {error.message}")
-        details = authorization_details(tool, args, self.admin_api_url)
+        details = authorization_details(tool, args, self.admin_api_url,
+                                        summary=self.names.of(caller.sid).summary(tool, args))
         trail = _Trail()
         with bound_fields(rar_summary=details["summary"],
                           correlation={"rarDigest": details["digest"]}):
@@ -231,10 +236,13 @@ class EnforcementChain:
             body = self.admin.send(tool.request(args, self.context), obo.token)
         except AdminApiError as exc:
             timings.add("admin_api", t)
+            if exc.http_status == 404 and tool.name == "get_user":
+                self.names.of(caller.sid).absent("user", str(args["user_id"]))
             return self._fail(tool, timings, began, "admin_api_refused",
                               f"the admin API answered {exc.http_status}: {exc.description}",
                               obo=obo, trail=trail)
         timings.add("admin_api", t)
+        self.names.of(caller.sid).learn(body)  # the directory's own answer to this session
         timings.steps["total"] = round((time.perf_counter() - began) * 1000, 2)
         return ToolOutcome(tool.name, True, result=tool.compact(body), timings=timings,
                            obo_claims=dict(obo.claims))

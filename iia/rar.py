@@ -280,11 +280,14 @@ def body_fields(tool: Tool, arguments: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def authorization_details(tool: Tool, arguments: Mapping[str, Any],
-                          admin_api_url: str) -> RarDetails:
+                          admin_api_url: str, *, summary: str | None = None) -> RarDetails:
     """The object for one call of `tool`: its registered type's tier and actions, the fields
-    the tool fills from `arguments`, the body it will send, and their digest."""
+    the tool fills from `arguments`, the body it will send, and their digest. `summary` is the
+    line a person reads (`iia.people.Names.summary`: people by name); by default the tool's
+    summary of the bare arguments. It is not an argument field: the digest never covers it."""
     fields = {**tool.rar_fields(arguments), **body_fields(tool, arguments)}
-    return _details(tool.rar, admin_api_url, tool.summary(arguments), fields)
+    return _details(tool.rar, admin_api_url,
+                    tool.summary(arguments) if summary is None else summary, fields)
 
 
 def session_consent_details(session_id: str, duration: int, admin_api_url: str,
