@@ -199,6 +199,11 @@ def test_tiers_and_the_kill_as_a_person_sees_them(ui_lab: Lab, browser: Browser)
         page.locator("#chain li[data-step='4'][data-status=ok]").wait_for(timeout=WAIT_MS)
         ivan = lab.verify.directory.user_by_username("ivan@example.com")
         assert ivan is not None and ivan.active is False
+        # the panel names the person (iia.people: from this session's reads), never the id
+        row = page.locator("#events .row", has_text="deactivate_user").first
+        row.wait_for(timeout=WAIT_MS)
+        assert "Ivan Ivanov <ivan@example.com>" in row.inner_text()
+        assert ivan.id and ivan.id not in page.locator("#events").inner_text()
 
         # tier 4: refused by the IdP's policy, red, with its reason; the chain stopped at step 5
         ask(page, "delete bob@example.com")
