@@ -59,7 +59,8 @@ def test_a_pending_push_appears_and_approve_answers_it_at_the_idp(
     assert card.card.layout.display == "flex"
     shown = card.request.value
     assert "Revoke all sessions of user" in shown and "expires in" in shown
-    assert details_summary(push["authorization_details"]) in shown
+    # the summary names a person ("Name <e-mail>"), shown HTML-escaped
+    assert html.escape(details_summary(push["authorization_details"])) in shown
     assert outcomes(client, push["id"]) == ["pending"]
 
     card.approve_button.click()  # what a tap on Approve runs
