@@ -25,6 +25,7 @@ from harness.verify.errors import (
     AuthorizationPending,
     ExpiredToken,
     InvalidAuthorizationDetails,
+    InvalidBindingMessage,
     InvalidGrant,
     InvalidRequest,
     InvalidScope,
@@ -84,15 +85,22 @@ def test_client_registered(lab: Lab, c: Ciba) -> None:
 
 
 def test_openid_scope(lab: Lab, c: Ciba) -> None:
+    client = lab.verify.clients.get("iia-mcp-server")
     for scope in ("", "profile", "openidx"):
-        refuses(lab, InvalidScope, "invalid_scope", c._openid_scope, {"scope": scope},
+        refuses(lab, InvalidScope, "invalid_scope", c._openid_scope, client, {"scope": scope},
                 words="openid scope")
-    c._openid_scope({"scope": "profile openid"})
+    # CIBA §13 invalid_scope: a scope the client is not registered for (iia-mcp-server: openid)
+    for scope in ("openid profile", "openid admin:all"):
+        refuses(lab, InvalidScope, "invalid_scope", c._openid_scope, client, {"scope": scope},
+                words="iia-mcp-server is not registered for the scope")
+    c._openid_scope(client, {"scope": "openid"})
+    wider = Client(client_id="wide", public=False, grant_types=frozenset({CIBA_GRANT}))
+    c._openid_scope(wider, {"scope": "profile openid"})
 
 
 def test_binding_message(lab: Lab, c: Ciba) -> None:
-    for message in ("", "x" * 201):
-        refuses(lab, InvalidRequest, "invalid_request", c._binding_message,
+    for message in ("", "x" * 201):  # CIBA §13 names this code
+        refuses(lab, InvalidBindingMessage, "invalid_binding_message", c._binding_message,
                 {"binding_message": message}, words="1 to 200 characters")
     assert c._binding_message({"binding_message": "x" * 200}) == "x" * 200
 

@@ -26,6 +26,7 @@ from harness.verify.errors import (
     InvalidAuthorizationDetails,
     InvalidGrant,
     InvalidRequest,
+    InvalidScope,
     InvalidTarget,
     OAuthError,
     SessionEnded,
@@ -169,7 +170,7 @@ def test_audience_is_admin_api(lab: Lab, x: TokenExchange, case: str,
 
 
 def test_no_scope(lab: Lab, x: TokenExchange) -> None:
-    refuses(lab, InvalidRequest, "invalid_request", x._no_scope, form(lab, scope="users:write"),
+    refuses(lab, InvalidScope, "invalid_scope", x._no_scope, form(lab, scope="users:write"),
             words="authorization_details, not scope")
     x._no_scope(form(lab))
 
@@ -180,8 +181,9 @@ def test_subject(lab: Lab, x: TokenExchange) -> None:
     tokens = user_token(lab)
     refuses(lab, InvalidGrant, "invalid_grant", x._subject, "not-a-jwt", {},
             words="subject_token: the token is not a JWT")
+    # an ID token (RS256 by default) is refused by its algorithm before its typ
     refuses(lab, InvalidGrant, "invalid_grant", x._subject, tokens["id_token"], {},
-            words="subject_token: token type")
+            words="subject_token: algorithm 'RS256' is not accepted")
     ctx: dict[str, Any] = {}
     assert x._subject(tokens["access_token"], ctx)["sid"] == sid_of(tokens["access_token"])
     assert ctx == {"user": "alice@example.com", "sid": sid_of(tokens["access_token"])}

@@ -273,7 +273,7 @@ def test_only_access_tokens_and_no_scopes(lab: Lab, identity: WorkloadIdentity,
                      requested_token_type="urn:ietf:params:oauth:token-type:id_token"),
             "invalid_request", lab, before)
     refused(exchange(lab, identity, alice["access_token"], rar(lab, "verify_read_users"),
-                     scope="admin"), "invalid_request", lab, before)
+                     scope="admin"), "invalid_scope", lab, before)
 
 
 # -- the tiers --------------------------------------------------------------------------------

@@ -64,7 +64,8 @@ def test_discovery_document(lab: Lab) -> None:
     assert "verify_read_users" in meta["authorization_details_types_supported"]
     assert meta["code_challenge_methods_supported"] == ["S256"]
     jwks = httpx.get(meta["jwks_uri"]).json()
-    assert all(k["kty"] == "EC" and k["alg"] == "ES256" and k["kid"] for k in jwks["keys"])
+    assert {(k["kty"], k["alg"]) for k in jwks["keys"]} == {("EC", "ES256"), ("RSA", "RS256")}
+    assert all(k["kid"] and k["use"] == "sig" for k in jwks["keys"])
     rfc8414 = httpx.get(f"{lab.verify.base_url}/.well-known/oauth-authorization-server"
                         "/oidc/endpoint/default").json()
     assert rfc8414["issuer"] == lab.verify.issuer
@@ -86,7 +87,8 @@ def test_login_yields_rfc9068_access_token_and_id_token(lab: Lab) -> None:
     assert claims["client_id"] == "iia-ui" and claims["sid"] and claims["jti"]
     assert claims["exp"] - claims["iat"] <= 900
     id_key = jwks.get_signing_key_from_jwt(tokens["id_token"]).key
-    id_claims = jwt.decode(tokens["id_token"], id_key, algorithms=["ES256"], audience="iia-ui")
+    assert jwt.get_unverified_header(tokens["id_token"])["alg"] == "RS256"  # the default
+    id_claims = jwt.decode(tokens["id_token"], id_key, algorithms=["RS256"], audience="iia-ui")
     assert id_claims["nonce"] == "n-123" and id_claims["sid"] == claims["sid"]
     assert tokens["refresh_token"]
 

@@ -31,10 +31,12 @@ from typing import Any, TypeVar
 from authlib.oauth2.rfc6749 import AuthorizationServer, JsonRequest, OAuth2Request
 from authlib.oauth2.rfc6749.errors import (
     InvalidClientError,
+    InvalidScopeError,
     OAuth2Error,
     UnsupportedGrantTypeError,
 )
 from authlib.oauth2.rfc6749.requests import JsonPayload, OAuth2Payload
+from authlib.oauth2.rfc6749.util import scope_to_list
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -136,8 +138,9 @@ class LocatedRedirect(Response):
 
 
 class VerifyAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
-    def __init__(self, *, clients: ClientRegistry, tokens: TokenService) -> None:
-        super().__init__()
+    def __init__(self, *, clients: ClientRegistry, tokens: TokenService,
+                 scopes_supported: Iterable[str] = ()) -> None:
+        super().__init__(scopes_supported=list(scopes_supported) or None)
         self.clients = clients
         self.tokens = tokens
         self.register_token_generator("default", tokens.generator)
@@ -154,6 +157,15 @@ class VerifyAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
                 token["refresh_token"], request.user.session,
                 client_id=request.client.client_id, scope=token.get("scope", ""),
                 resource=request.user.resource)
+
+    def validate_requested_scope(self, scope: str | None) -> None:
+        """RFC 6749 §3.3: a scope this tenant does not know is `invalid_scope` (authlib's
+        check, with a sentence naming it); what the client is registered for is
+        Client.get_allowed_scope's."""
+        unknown = sorted(set(scope_to_list(scope) or []) - set(self.scopes_supported or []))
+        if scope and self.scopes_supported and unknown:
+            raise InvalidScopeError(f"this tenant knows no scope {' '.join(unknown)} (it "
+                                    f"knows {' '.join(self.scopes_supported)})")
 
     def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
         """No signal system: the grants record their decisions in the audit trail."""

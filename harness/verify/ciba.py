@@ -59,6 +59,7 @@ from harness.verify.errors import (
     AuthorizationPending,
     ExpiredToken,
     InvalidAuthorizationDetails,
+    InvalidBindingMessage,
     InvalidGrant,
     InvalidRequest,
     InvalidScope,
@@ -178,7 +179,7 @@ class Ciba:
         """§7.1 the request's checks, in the order they run, then the push (§7.3)."""
         self._client_registered(client)
         notification_token = self._notification_token(client, form)
-        self._openid_scope(form)
+        self._openid_scope(client, form)
         user, hinted_sid = self._hinted_user(form)
         binding = self._binding_message(form)
         details, spec = self._one_object(form)
@@ -220,16 +221,23 @@ class Ciba:
         if token is not None and endpoint:
             self.pings.register(push, endpoint, token)
 
-    def _openid_scope(self, form: Mapping[str, str]) -> None:
-        """§7.1: a CIBA request asks for the `openid` scope."""
-        if "openid" not in form.get("scope", "").split():
+    def _openid_scope(self, client: Client, form: Mapping[str, str]) -> None:
+        """§7.1: a CIBA request asks for the `openid` scope, and only for scopes the client is
+        registered for (§13 `invalid_scope`)."""
+        scopes = form.get("scope", "").split()
+        if "openid" not in scopes:
             raise InvalidScope("a CIBA request must ask for the openid scope")
+        unregistered = sorted(set(scopes) - client.scopes)
+        if unregistered:
+            raise InvalidScope(f"{client.client_id} is not registered for the scope "
+                               f"{' '.join(unregistered)}")
 
     def _binding_message(self, form: Mapping[str, str]) -> str:
-        """§7.1 binding_message: required here, 1 to MAX_BINDING_MESSAGE characters."""
+        """§7.1 binding_message: required here, 1 to MAX_BINDING_MESSAGE characters (§13
+        invalid_binding_message)."""
         binding = form.get("binding_message", "")
         if not binding or len(binding) > MAX_BINDING_MESSAGE:
-            raise InvalidRequest(f"binding_message is required (1 to {MAX_BINDING_MESSAGE} "
+            raise InvalidBindingMessage(f"binding_message is required (1 to {MAX_BINDING_MESSAGE} "
                                  "characters): it is what the user reads on the phone")
         return binding
 
@@ -461,7 +469,8 @@ class Ciba:
             session, client_id=client.client_id, approval_id=push.id,
             authorization_details=push.authorization_details)
         id_token = self.tokens.id_token(session, client_id=client.client_id, nonce=None,
-                                        name=None)
+                                        name=None, alg=client.id_token_signed_response_alg,
+                                        access_token=token)
         return JSONResponse({"access_token": token, "token_type": "Bearer",
                              "expires_in": claims["exp"] - claims["iat"], "id_token": id_token,
                              "authorization_details": push.authorization_details},

@@ -20,19 +20,49 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import ClientMixin
-from authlib.oauth2.rfc6749.util import extract_basic_authorization
+from authlib.oauth2.rfc6749.errors import InvalidScopeError
+from authlib.oauth2.rfc6749.util import extract_basic_authorization, scope_to_list
 
 from harness.verify.rotation import RotatingClientSecret
 
-__all__ = ["CONFIDENTIAL_AUTH_METHODS", "LOOPBACK_HOSTS", "Client", "ClientRegistry", "Source",
+__all__ = ["CONFIDENTIAL_AUTH_METHODS", "ID_TOKEN_ALGS", "LOOPBACK_HOSTS", "SCOPES_SUPPORTED",
+           "Client", "ClientRegistry", "Source", "client_scopes", "id_token_alg",
            "loopback_redirect_matches", "refusal"]
 
 # RFC 7591 §2 names of the methods a confidential client may authenticate with
 CONFIDENTIAL_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+# the scopes this tenant knows (RFC 8414 scopes_supported); any other is `invalid_scope`
+SCOPES_SUPPORTED = ("openid", "email", "profile", "offline_access")
+# OpenID Connect Dynamic Client Registration §2 id_token_signed_response_alg: RS256 when the
+# client does not say (that section's default, and what OpenID Connect Discovery §3 requires)
+ID_TOKEN_ALGS = ("RS256", "ES256")
+
+
+def client_scopes(raw: Mapping[str, Any]) -> frozenset[str]:
+    """RFC 7591 §2 `scope` of a registration (space-separated): the scopes the client may ask
+    for, each known to this tenant; omitted, every scope this tenant knows (§2 lets the server
+    register a default set)."""
+    value = raw.get("scope")
+    if value is None:
+        return frozenset(SCOPES_SUPPORTED)
+    scopes = scope_to_list(value) if isinstance(value, str) else None
+    if not scopes or set(scopes) - set(SCOPES_SUPPORTED):
+        raise ValueError(f"client {raw.get('client_id', '?')}: scope {value!r} must be a "
+                         f"space-separated list of {', '.join(SCOPES_SUPPORTED)}")
+    return frozenset(scopes)
+
+
+def id_token_alg(raw: Mapping[str, Any]) -> str:
+    """A registration's `id_token_signed_response_alg` (RS256 when omitted)."""
+    alg = raw.get("id_token_signed_response_alg", "RS256")
+    if alg not in ID_TOKEN_ALGS:
+        raise ValueError(f"client {raw.get('client_id', '?')}: id_token_signed_response_alg "
+                         f"{alg!r} is not one this tenant signs with ({', '.join(ID_TOKEN_ALGS)})")
+    return str(alg)
 
 
 # the loopback interface as a redirect URI names it (urlsplit's hostname: no brackets on [::1]);
@@ -73,6 +103,10 @@ class Client(ClientMixin):  # type: ignore[misc]
     # that registered itself, "cimd" for a Client ID Metadata Document (iia.protocol)
     registration: str | None = None
     client_name: str | None = None
+    # RFC 7591 §2 `scope`: what the client may ask for; OpenID Connect Dynamic Client
+    # Registration §2: the algorithm of its ID tokens
+    scopes: frozenset[str] = frozenset(SCOPES_SUPPORTED)
+    id_token_signed_response_alg: str = "RS256"  # noqa: S105 - an algorithm, no secret
 
     # -- authlib's ClientMixin ----------------------------------------------------------------
 
@@ -83,6 +117,13 @@ class Client(ClientMixin):  # type: ignore[misc]
         return None  # every authorization request names its redirect_uri
 
     def get_allowed_scope(self, scope: str | None) -> str:
+        """RFC 6749 §3.3: the requested scope when the client is registered for all of it
+        (else `invalid_scope`, RFC 6749 §4.1.2.1 / §5.2); omitted, `openid`."""
+        unregistered = sorted(set(scope_to_list(scope) or []) - self.scopes)
+        if unregistered:
+            raise InvalidScopeError(
+                f"{self.client_id} is not registered for the scope "
+                f"{' '.join(unregistered)} (registered: {' '.join(sorted(self.scopes))})")
         return scope or "openid"
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:

@@ -8,6 +8,8 @@ and the token endpoint answers exactly what the spec says.
                ├─ InvalidClient, UnauthorizedClient, UnsupportedGrantType, InvalidScope,
                │  InvalidTarget, InvalidAuthorizationDetails
                ├─ AccessDenied ── AuthenticationRequestDenied (CIBA §13, HTTP 403)
+               ├─ InvalidBindingMessage (CIBA §13; UnknownUserId and ExpiredLoginHintToken,
+               │  the other §13 codes this tenant answers, are in harness/verify/ciba.py)
                └─ AuthorizationPending, SlowDown, ExpiredToken (CIBA §11)
     SessionEnded: the mixin of a refusal made *because the user's IdP session has ended* (ended,
     revoked or lapsed); only it puts `iia.protocol.SESSION_ENDED` in the body, so a client knows
@@ -32,6 +34,7 @@ __all__ = [
     "AuthorizationPending",
     "ExpiredToken",
     "InvalidAuthorizationDetails",
+    "InvalidBindingMessage",
     "InvalidClient",
     "InvalidGrant",
     "InvalidRequest",
@@ -116,6 +119,13 @@ class InvalidAuthorizationDetails(OAuthError):
     """RFC 9396 §5: authorization_details is malformed or asks for what is not registered."""
 
     error = "invalid_authorization_details"
+
+
+class InvalidBindingMessage(OAuthError):
+    """OpenID CIBA Core §13: the binding_message is invalid or unacceptable (here: missing,
+    or longer than the phone shows)."""
+
+    error = "invalid_binding_message"
 
 
 class AuthorizationPending(OAuthError):

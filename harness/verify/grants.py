@@ -58,7 +58,7 @@ class CodeOwner(Protocol):
     def grantee_of_code(self, record: Any) -> Grantee: ...
     def spend_refresh_token(self, token: str, client: Client) -> RefreshGrant: ...
     def grantee_of_refresh(self, grant: RefreshGrant, resource: str | None) -> Grantee: ...
-    def id_token(self, client: Client, grantee: Grantee) -> str: ...
+    def id_token(self, client: Client, grantee: Grantee, access_token: str | None) -> str: ...
 
 
 class S256CodeChallenge(CodeChallenge):  # type: ignore[misc]
@@ -82,10 +82,12 @@ class S256CodeChallenge(CodeChallenge):  # type: ignore[misc]
 
 def _with_id_token(grant: Any, response: tuple[int, dict[str, Any], Any]) -> None:
     """OpenID Connect Core §3.1.3.3 / §12.2: an ID token with every token response whose
-    scope has `openid` (authlib's hook after create_token_response)."""
+    scope has `openid` (authlib's hook after create_token_response), with the `at_hash` of the
+    access token beside it (§3.1.3.6)."""
     _, token, _ = response
     if "openid" in str(token.get("scope", "")).split():
-        token["id_token"] = grant.owner.id_token(grant.request.client, grant.request.user)
+        token["id_token"] = grant.owner.id_token(grant.request.client, grant.request.user,
+                                                 token.get("access_token"))
 
 
 class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]

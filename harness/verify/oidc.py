@@ -287,9 +287,13 @@ class OidcProvider:
             raise InvalidTarget("a refresh token keeps the resource it was issued for")
         return self._grantee(session, grant.resource, None)
 
-    def id_token(self, client: Client, grantee: Grantee) -> str:
+    def id_token(self, client: Client, grantee: Grantee, access_token: str | None) -> str:
+        """Signed with the client's registered id_token_signed_response_alg (RS256 unless it
+        registered ES256)."""
         return self.tokens.id_token(grantee.session, client_id=client.client_id,
-                                    nonce=grantee.nonce, name=grantee.name)
+                                    nonce=grantee.nonce, name=grantee.name,
+                                    alg=client.id_token_signed_response_alg,
+                                    access_token=access_token)
 
     # -- RP-initiated logout ----------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 from authlib.oauth2.rfc9207 import AuthorizationServerMetadata as IssuerMetadata
+from authlib.oidc.discovery import OpenIDProviderMetadata
 from scim2_models import User
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -44,7 +45,14 @@ from harness.verify.approvals import Approvals
 from harness.verify.audit import AuditTrail, Decision
 from harness.verify.authorization_server import VerifyAuthorizationServer
 from harness.verify.ciba import DELIVERY_MODES, Ciba, PushLimits, ciba_delivery
-from harness.verify.client_auth import CONFIDENTIAL_AUTH_METHODS, Client, ClientRegistry
+from harness.verify.client_auth import (
+    CONFIDENTIAL_AUTH_METHODS,
+    SCOPES_SUPPORTED,
+    Client,
+    ClientRegistry,
+    client_scopes,
+    id_token_alg,
+)
 from harness.verify.client_metadata_document import MetadataDocuments
 from harness.verify.client_registration import (
     ClientRegistration,
@@ -69,7 +77,7 @@ from harness.verify.sessions import SessionStore
 from harness.verify.spiffe_bundle import SpiffeBundleSource
 from harness.verify.ssf_receiver import SsfReceiver
 from harness.verify.token_exchange import TokenExchange
-from harness.verify.tokens import TokenService
+from harness.verify.tokens import ID_TOKEN_ALGS, TokenService
 from harness.verify.verify_app import VerifyApp
 
 __all__ = ["OIDC_BASE", "VerifyTenant", "load_push_limits"]
@@ -121,7 +129,8 @@ def load_clients(fixtures: Path, mcp_secret: RotatingClientSecret,
             redirect_uris=tuple(raw.get("redirect_uris", ())),
             post_logout_redirect_uris=tuple(raw.get("post_logout_redirect_uris", ())),
             secret=secret, backchannel_token_delivery_mode=mode,
-            backchannel_client_notification_endpoint=notify)
+            backchannel_client_notification_endpoint=notify,
+            scopes=client_scopes(raw), id_token_signed_response_alg=id_token_alg(raw))
     return ClientRegistry(clients)
 
 
@@ -147,8 +156,10 @@ class VerifyTenant:
         self.mcp_resource = mcp_resource.rstrip("/")
         self.fixtures = fixtures
         self._clock = clock
+        # ES256 for every token, RS256 besides for the ID tokens of clients that want it
         self.keys = RotatingKeySet(rotation_period=key_rotation_period,
-                                   retain=max(access_token_ttl, obo_token_ttl) + 60, clock=clock)
+                                   retain=max(access_token_ttl, obo_token_ttl) + 60, clock=clock,
+                                   algs=("ES256", "RS256"))
         self.audit = AuditTrail()
         self.directory = Directory(fixtures)
         self.sessions = SessionStore(clock)
@@ -170,7 +181,8 @@ class VerifyTenant:
                                           self.registry)
         self.approvals = Approvals(request_ttl=approval_timeout, clock=clock)
         self.spiffe = SpiffeBundleSource(trust_domain, spiffe_keys_url)
-        self.server = VerifyAuthorizationServer(clients=self.clients, tokens=self.tokens)
+        self.server = VerifyAuthorizationServer(clients=self.clients, tokens=self.tokens,
+                                                scopes_supported=SCOPES_SUPPORTED)
         # the WebAuthn relying party: RP ID localhost, origin http://localhost:PORT
         self.passkeys = RelyingParty(origin=user_facing_url(self.base_url), clock=clock)
         self.oidc = OidcProvider(issuer=self.issuer, mcp_resource=self.mcp_resource,
@@ -215,11 +227,10 @@ class VerifyTenant:
 
     @staticmethod
     def _validated(metadata: dict[str, Any]) -> dict[str, Any]:
-        """RFC 8414 (+ RFC 9207), checked by authlib when the tenant starts: a document a client
-        would reject never goes out. (Not authlib's OpenIDProviderMetadata: OpenID Connect
-        Discovery §3 requires RS256 among the ID token algorithms, and this tenant signs ES256
-        only.)"""
+        """RFC 8414 (+ RFC 9207) and OpenID Connect Discovery §3, checked by authlib's strict
+        validators when the tenant starts: a document a client would reject never goes out."""
         AuthorizationServerMetadata(metadata).validate(metadata_classes=[IssuerMetadata])
+        OpenIDProviderMetadata(metadata).validate()
         return metadata
 
     def _build_metadata(self) -> dict[str, Any]:
@@ -248,8 +259,8 @@ class VerifyTenant:
             "introspection_endpoint_auth_methods_supported": Introspection.CLIENT_AUTH_METHODS,
             "revocation_endpoint_auth_methods_supported": Revocation.CLIENT_AUTH_METHODS,
             "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["ES256"],
-            "scopes_supported": ["openid", "email", "profile", "offline_access"],
+            "id_token_signing_alg_values_supported": list(ID_TOKEN_ALGS),
+            "scopes_supported": list(SCOPES_SUPPORTED),
             "claims_supported": ["sub", "email", "name", "sid", "may_act"],
             "authorization_details_types_supported": self.registry.supported_types(),
             "authorization_response_iss_parameter_supported": True,

@@ -47,6 +47,7 @@ from harness.verify.errors import (
     InvalidAuthorizationDetails,
     InvalidGrant,
     InvalidRequest,
+    InvalidScope,
     InvalidTarget,
     OAuthError,
     SessionEndedGrant,
@@ -170,9 +171,10 @@ class TokenExchange:
                                 f"{self.admin_api_url}, not {wrong[0]}")
 
     def _no_scope(self, form: Mapping[str, str]) -> None:
-        """RFC 9396 §2: what the token is for is said by authorization_details, not scope."""
+        """RFC 9396 §2: what the token is for is said by authorization_details, not scope; a
+        scope here is one this grant does not know (RFC 6749 §5.2 `invalid_scope`)."""
         if form.get("scope"):
-            raise InvalidRequest("use authorization_details, not scope, to say what the "
+            raise InvalidScope("use authorization_details, not scope, to say what the "
                                  "token is for")
 
     # -- the subject: the user's access token (RFC 9068) ------------------------------------

@@ -3,7 +3,10 @@
 * access tokens: RFC 9068 JWT profile (`typ: at+jwt`), for the MCP server resource, minted by
   authlib's `JWTBearerTokenGenerator` (`AccessTokenGenerator`: our claims, the tenant's clock,
   the current key of the rotating key set, its `kid` in the header);
-* ID tokens (OpenID Connect Core §2);
+* ID tokens (OpenID Connect Core §2), signed with the algorithm the client registered
+  (`id_token_signed_response_alg`, OpenID Connect Dynamic Client Registration §2): RS256 by
+  default, as that section says, or ES256; `at_hash` (Core §3.1.3.6) when issued beside an
+  access token;
   both carry `groups` (RFC 9068 §2.2.3.1, RFC 7643 §4.1.2: the IDs of the user's groups) when the
   tenant wires `groups_of` (its directory);
 * on-behalf-of tokens from token exchange (RFC 8693 §4.1 `act`, RFC 9396 `authorization_details`),
@@ -33,17 +36,25 @@ from typing import Any, cast
 
 import jwt
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
+from authlib.oidc.core.util import create_half_hash
+from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import ECKey, KeySet
 from jwt.types import Options
 
 from harness.expiring import ExpiringSet
 from harness.keyset import RotatingKeySet
-from harness.verify.client_auth import Client
+from harness.verify.client_auth import ID_TOKEN_ALGS, Client
 from harness.verify.sessions import Session, SessionStore
 from iia.protocol import REGISTERED_CLIENT_CLAIM
 
-__all__ = ["AccessTokenGenerator", "Grantee", "RefreshGrant", "TokenInvalid", "TokenService",
-           "member_groups"]
+__all__ = ["ACCESS_TOKEN_ALG", "ID_TOKEN_ALGS", "AccessTokenGenerator", "Grantee",
+           "RefreshGrant", "TokenInvalid", "TokenService", "member_groups"]
+
+# Access, on-behalf-of and approval tokens are ES256 only: their one consumer is the lab's own
+# resource servers, RFC 9068 §2.1 asks only for an asymmetric alg, and short P-256 signatures
+# keep every tool call's tokens small. ID tokens are for any OpenID client: RS256 (which
+# OpenID Connect Discovery §3 requires the OP to support, the registration default) or ES256.
+ACCESS_TOKEN_ALG = "ES256"  # noqa: S105 - an algorithm, no secret
 
 
 class TokenInvalid(ValueError):
@@ -96,6 +107,7 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]
 
     def get_jwks(self) -> KeySet:
         key = self.service.keys.current  # one key: joserfc puts its kid in the header
+        assert isinstance(key.private_key, ec.EllipticCurvePrivateKey)  # ACCESS_TOKEN_ALG
         return KeySet([ECKey.import_key(key.private_key, {"kid": key.kid, "alg": "ES256"})])
 
     def get_audiences(self, client: Any, user: Grantee, scope: str) -> str:
@@ -185,16 +197,23 @@ class TokenService:
         return token, jwt.decode(token, options={"verify_signature": False})
 
     def id_token(self, session: Session, *, client_id: str, nonce: str | None,
-                 name: str | None) -> str:
+                 name: str | None, alg: str = "RS256", access_token: str | None = None) -> str:
+        """OpenID Connect Core §2, signed with `alg` (the client's registered
+        id_token_signed_response_alg); `at_hash` (§3.1.3.6) of `access_token` when given."""
+        if alg not in ID_TOKEN_ALGS:
+            raise ValueError(f"ID tokens are signed with {' or '.join(ID_TOKEN_ALGS)}, "
+                             f"not {alg!r}")
         claims = self._base(session, self.access_ttl)
-        claims.update({"aud": client_id, "auth_time": int(session.created_at)})
+        claims.update({"aud": client_id, "azp": client_id, "auth_time": int(session.created_at)})
         if self.groups_of is not None:
             claims["groups"] = list(self.groups_of(session.user_id))
         if nonce:
             claims["nonce"] = nonce
         if name:
             claims["name"] = name
-        return self.keys.sign(claims, typ="JWT")
+        if access_token:
+            claims["at_hash"] = create_half_hash(access_token, alg).decode()
+        return self.keys.sign(claims, typ="JWT", alg=alg)
 
     def obo_token(self, subject: Mapping[str, Any], *, client_id: str, actor: str,
                   audience: str, authorization_details: Sequence[Mapping[str, Any]]
@@ -304,11 +323,13 @@ class TokenService:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
             raise TokenInvalid("the token is not a JWT") from exc
-        if header.get("alg") != "ES256":
+        alg = header.get("alg")
+        # an ID token (typ JWT) may be RS256 or ES256; every other token only ES256
+        if alg not in (ID_TOKEN_ALGS if typ == "JWT" else (ACCESS_TOKEN_ALG,)):
             raise TokenInvalid(f"algorithm {header.get('alg')!r} is not accepted")
         if header.get("typ") != typ:
             raise TokenInvalid(f"token type {header.get('typ')!r} is not {typ!r}")
-        key = self.keys.public_keys().get(header.get("kid", ""))
+        key = self.keys.public_keys(str(alg)).get(header.get("kid", ""))
         if key is None:
             raise TokenInvalid("the token was not signed by a key of this tenant")
         options: dict[str, Any] = {"require": ["iss", "sub", "exp", "iat", "jti", "sid"],
@@ -316,7 +337,7 @@ class TokenService:
                                    # times are checked against this tenant's clock (decode)
                                    "verify_exp": False, "verify_iat": False, "verify_nbf": False}
         try:
-            claims = jwt.decode(token, key, algorithms=["ES256"], issuer=self.issuer,
+            claims = jwt.decode(token, key, algorithms=[str(alg)], issuer=self.issuer,
                                 audience=audience, options=cast(Options, options))
         except jwt.InvalidAudienceError as exc:
             raise TokenInvalid(f"the token's audience is not {audience}") from exc

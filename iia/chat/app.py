@@ -175,12 +175,15 @@ class ChatApp:
         return out
 
     def _check_id_token(self, id_token: str, nonce: str) -> str | None:
-        """OpenID Connect Core §3.1.3.7: signature, issuer, audience, expiry, nonce."""
+        """OpenID Connect Core §3.1.3.7: signature (RS256, the registration default, or ES256:
+        asymmetric only, the key by its kid in the IdP's JWKS), issuer, audience, expiry,
+        nonce."""
         try:
             if self._jwks is None:
                 self._jwks = jwt.PyJWKClient(self.metadata["jwks_uri"], cache_keys=True)
             key = self._jwks.get_signing_key_from_jwt(id_token).key
-            claims = jwt.decode(id_token, key, algorithms=["ES256"], issuer=self.settings.issuer,
+            claims = jwt.decode(id_token, key, algorithms=["RS256", "ES256"],
+                                issuer=self.settings.issuer,
                                 audience=self.settings.client_id, leeway=5)
         except jwt.PyJWTError as exc:
             return f"the ID token is not valid ({exc.__class__.__name__})"
