@@ -142,7 +142,7 @@ def test_another_client_cannot_poll_my_request(lab: Lab, identity: WorkloadIdent
     ("no openid scope", "invalid_scope"),
     ("no hint", "invalid_request"),
     ("unknown user", "unknown_user_id"),
-    ("no binding message", "invalid_request"),
+    ("no binding message", "invalid_binding_message"),  # CIBA §13
     ("tier 1 needs no approval", "invalid_authorization_details"),
     ("tier 4 cannot be approved", "access_denied"),  # HTTP 403, CIBA §13
     ("two objects", "invalid_authorization_details"),
