@@ -30,7 +30,8 @@ Each rule is one method: `authorize` and `grant` are the ordered lists of them. 
 because the user's session has ended (the login_hint_token's at bc-authorize, the one the
 approval was asked for at the token request) carries `iia.protocol.SESSION_ENDED`.
 
-The phone is `/lab/phone` (a page and a small JSON API) and `iia-lab approvals | approve | deny`.
+The user answers in the Verify app (harness/verify/verify_app.py, `/lab/phone`), with a passkey
+assertion bound to the push; `answer` here is the recording step it calls once that verified.
 """
 
 from __future__ import annotations
@@ -44,8 +45,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from scim2_models import User
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse
 
 from harness.verify.approvals import Approvals, PushRequest
 from harness.verify.audit import AuditTrail, Decision
@@ -487,71 +487,3 @@ class Ciba:
                                    approval_id=push.id,
                                    target=str(details.get("target", "")) or None))
         return push
-
-    async def phone_list(self, request: Request) -> JSONResponse:
-        user = request.query_params.get("user")
-        status = request.query_params.get("status", "pending")
-        now = self._clock()
-        items = (self.approvals.pending(user) if status == "pending" else
-                 [p for p in self.approvals.all() if user is None or p.email == user])
-        return JSONResponse([p.public(now) for p in items])
-
-    async def phone_answer(self, request: Request) -> JSONResponse:
-        approval_id = request.path_params["approval_id"]
-        approve = request.path_params["answer"] == "approve"
-        try:
-            push = self.answer(approval_id, approve)
-        except KeyError:
-            return JSONResponse({"error": "not_found",
-                                 "error_description": f"no push request {approval_id}"},
-                                status_code=404)
-        except ValueError as exc:
-            return JSONResponse({"error": "conflict", "error_description": str(exc)},
-                                status_code=409)
-        return JSONResponse(push.public(self._clock()))
-
-    async def phone_page(self, request: Request) -> Response:
-        return HTMLResponse(_PHONE_PAGE)
-
-
-_PHONE_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Verify push approvals (lab phone)</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
- body { font-family: system-ui, sans-serif; max-width: 28rem; margin: 1rem auto; }
- .card { border: 1px solid #ccc; border-radius: .8rem; padding: 1rem; margin: .8rem 0; }
- .tier3 { border-color: #c62828; } .tier2 { border-color: #1565c0; }
- button { font-size: 1.1rem; padding: .5rem 1.2rem; margin-right: .5rem; border-radius: .5rem; }
- .approve { background: #2e7d32; color: white; border: 0; }
- .deny { background: #c62828; color: white; border: 0; }
- pre { white-space: pre-wrap; font-size: .8rem; background: #f5f5f5; padding: .5rem; }
-</style></head>
-<body><h1>IBM Verify (lab phone)</h1><p id="empty">No pending requests.</p><div id="list"></div>
-<script>
-async function refresh() {
-  const items = await (await fetch("phone/requests")).json();
-  document.getElementById("empty").hidden = items.length > 0;
-  const list = document.getElementById("list");
-  list.replaceChildren(...items.map(item => {
-    const card = document.createElement("div");
-    card.className = "card tier" + item.tier;
-    const title = document.createElement("h2");
-    title.textContent = item.binding_message;
-    const who = document.createElement("p");
-    who.textContent = `${item.user} - tier ${item.tier} - expires in ${item.expires_in} s`;
-    const details = document.createElement("pre");
-    details.textContent = JSON.stringify(item.authorization_details, null, 2);
-    card.append(title, who, details);
-    for (const answer of ["approve", "deny"]) {
-      const button = document.createElement("button");
-      button.className = answer; button.textContent = answer[0].toUpperCase() + answer.slice(1);
-      button.onclick = async () => { await fetch("phone/requests/" + item.id + "/" + answer,
-                                                 {method: "POST"}); refresh(); };
-      card.append(button);
-    }
-    return card;
-  }));
-}
-refresh(); setInterval(refresh, 1000);
-</script></body></html>
-"""
