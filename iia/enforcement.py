@@ -31,6 +31,7 @@ from iia.errors import IIAError
 from iia.events import EventBus, bound_fields
 from iia.hitl import ApprovalChannel, ApprovalDeniedError, ApprovalTimeoutError, ConsentCache
 from iia.identity import WorkloadIdentity
+from iia.oauth.ciba_id_token import PasskeyAnswer
 from iia.oauth.client import AuthorizationServerClient
 from iia.oauth.errors import OAuthError
 from iia.oauth.token_exchange import JWT, OboToken, exchange
@@ -93,6 +94,13 @@ def _correlation(handle: str) -> str:
     """The approval id events carry: a digest of the CIBA auth_req_id, which only the
     requesting client may present (OpenID CIBA §7.3), so the handle itself never travels."""
     return hashlib.sha256(handle.encode()).hexdigest()[:16]
+
+
+def _signed_with(passkey: PasskeyAnswer | None) -> dict[str, Any]:
+    """What an answer's event says of the passkey that signed it: only what the IdP attested
+    in the ID Token the approval channel validated (`credentialIdDigest`, `userVerified`);
+    nothing when it attested none."""
+    return passkey.event_details() if passkey is not None else {}
 
 
 @dataclass
@@ -295,11 +303,12 @@ class EnforcementChain:
             raise
         except ApprovalDeniedError as exc:
             self.events.emit("agent:hitl_denied", outcome="denied", reason=exc.description,
-                             duration_ms=waited(), correlation=dict(pushed))
+                             duration_ms=waited(), details=_signed_with(exc.passkey),
+                             correlation=dict(pushed))
             raise
         approval_id = _correlation(approval.approval_id)
         self.events.emit("agent:hitl_approved", outcome="success",
-                         duration_ms=approval.waited_ms,
+                         duration_ms=approval.waited_ms, details=_signed_with(approval.passkey),
                          correlation={"approvalId": approval_id})
         return approval_id
 

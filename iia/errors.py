@@ -28,7 +28,8 @@ The tree (module in brackets; `code` and `status` beside each; leaves are one li
     |                                 when the IdP says so
     +-- InvalidTokenError             [iia.resource_server] invalid_token 401 (RFC 6750 §3.1)
     +-- ApprovalError                 [iia.hitl] 403: approval_denied, approval_timeout,
-    |                                 approval_refused
+    |                                 approval_refused, approval_unverified
+    +-- InvalidIdTokenError           [iia.oauth] invalid_id_token 403 (a CIBA answer's ID Token)
     +-- AdminApiError                 [iia.admin_api] admin_api_error (carries the HTTP status)
     +-- SessionEndedError             [iia.agent] session_ended 401
     +-- SetRefused                    [iia.ssf] RFC 8935 §2.4 `err`, 400: invalid_request,

@@ -11,19 +11,27 @@ or the push expires, and the channel then makes one token request, so a waiting 
 Vault read, not one per poll. Without a callback it still polls, every `ping_fallback` seconds
 (at least the IdP's interval, §7.3): a lost callback delays the answer, it never loses it. Poll
 mode (no `ping` receiver, or an IdP that does not offer ping) polls at the IdP's interval.
+
+The answer's ID Token (CIBA §10.1.1; with a denial, the `id_token` member of `access_denied`) is
+validated (iia.oauth.ciba_id_token): an approval whose ID Token does not validate is not one
+(`approval_unverified`). What it attests of the passkey that signed the answer (the credential
+id's digest, user verification) travels on as `Approval.passkey` / `ApprovalDeniedError.passkey`.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from iia.errors import IIAError
 from iia.identity import WorkloadIdentity
+from iia.identity.vault import ClientCredential
+from iia.oauth.ciba_id_token import CibaIdTokenVerifier, InvalidIdTokenError, PasskeyAnswer
 from iia.oauth.ciba_ping import PingReceiver, PingWait
 from iia.oauth.client import AuthorizationServerClient
 from iia.oauth.errors import OAuthError
@@ -32,7 +40,10 @@ from iia.rar import RarDetails, wire
 
 __all__ = ["PING_FALLBACK", "Approval", "ApprovalChannel", "ApprovalDeniedError",
            "ApprovalError", "ApprovalRefusedError", "ApprovalTimeoutError",
+           "ApprovalUnverifiedError",
            "CibaApprovalChannel", "CibaOutcome", "ConsentCache"]
+
+log = logging.getLogger(__name__)
 
 PING_FALLBACK = 30.0  # seconds between fallback polls in ping mode (IdP interval if longer)
 EXPIRY_GRACE = 5.0  # seconds past the deadline a ping-mode wait gives the IdP's expiry callback
@@ -60,7 +71,14 @@ class ApprovalError(IIAError, status=403):
 
 
 class ApprovalDeniedError(ApprovalError, code="approval_denied"):
-    """The user denied the request on their phone."""
+    """The user denied the request on their phone; `passkey` is how, as the IdP attests it."""
+
+    passkey: PasskeyAnswer | None = None
+
+
+class ApprovalUnverifiedError(ApprovalError, code="approval_unverified", dependency="idp"):
+    """The IdP said approved, but the ID Token of the answer does not validate: not an
+    approval (OpenID Connect Core §3.1.3.7)."""
 
 
 class ApprovalTimeoutError(ApprovalError, code="approval_timeout"):
@@ -77,6 +95,7 @@ class Approval:
     approval_id: str  # the IdP's handle for the request (auth_req_id), for correlation only
     approved_at: float
     waited_ms: int
+    passkey: PasskeyAnswer | None = None  # the passkey that signed it, as the IdP attests
 
 
 class ApprovalChannel(Protocol):
@@ -93,8 +112,11 @@ class CibaApprovalChannel:
     def __init__(self, server: AuthorizationServerClient, identity: WorkloadIdentity, *,
                  timeout: float = 120.0, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic,
-                 ping: PingReceiver | None = None, ping_fallback: float = PING_FALLBACK) -> None:
+                 ping: PingReceiver | None = None, ping_fallback: float = PING_FALLBACK,
+                 id_tokens: CibaIdTokenVerifier | None = None) -> None:
         self.server = server
+        self.id_tokens = id_tokens or CibaIdTokenVerifier(
+            server.issuer, lambda: server.endpoint("jwks_uri"))
         self.identity = identity
         self.timeout = timeout
         self.ping = ping  # None: poll mode
@@ -158,9 +180,9 @@ class CibaApprovalChannel:
                 remaining = max(0.0, deadline - self._clock()) + EXPIRY_GRACE
                 called_back = wait.notified.wait(min(max(interval, self.ping_fallback),
                                                      remaining))
+            client: list[str] = []
             try:
-                self.identity.with_credential(lambda credential: self.server.token(
-                    {"grant_type": CIBA_GRANT, "auth_req_id": auth_req_id}, credential))
+                tokens = self._token_request(auth_req_id, client)
             except OAuthError as exc:
                 outcome = CibaOutcome.of(exc)
                 if outcome is CibaOutcome.AUTHORIZATION_PENDING:
@@ -177,15 +199,52 @@ class CibaApprovalChannel:
                         wait.notified.clear()
                     continue
                 if outcome is CibaOutcome.ACCESS_DENIED:
-                    raise ApprovalDeniedError(f"{user} denied the request on their phone") \
-                        from exc
+                    denied = ApprovalDeniedError(f"{user} denied the request on their phone")
+                    denied.passkey = self._denial(exc, client, auth_req_id)
+                    raise denied from exc
                 if outcome is CibaOutcome.EXPIRED_TOKEN:
                     raise ApprovalTimeoutError(f"{user} did not answer the push in time") \
                         from exc
                 raise
             now = self._clock()
             return Approval(approval_id=auth_req_id, approved_at=time.time(),
-                            waited_ms=round((now - started) * 1000))
+                            waited_ms=round((now - started) * 1000),
+                            passkey=self._attested(tokens, client[-1], auth_req_id))
+
+    def _token_request(self, auth_req_id: str, client: list[str]) -> dict[str, Any]:
+        """The token request (§10.1), noting in `client` which client made it (the audience
+        of the ID Token it gets back)."""
+        def redeem(credential: ClientCredential) -> dict[str, Any]:
+            client.append(credential.client_id)
+            return self.server.token({"grant_type": CIBA_GRANT, "auth_req_id": auth_req_id},
+                                     credential)
+        return self.identity.with_credential(redeem)
+
+    def _attested(self, tokens: Mapping[str, Any], client_id: str,
+                  auth_req_id: str) -> PasskeyAnswer | None:
+        """An approval's ID Token validated; the passkey answer it attests."""
+        try:
+            return self.id_tokens.verify(tokens.get("id_token"), client_id=client_id,
+                                         auth_req_id=auth_req_id, answer="approve")
+        except InvalidIdTokenError as exc:
+            raise ApprovalUnverifiedError(
+                f"the identity provider answered approved, but its ID Token of the answer "
+                f"does not validate ({exc.description}): nothing was approved",
+                upstream_code=exc.code) from exc
+
+    def _denial(self, exc: OAuthError, client: list[str],
+                auth_req_id: str) -> PasskeyAnswer | None:
+        """A denial's ID Token (the `id_token` member of access_denied), when it carries one
+        that validates: the passkey answer it attests. A denial stands either way."""
+        if "id_token" not in exc.extra or not client:
+            return None
+        try:
+            return self.id_tokens.verify(exc.extra["id_token"], client_id=client[-1],
+                                         auth_req_id=auth_req_id, answer="deny")
+        except InvalidIdTokenError as invalid:
+            log.warning("a denial's ID Token does not validate (%s); the denial stands",
+                        invalid.description)
+            return None
 
 
 class ConsentCache:

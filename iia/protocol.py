@@ -9,11 +9,26 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
-    "ACCESS_TOKEN_JWT_TYPES", "ACCESS_TOKEN_TYP", "CAEP_EVENT", "CIBA_GRANT",
-    "DELIVERY_POLL", "DELIVERY_PUSH", "ID_TOKEN_TYPE", "REGISTERED_CLIENT_CLAIM",
-    "REGISTRATION_DOCUMENT", "REGISTRATION_DYNAMIC", "REGISTRATION_KINDS", "SESSION_ENDED",
-    "SET_MEDIA_TYPE", "SET_TYP",
-    "SSF_VERIFICATION", "TOKEN_EXCHANGE_GRANT", "TOKEN_TYPE_ACCESS_TOKEN", "TOKEN_TYPE_JWT",
+    "ACCESS_TOKEN_JWT_TYPES",
+    "ACCESS_TOKEN_TYP",
+    "CAEP_EVENT",
+    "CIBA_AUTH_REQ_ID_CLAIM",
+    "CIBA_GRANT",
+    "DELIVERY_POLL",
+    "DELIVERY_PUSH",
+    "ID_TOKEN_TYPE",
+    "PASSKEY_ANSWER_CLAIM",
+    "REGISTERED_CLIENT_CLAIM",
+    "REGISTRATION_DOCUMENT",
+    "REGISTRATION_DYNAMIC",
+    "REGISTRATION_KINDS",
+    "SESSION_ENDED",
+    "SET_MEDIA_TYPE",
+    "SET_TYP",
+    "SSF_VERIFICATION",
+    "TOKEN_EXCHANGE_GRANT",
+    "TOKEN_TYPE_ACCESS_TOKEN",
+    "TOKEN_TYPE_JWT",
 ]
 
 # RFC 8693 §2.1 and §3: token exchange and its token type identifiers
@@ -24,6 +39,19 @@ ID_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105
 
 # OpenID CIBA Core §10.1: the grant type of the token request that redeems an auth_req_id
 CIBA_GRANT: Final = "urn:openid:params:grant-type:ciba"
+
+# OpenID CIBA Core §10.3.1: the ID Token claim naming the auth_req_id it answers (required there
+# in push mode; this IdP sends it in ping and poll mode too, so the client can check that an ID
+# Token is the answer to its own request and not another's)
+CIBA_AUTH_REQ_ID_CLAIM: Final = "urn:openid:params:jwt:claim:auth_req_id"
+
+# This lab's ID Token claim of how the user answered a CIBA push with a passkey (the IdP verified
+# the WebAuthn assertion bound to the push): {"credentialIdDigest": base64url SHA-256 of the
+# credential id, cut to 22 characters; "userVerified": the assertion's UV flag; "answer":
+# "approve" | "deny"}. On an approval it is in the token response's ID Token; on a denial, in
+# the ID Token the `access_denied` error carries as its `id_token` member (RFC 6749 §5.2
+# extension member).
+PASSKEY_ANSWER_CLAIM: Final = "passkey_answer"
 
 # RFC 9068 §2.1: the JWS `typ` of a JWT access token; §4 accepts both spellings (RFC 7515 §4.1.9)
 ACCESS_TOKEN_TYP: Final = "at+jwt"  # noqa: S105

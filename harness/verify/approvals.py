@@ -16,7 +16,7 @@ which only the requesting client polls with (OpenID CIBA §7.3).
 
 The user answers in the Verify app (harness/verify/verify_app.py) with a passkey assertion whose
 challenge binds the push (harness/verify/passkeys.py); `answer` here is the recording step that
-runs once the assertion verified, and `attest` keeps which passkey signed it.
+runs once the assertion verified, keeping which passkey signed it.
 """
 
 from __future__ import annotations
@@ -136,8 +136,12 @@ class Approvals:
         with self._lock:
             return list(self._requests.values())
 
-    def answer(self, approval_id: str, approve: bool) -> PushRequest:
-        """The user taps Approve or Deny. Raises KeyError (unknown) or ValueError (answered)."""
+    def answer(self, approval_id: str, approve: bool, *, answered_with: str | None = None,
+               user_verified: bool | None = None) -> PushRequest:
+        """The user taps Approve or Deny. Raises KeyError (unknown) or ValueError (answered).
+        `answered_with` and `user_verified` are what the answer was signed with (the passkey
+        assertion harness.verify.verify_app verified first): kept in the same step, so the
+        ping callback and the token response that follow it attest them."""
         now = self.clock()
         with self._lock:
             push = self._requests[approval_id]
@@ -146,17 +150,11 @@ class Approvals:
                 raise ValueError(f"request {approval_id} is already {push.status}")
             push.status = "approved" if approve else "denied"
             push.answered_at = now
+            push.answered_with, push.user_verified = answered_with, user_verified
             if approve:
                 self._record(push, now)
         self._notify(push)
         return push
-
-    def attest(self, approval_id: str, credential_digest: str, user_verified: bool) -> None:
-        """Keep what the answer was signed with (harness.verify.verify_app: the passkey
-        assertion it verified before recording the answer)."""
-        with self._lock:
-            push = self._requests[approval_id]
-            push.answered_with, push.user_verified = credential_digest, user_verified
 
     def _record(self, push: PushRequest, now: float) -> None:
         details = push.authorization_details[0]

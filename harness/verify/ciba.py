@@ -69,10 +69,16 @@ from harness.verify.errors import (
     SlowDown,
     UnauthorizedClient,
 )
+from harness.verify.passkeys import Verified
 from harness.verify.rar import RarRegistry, parse_authorization_details
 from harness.verify.sessions import SessionStore
 from harness.verify.tokens import TokenInvalid, TokenService
-from iia.protocol import ACCESS_TOKEN_TYP, CIBA_GRANT
+from iia.protocol import (
+    ACCESS_TOKEN_TYP,
+    CIBA_AUTH_REQ_ID_CLAIM,
+    CIBA_GRANT,
+    PASSKEY_ANSWER_CLAIM,
+)
 from iia.rar import RarType
 
 __all__ = ["CIBA_GRANT", "DELIVERY_MODES", "Ciba", "PushLimits", "UnknownUserId",
@@ -136,6 +142,18 @@ def ciba_delivery(raw: Mapping[str, Any], mcp_resource: str) -> tuple[str, str |
         raise ValueError(f"client {client_id}: the notification endpoint {endpoint!r} must be "
                          "an https URL (http on a loopback host in the lab), with no fragment")
     return mode, endpoint
+
+
+def _answer_claims(push: PushRequest) -> dict[str, Any]:
+    """The ID Token claims of an answered push: which request it answers (CIBA §10.3.1) and,
+    when the user answered with a passkey in the Verify app, which passkey signed the answer,
+    whether it verified the user, and the answer (iia.protocol.PASSKEY_ANSWER_CLAIM)."""
+    claims: dict[str, Any] = {CIBA_AUTH_REQ_ID_CLAIM: push.auth_req_id}
+    if push.answered_with is not None:
+        claims[PASSKEY_ANSWER_CLAIM] = {
+            "credentialIdDigest": push.answered_with, "userVerified": push.user_verified is True,
+            "answer": "approve" if push.status == "approved" else "deny"}
+    return claims
 
 
 def _pushes(n: int) -> str:
@@ -441,7 +459,7 @@ class Ciba:
             raise ExpiredToken("the request expired before the user answered")
         if push.status == "denied":
             self.approvals.redeem(push)
-            raise AccessDenied("the user denied the request")
+            raise AccessDenied("the user denied the request", **self._denial_id_token(push))
         if push.status == "pending":
             if since < push.interval:
                 raise SlowDown(f"poll at most every {push.interval:g} s")
@@ -470,16 +488,32 @@ class Ciba:
             authorization_details=push.authorization_details)
         id_token = self.tokens.id_token(session, client_id=client.client_id, nonce=None,
                                         name=None, alg=client.id_token_signed_response_alg,
-                                        access_token=token)
+                                        access_token=token, extra=_answer_claims(push))
         return JSONResponse({"access_token": token, "token_type": "Bearer",
                              "expires_in": claims["exp"] - claims["iat"], "id_token": id_token,
                              "authorization_details": push.authorization_details},
                             headers=NO_STORE)
 
+    def _denial_id_token(self, push: PushRequest) -> dict[str, str]:
+        """A denial signed with a passkey is attested like an approval: the access_denied
+        error carries an ID Token (extension member `id_token`) with the same answer claims;
+        it opens no session. A denial not made in the Verify app carries none."""
+        if push.answered_with is None:
+            return {}
+        return {"id_token": self.tokens.sessionless_id_token(
+            user_id=push.user_id, email=push.email, client_id=push.client_id,
+            extra=_answer_claims(push))}
+
     # -- the phone --------------------------------------------------------------------------
 
-    def answer(self, approval_id: str, approve: bool) -> PushRequest:
-        push = self.approvals.answer(approval_id, approve)
+    def answer(self, approval_id: str, approve: bool,
+               signed: Verified | None = None) -> PushRequest:
+        """Record the user's answer; `signed` is the passkey assertion that made it (verified by
+        the Verify app), which the token response then attests (`passkey_claims`)."""
+        push = self.approvals.answer(
+            approval_id, approve,
+            answered_with=signed.credential.digest if signed else None,
+            user_verified=signed.user_verified if signed else None)
         details = push.authorization_details[0]
         self.audit.record(Decision(kind="ciba", outcome=push.status, user=push.email,
                                    sid=push.session, client_id=push.client_id,

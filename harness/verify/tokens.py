@@ -197,14 +197,17 @@ class TokenService:
         return token, jwt.decode(token, options={"verify_signature": False})
 
     def id_token(self, session: Session, *, client_id: str, nonce: str | None,
-                 name: str | None, alg: str = "RS256", access_token: str | None = None) -> str:
+                 name: str | None, alg: str = "RS256", access_token: str | None = None,
+                 extra: Mapping[str, Any] | None = None) -> str:
         """OpenID Connect Core §2, signed with `alg` (the client's registered
-        id_token_signed_response_alg); `at_hash` (§3.1.3.6) of `access_token` when given."""
+        id_token_signed_response_alg); `at_hash` (§3.1.3.6) of `access_token` when given;
+        `extra` claims (a CIBA answer's auth_req_id and passkey attestation)."""
         if alg not in ID_TOKEN_ALGS:
             raise ValueError(f"ID tokens are signed with {' or '.join(ID_TOKEN_ALGS)}, "
                              f"not {alg!r}")
         claims = self._base(session, self.access_ttl)
         claims.update({"aud": client_id, "azp": client_id, "auth_time": int(session.created_at)})
+        claims.update(extra or {})
         if self.groups_of is not None:
             claims["groups"] = list(self.groups_of(session.user_id))
         if nonce:
@@ -214,6 +217,16 @@ class TokenService:
         if access_token:
             claims["at_hash"] = create_half_hash(access_token, alg).decode()
         return self.keys.sign(claims, typ="JWT", alg=alg)
+
+    def sessionless_id_token(self, *, user_id: str, email: str, client_id: str,
+                             extra: Mapping[str, Any]) -> str:
+        """An ID Token that opens no session (a CIBA denial: the user authenticated on their
+        device to refuse, and nothing is signed in by it), for the client only, short-lived."""
+        now = int(self._clock())
+        claims = {"iss": self.issuer, "sub": user_id, "email": email, "aud": client_id,
+                  "iat": now, "exp": now + 60, "auth_time": now,
+                  "jti": secrets.token_urlsafe(16), **extra}
+        return self.keys.sign(claims, typ="JWT")
 
     def obo_token(self, subject: Mapping[str, Any], *, client_id: str, actor: str,
                   audience: str, authorization_details: Sequence[Mapping[str, Any]]

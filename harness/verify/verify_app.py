@@ -136,10 +136,9 @@ class VerifyApp:
         push = self._pending(approval_id)
         verified = self.rp.verify_push_answer(push, approve, credential)
         try:
-            answered = self.ciba.answer(push.id, approve)
+            answered = self.ciba.answer(push.id, approve, signed=verified)
         except (KeyError, ValueError) as exc:
             raise Refused(409, "conflict", str(exc)) from exc
-        self.approvals.attest(answered.id, verified.credential.digest, verified.user_verified)
         self.audit.record(Decision(
             kind="passkey", outcome=answered.status, user=answered.email,
             approval_id=answered.id, tier=answered.tier,
