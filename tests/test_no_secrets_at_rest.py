@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from harness.authenticator import FILE_NAME as AUTHENTICATOR_FILE
+from harness.authenticator import SoftwareAuthenticator
 from harness.lab import Lab
 from harness.paths import project_root
 from iia.events import looks_like_secret
@@ -62,6 +65,31 @@ def test_no_committed_file_holds_a_key_or_token() -> None:
     assert not offenders
 
 
+def exempt(directory: Path, path: Path) -> bool:
+    """`<lab dir>/authenticator.json` holds the software authenticator's private keys by design
+    (issue #16 item 4): it is skipped by the scan only when it is the owner's alone (0600 at
+    most). Anything else that holds a key is an offender."""
+    if path.parent != directory or path.name != AUTHENTICATOR_FILE:
+        return False
+    mode = stat.S_IMODE(path.stat().st_mode)
+    assert mode & 0o077 == 0, f"{path} holds private keys and is mode {mode:o}, not 0600"
+    return True
+
+
+def test_the_authenticator_file_is_exempt_only_at_0600(tmp_path: Path) -> None:
+    kept = SoftwareAuthenticator().save(tmp_path / AUTHENTICATOR_FILE)
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600 and exempt(tmp_path, kept)
+    kept.chmod(0o644)
+    with pytest.raises(AssertionError, match="mode 644"):
+        exempt(tmp_path, kept)
+    elsewhere = tmp_path / "logs"
+    elsewhere.mkdir()
+    copied = elsewhere / AUTHENTICATOR_FILE
+    copied.write_text(kept.read_text())
+    copied.chmod(0o600)
+    assert not exempt(tmp_path, copied)  # only the lab dir's own file
+
+
 def test_lab_state_holds_only_ids_and_urls(lab: Lab, tmp_path: Path) -> None:
     lab.write_state(tmp_path, pid=1)
     credential_secret = lab.openbao.root_client().secrets.kv.v2.read_secret_version(
@@ -75,7 +103,7 @@ def test_lab_state_holds_only_ids_and_urls(lab: Lab, tmp_path: Path) -> None:
     scanned = 0
     for directory in directories:
         for path in directory.rglob("*"):
-            if not path.is_file():
+            if not path.is_file() or exempt(directory, path):
                 continue
             text = path.read_text(errors="replace")
             scanned += 1
