@@ -9,6 +9,8 @@
     iia-lab token USER      log USER in (code + PKCE) and print only the access token
     iia-lab approvals [--json]   pending push approvals (the user's "phone")
     iia-lab approve ID | deny ID answer one
+    iia-lab enroll USER     a one-time link that enrolls a passkey for USER in your browser
+                            (Touch ID, Windows Hello, a phone over hybrid), to sign in as USER
     iia-lab delegation revoke USER | grant USER   the tenant admin withdraws or restores USER's
                             delegation to the agent (the next token exchange follows it)
 
@@ -598,6 +600,24 @@ def cmd_answer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_enroll(args: argparse.Namespace) -> int:
+    endpoints = _running_endpoints()
+    if endpoints is None:
+        return 1
+    from harness.lab_client import PhoneApi
+
+    response = PhoneApi(endpoints["verify"]).enrollment_link(args.user)
+    body = response.json()
+    if response.status_code != 200:
+        print(f"iia-lab: no enrollment link for {args.user}: "
+              f"{body.get('error_description', response.text)}", file=sys.stderr)
+        return 1
+    print(f"Open this link in your browser within {body['expires_in']} s to enroll a passkey "
+          f"for {body['user']} (once; then sign in to the chat page and the phone with it):")
+    print(body["url"])
+    return 0
+
+
 def cmd_delegation(args: argparse.Namespace) -> int:
     endpoints = _running_endpoints()
     if endpoints is None:
@@ -656,6 +676,10 @@ def build_parser() -> argparse.ArgumentParser:
         answer = sub.add_parser(name, help=f"{name} a pending push")
         answer.add_argument("id", help="the push id (from `iia-lab approvals`)")
         answer.set_defaults(func=cmd_answer)
+    enroll = sub.add_parser("enroll", help="a link that enrolls a passkey for USER in your "
+                            "browser (to sign in as USER)")
+    enroll.add_argument("user", help="the user's email, e.g. alice@example.com")
+    enroll.set_defaults(func=cmd_enroll)
     delegation = sub.add_parser("delegation",
                                 help="withdraw or restore a user's delegation to the agent")
     delegation.add_argument("action", choices=("revoke", "grant"))

@@ -53,6 +53,25 @@ class PhoneApi:
         return self._http.post(f"{self.url}/{push_id}/answer",
                                json={"answer": answer, "credential": assertion})
 
+    def enrollment_link(self, user: str) -> httpx.Response:
+        """A one-time link to enroll a new device's passkey (a trainer's browser: Touch ID,
+        Windows Hello, a phone over hybrid) for `user`, asked for as the Verify app does: the
+        user signs in with the passkey they already hold (here the lab's software authenticator)
+        and asks for an invitation. Returns the tenant's response ({url, user, expires_in})."""
+        base = self.url.removesuffix("/lab/phone/requests")
+        started = self._http.post(f"{base}/lab/passkeys/sign-in/options", json={"user": user})
+        if started.status_code != 200:
+            return started
+        try:
+            signer = self._authenticator or for_origin(self.origin)
+            assertion = signer.get(started.json()["publicKey"], self.origin, user_name=user)
+        except AuthenticatorError as exc:
+            return httpx.Response(400, json={"error": "no_passkey", "error_description": str(exc)},
+                                  request=started.request)
+        return self._http.post(f"{base}/lab/enroll/invitations",
+                               json={"ceremony": started.json()["ceremony"],
+                                     "credential": assertion})
+
 
 class DelegationApi:
     """The tenant admin's delegation switch at the simulated Verify: who delegated to the agent,

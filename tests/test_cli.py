@@ -275,6 +275,16 @@ def test_token_and_phone_commands_against_a_running_lab(lab_dir: Path) -> None:
     unknown = run(lab_dir, "token", "nobody@example.com")
     assert unknown.returncode == 1 and "login_required" in unknown.stderr
 
+    # a trainer's browser holds no demo passkey: `enroll` prints a one-time link for one
+    enroll = run(lab_dir, "enroll", "alice@example.com")
+    assert enroll.returncode == 0, enroll.stderr
+    link = enroll.stdout.strip().splitlines()[-1]
+    assert "Alice" in enroll.stdout and "/lab/enroll?code=" in link
+    assert link.startswith("http://localhost:")  # WebAuthn refuses IP addresses as RP IDs
+    nobody = run(lab_dir, "enroll", "nobody@example.com")
+    assert nobody.returncode == 1 and "no active user" in nobody.stderr and "http" not in \
+        nobody.stdout
+
     env = read_env_file(lab_dir / "iia.env")
     identity = WorkloadIdentity(IdentitySettings.from_env(env))
     issuer = env["IIA_VERIFY_ISSUER"]
