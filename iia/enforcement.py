@@ -10,6 +10,10 @@
 
 Every failure fails closed and says which dependency or decision stopped the call; the model
 receives that sentence as an error result, never a token.
+
+A call can be cancelled by its client (`CallCancel`, iia.cancellation): a pending push is
+withdrawn (`agent:push_withdrawn`), no token is exchanged for it, and nothing reaches the admin
+API after the cancellation; `commit()` right before the admin API is the point of no return.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from iia.admin_api import AdminApiClient, AdminApiError
+from iia.cancellation import CallCancel, CallCancelledError
 from iia.catalog import CATALOG, CatalogContext, Tool
 from iia.errors import IIAError
 from iia.events import EventBus, bound_fields
@@ -112,6 +117,7 @@ class _Trail:
     spiffe_id: str | None = None
     approval_id: str | None = None
     obo_jti: str | None = None
+    cancel: CallCancel | None = None  # the client's cancellation of this call
 
     def correlation(self) -> dict[str, str]:
         ids = {"approvalId": self.approval_id, "oboJti": self.obo_jti}
@@ -149,7 +155,8 @@ class EnforcementChain:
 
     # -- the call ---------------------------------------------------------------------------
 
-    def call(self, name: str, arguments: Mapping[str, Any] | None, caller: Caller) -> ToolOutcome:
+    def call(self, name: str, arguments: Mapping[str, Any] | None, caller: Caller, *,
+             cancel: CallCancel | None = None) -> ToolOutcome:
         with self._count_lock:
             self.calls += 1
         tool = self.tools.get(name)
@@ -164,14 +171,15 @@ class EnforcementChain:
         call_id = uuid.uuid4().hex[:12]
         with bound_fields(session_id=caller.sid, user_email=caller.email, tool_name=tool.name,
                           tier=tool.tier, rar_type=tool.rar_type, call_id=call_id):
-            outcome = self._call(tool, args, caller)
+            outcome = self._call(tool, args, caller, cancel)
         outcome.call_id = call_id
         self.last = outcome
         self.timings.append((call_id, dict(outcome.timings.steps)))
         self.history.append((caller.sid, outcome))
         return outcome
 
-    def _call(self, tool: Tool, args: dict[str, Any], caller: Caller) -> ToolOutcome:
+    def _call(self, tool: Tool, args: dict[str, Any], caller: Caller,
+              cancel: CallCancel | None = None) -> ToolOutcome:
         timings = StepTimings()
         began = time.perf_counter()
         error = best_match(self._validators[tool.name].iter_errors(args))
@@ -181,7 +189,7 @@ class EnforcementChain:
                               f"invalid arguments for {tool.name}: {where}: {error.message}")
         details = authorization_details(tool, args, self.admin_api_url,
                                         summary=self.names.of(caller.sid).summary(tool, args))
-        trail = _Trail()
+        trail = _Trail(cancel=cancel)
         with bound_fields(rar_summary=details["summary"],
                           correlation={"rarDigest": details["digest"]}):
             try:
@@ -219,10 +227,12 @@ class EnforcementChain:
             t = time.perf_counter()
             trail.approval_id = self._approve(
                 caller, details, _binding("Approve this one action by the IIA agent: ",
-                                          details["summary"]))
+                                          details["summary"]), cancel=trail.cancel)
             timings.add("approval", t)
 
-        # 5. token exchange
+        # 5. token exchange (none for a call its client cancelled)
+        if trail.cancel is not None:
+            trail.cancel.check()
         t = time.perf_counter()
         try:
             obo = exchange(self.server, self.identity, subject_token=caller.token,
@@ -238,7 +248,9 @@ class EnforcementChain:
             actor_token_type=JWT, obo_token_expires_in=obo.expires_in,
             correlation=trail.correlation())
 
-        # 6. the admin API
+        # 6. the admin API: past this point a cancellation comes too late
+        if trail.cancel is not None:
+            trail.cancel.commit()
         t = time.perf_counter()
         try:
             body = self.admin.send(tool.request(args, self.context), obo.token)
@@ -273,12 +285,15 @@ class EnforcementChain:
                     f"{details['summary']})")
         trail.approval_id = self._approve(
             caller, consent, _binding("Allow the IIA agent to make changes for you for 30 "
-                                      "minutes? First: ", details["summary"]))
+                                      "minutes? First: ", details["summary"]),
+            cancel=trail.cancel)
         self.consents.remember(caller.sid, trail.approval_id)
 
-    def _approve(self, caller: Caller, details: RarDetails, message: str) -> str:
+    def _approve(self, caller: Caller, details: RarDetails, message: str, *,
+                 cancel: CallCancel | None = None) -> str:
         """Push to the user and wait; returns the approval's correlation id. A denial emits
-        `agent:hitl_denied`, a push nobody answered in time `agent:hitl_expired`; both raise."""
+        `agent:hitl_denied`, a push nobody answered in time `agent:hitl_expired`, a push
+        withdrawn because the client cancelled the call `agent:push_withdrawn`; all raise."""
         self.events.emit("agent:hitl_required", outcome="pending", duration_ms=0,
                          reason=message)
         started = time.perf_counter()
@@ -296,7 +311,7 @@ class EnforcementChain:
         try:
             approval = self.approvals.request(user=caller.email, details=details,
                                               binding_message=message, on_pending=pending,
-                                              user_token=caller.token)
+                                              user_token=caller.token, cancel=cancel)
         except ApprovalTimeoutError as exc:
             self.events.emit("agent:hitl_expired", outcome="expired", reason=exc.description,
                              duration_ms=waited(), correlation=dict(pushed))
@@ -304,6 +319,12 @@ class EnforcementChain:
         except ApprovalDeniedError as exc:
             self.events.emit("agent:hitl_denied", outcome="denied", reason=exc.description,
                              duration_ms=waited(), details=_signed_with(exc.passkey),
+                             correlation=dict(pushed))
+            raise
+        except CallCancelledError as exc:
+            self.events.emit("agent:push_withdrawn", outcome="cancelled",
+                             reason=exc.description, duration_ms=waited(),
+                             details={"pushStatus": exc.push_status},
                              correlation=dict(pushed))
             raise
         approval_id = _correlation(approval.approval_id)

@@ -30,6 +30,8 @@ The tree (module in brackets; `code` and `status` beside each; leaves are one li
     +-- ApprovalError                 [iia.hitl] 403: approval_denied, approval_timeout,
     |                                 approval_refused, approval_unverified
     +-- InvalidIdTokenError           [iia.oauth] invalid_id_token 403 (a CIBA answer's ID Token)
+    +-- CallCancelledError            [iia.cancellation] call_cancelled 409 (the client
+    |                                 cancelled the call; nothing was done)
     +-- AdminApiError                 [iia.admin_api] admin_api_error (carries the HTTP status)
     +-- SessionEndedError             [iia.agent] session_ended 401
     +-- SetRefused                    [iia.ssf] RFC 8935 §2.4 `err`, 400: invalid_request,

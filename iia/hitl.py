@@ -16,6 +16,12 @@ The answer's ID Token (CIBA §10.1.1; with a denial, the `id_token` member of `a
 validated (iia.oauth.ciba_id_token): an approval whose ID Token does not validate is not one
 (`approval_unverified`). What it attests of the passkey that signed the answer (the credential
 id's digest, user verification) travels on as `Approval.passkey` / `ApprovalDeniedError.passkey`.
+
+A call cancelled while its push waits (`CallCancel`, iia.cancellation: the MCP client sent
+`notifications/cancelled` or went away) wakes the wait at once, withdraws the push at the IdP
+(`backchannel_withdrawal_endpoint`, authenticated as the MCP server's client like
+bc-authorize) and ends with `call_cancelled`: no token request follows, so a later approval
+on the phone finds the push withdrawn and serves nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
+from iia.cancellation import Awaiting, CallCancel, CallCancelledError
 from iia.errors import IIAError
 from iia.identity import WorkloadIdentity
 from iia.identity.vault import ClientCredential
@@ -101,10 +108,11 @@ class Approval:
 class ApprovalChannel(Protocol):
     def request(self, *, user: str, details: RarDetails, binding_message: str,
                 on_pending: Callable[[str, float], None] | None = None,
-                user_token: str | None = None) -> Approval:
+                user_token: str | None = None, cancel: CallCancel | None = None) -> Approval:
         """Ask `user` to approve `details`; return once approved, raise when denied or when
         nobody answers in time. `user_token` is the access token of the user's session the
-        call runs in: the identity provider binds the approval to that session."""
+        call runs in: the identity provider binds the approval to that session. A `cancel`led
+        call withdraws its push and raises `CallCancelledError`."""
         ...
 
 
@@ -134,7 +142,7 @@ class CibaApprovalChannel:
 
     def request(self, *, user: str, details: RarDetails, binding_message: str,
                 on_pending: Callable[[str, float], None] | None = None,
-                user_token: str | None = None) -> Approval:
+                user_token: str | None = None, cancel: CallCancel | None = None) -> Approval:
         started = self._clock()
         # CIBA §7.1 allows exactly one hint. The user's access token as login_hint_token tells
         # the IdP which session asks, so it binds the approval to that session; an email
@@ -147,14 +155,16 @@ class CibaApprovalChannel:
         if wait is not None:
             form["client_notification_token"] = wait.token  # §7.1, fresh for this request
         try:
-            return self._push_and_wait(user, form, started, on_pending, wait)
+            return self._push_and_wait(user, form, started, on_pending, wait, cancel)
         finally:
             if wait is not None and self.ping is not None:
                 self.ping.discard(wait)
 
     def _push_and_wait(self, user: str, form: dict[str, str], started: float,
                        on_pending: Callable[[str, float], None] | None,
-                       wait: PingWait | None) -> Approval:
+                       wait: PingWait | None, cancel: CallCancel | None) -> Approval:
+        if cancel is not None:
+            cancel.check()  # nobody is asked to approve a call its client already cancelled
         try:
             started_body = self.identity.with_credential(
                 lambda credential: self.server.backchannel_authorize(form, credential))
@@ -172,14 +182,33 @@ class CibaApprovalChannel:
             self.ping.bind(wait, auth_req_id)
         if on_pending is not None:
             on_pending(auth_req_id, deadline - started)
+        if cancel is None:
+            return self._wait(user, auth_req_id, started, deadline, interval, wait, None)
+        now = time.monotonic()
+        cancel.wait_for_answer(Awaiting(user, now, now + (deadline - self._clock())))
+        unsubscribe = cancel.on_cancel(wait.notified.set) if wait is not None else None
+        try:
+            return self._wait(user, auth_req_id, started, deadline, interval, wait, cancel)
+        finally:
+            cancel.wait_for_answer(None)
+            if unsubscribe is not None:
+                unsubscribe()
+
+    def _wait(self, user: str, auth_req_id: str, started: float, deadline: float,
+              interval: float, wait: PingWait | None, cancel: CallCancel | None) -> Approval:
         while True:
             called_back = False
             if wait is None:
-                self._sleep(interval)
+                if cancel is None:
+                    self._sleep(interval)
+                else:
+                    cancel.wait(interval)
             else:  # the callback, or a fallback poll; never past the IdP's own expiry call
                 remaining = max(0.0, deadline - self._clock()) + EXPIRY_GRACE
                 called_back = wait.notified.wait(min(max(interval, self.ping_fallback),
                                                      remaining))
+            if cancel is not None and cancel.cancelled:
+                raise self._withdraw(user, auth_req_id, cancel)
             client: list[str] = []
             try:
                 tokens = self._token_request(auth_req_id, client)
@@ -187,7 +216,7 @@ class CibaApprovalChannel:
                 outcome = CibaOutcome.of(exc)
                 if outcome is CibaOutcome.AUTHORIZATION_PENDING:
                     if wait is not None and called_back:
-                        wait.notified.clear()  # called back too soon: back to the fallback
+                        self._rearm(wait, cancel)  # called back too soon: back to the fallback
                     if self._clock() >= deadline:
                         raise ApprovalTimeoutError(
                             f"{user} did not answer the push within {self.timeout:.0f} s") \
@@ -196,7 +225,7 @@ class CibaApprovalChannel:
                 if outcome is CibaOutcome.SLOW_DOWN:
                     interval += 5  # CIBA §11
                     if wait is not None and called_back:
-                        wait.notified.clear()
+                        self._rearm(wait, cancel)
                     continue
                 if outcome is CibaOutcome.ACCESS_DENIED:
                     denied = ApprovalDeniedError(f"{user} denied the request on their phone")
@@ -245,6 +274,34 @@ class CibaApprovalChannel:
             log.warning("a denial's ID Token does not validate (%s); the denial stands",
                         invalid.description)
             return None
+
+    @staticmethod
+    def _rearm(wait: PingWait, cancel: CallCancel | None) -> None:
+        """Wait for the next callback; a cancellation that came meanwhile still wakes it."""
+        wait.notified.clear()
+        if cancel is not None and cancel.cancelled:
+            wait.notified.set()
+
+    def _withdraw(self, user: str, auth_req_id: str, cancel: CallCancel) -> CallCancelledError:
+        """Withdraw the cancelled call's push at the IdP; the error the call ends with says
+        whether it was withdrawn (or already answered), or why it could not be."""
+        what = f"the call was cancelled ({cancel.reason}) while it waited for {user}'s approval"
+        try:
+            body = self.identity.with_credential(
+                lambda credential: self.server.withdraw_backchannel(auth_req_id, credential))
+        except IIAError as exc:
+            return CallCancelledError(
+                f"{what}; nothing was done, but the identity provider did not withdraw the "
+                f"push ({exc.description}): it stays on the phone until it expires, and an "
+                "answer to it does nothing", dependency=exc.dependency or "idp",
+                upstream_code=exc.code)
+        status = str(body.get("status", ""))
+        if status == "withdrawn":
+            return CallCancelledError(f"{what}; the push was withdrawn from the phone and "
+                                      "nothing was done", push_status=status)
+        return CallCancelledError(f"{what}; the push was already {status or 'closed'} at the "
+                                  "identity provider, and nothing was done",
+                                  push_status=status or None)
 
 
 class ConsentCache:

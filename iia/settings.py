@@ -105,7 +105,10 @@ class McpSettings:
     resource: str  # this server's URL: the audience of user tokens (RFC 8707)
     admin_api_url: str
     admin_group_id: str = ""
-    approval_timeout: float = 120.0
+    # seconds a push may wait for the person: under the 60 s most MCP clients wait for an
+    # answer by default (TypeScript SDK request timeout, the Inspector's total), so the call
+    # ends and the push expires before such a client gives up (README, "Long tool calls")
+    approval_timeout: float = 55.0
     consent_ttl: float = 1800.0
     # the OAuth clients whose user tokens may call this server (RFC 9068 §2.2 `client_id`)
     allowed_clients: tuple[str, ...] | str = ("iia-ui",)

@@ -9,7 +9,10 @@ leaves behind for the token-exchange policy.
   in that session consumes it, once, within `call_approval_ttl` seconds. A push that named no
   session (`login_hint` only) leaves an approval no session can redeem;
 * withdrawing the user's delegation (`void_user`) drops their session consents and spends their
-  unused call approvals: what was approved under a delegation does not outlive it.
+  unused call approvals: what was approved under a delegation does not outlive it;
+* the requesting client withdrawing a push (`withdraw`: its call was cancelled) takes a pending
+  push off the phone for good (status `withdrawn`: no answer is taken, no token issued), and
+  spends the call approval an approved one left unused: it was for a call that will not run.
 
 Each request has two identifiers: `id`, which the phone shows and answers, and `auth_req_id`,
 which only the requesting client polls with (OpenID CIBA §7.3).
@@ -47,12 +50,13 @@ class PushRequest:
     expires_at: float
     interval: float
     session: str | None = None
-    status: str = "pending"  # pending | approved | denied | expired
+    status: str = "pending"  # pending | approved | denied | expired | withdrawn
     answered_at: float | None = None
     last_poll: float | None = None
     redeemed: bool = False
     answered_with: str | None = None  # the digest of the passkey's credential id
     user_verified: bool | None = None  # the assertion's UV flag
+    withdrawn_at: float | None = None  # when the requesting client withdrew it
 
     def public(self, now: float) -> dict[str, Any]:
         """What the phone, `iia-lab approvals --json` and the approval API show."""
@@ -155,6 +159,32 @@ class Approvals:
                 self._record(push, now)
         self._notify(push)
         return push
+
+    def withdraw(self, push: PushRequest) -> tuple[str, bool]:
+        """The requesting client no longer wants an answer (its call was cancelled). A
+        pending push becomes `withdrawn`; an approved one keeps its status, but the call
+        approval it recorded, if still unused, is spent. Returns (the push's status now,
+        whether a call approval was spent)."""
+        now = self.clock()
+        spent = withdrew = False
+        with self._lock:
+            self._expire(push, now)
+            if push.status == "pending":
+                push.status, push.withdrawn_at, withdrew = "withdrawn", now, True
+            elif push.status == "approved":
+                for approval in self._calls:
+                    if approval.id == push.id and not approval.used:
+                        approval.used = spent = True
+            status = push.status
+        if withdrew:
+            self._notify(push)
+        return status, spent
+
+    def withdrawn(self, user_id: str, since: float) -> list[PushRequest]:
+        """The user's pushes withdrawn at or after `since` (the phone shows them so)."""
+        with self._lock:
+            return [p for p in self._requests.values() if p.user_id == user_id
+                    and p.withdrawn_at is not None and p.withdrawn_at >= since]
 
     def _record(self, push: PushRequest, now: float) -> None:
         details = push.authorization_details[0]

@@ -421,6 +421,7 @@ class Ciba:
     def grant(self, client: Client, form: Mapping[str, str]) -> JSONResponse:
         """§10.1 the token request's checks, in the order they run, then the tokens (§10.2)."""
         push = self._own_push(client, form)
+        self._not_withdrawn(push)
         self._not_redeemed(push)
         self._push_session_alive(push)
         self._answered(push)
@@ -437,6 +438,13 @@ class Ciba:
         if push is None or push.client_id != client.client_id:
             raise InvalidGrant("auth_req_id is unknown or belongs to another client")
         return push
+
+    def _not_withdrawn(self, push: PushRequest) -> None:
+        """invalid_grant: the client withdrew this request (harness/verify/ciba_withdrawal.py);
+        nothing is issued for it, whatever the phone does later."""
+        if push.status == "withdrawn":
+            raise InvalidGrant("auth_req_id was withdrawn by the client: nothing is issued "
+                               "for it")
 
     def _not_redeemed(self, push: PushRequest) -> None:
         """§11 invalid_grant: an auth_req_id is exchanged for tokens once."""

@@ -102,7 +102,8 @@ class PingCallbacks:
             return
         with self._cond:
             callback = self._watched.pop(push.id, None)
-            if callback is not None:
+            # a push its client withdrew is owed no callback: the client ended it itself
+            if callback is not None and push.status != "withdrawn":
                 self._due.append(callback)
                 self._cond.notify()
 
@@ -112,7 +113,9 @@ class PingCallbacks:
         for push_id in list(self._watched):
             push = self.approvals.get(push_id)
             if push is None or push.status != "pending":
-                self._due.append(self._watched.pop(push_id))
+                callback = self._watched.pop(push_id)
+                if push is None or push.status != "withdrawn":
+                    self._due.append(callback)
 
     def _next_wait(self) -> float | None:
         if not self._watched:

@@ -45,6 +45,7 @@ from harness.verify.approvals import Approvals
 from harness.verify.audit import AuditTrail, Decision
 from harness.verify.authorization_server import VerifyAuthorizationServer
 from harness.verify.ciba import DELIVERY_MODES, Ciba, PushLimits, ciba_delivery
+from harness.verify.ciba_withdrawal import WITHDRAW_PATH, CibaWithdrawal
 from harness.verify.client_auth import (
     CONFIDENTIAL_AUTH_METHODS,
     SCOPES_SUPPORTED,
@@ -200,6 +201,7 @@ class VerifyTenant:
                          registry=self.registry, approvals=self.approvals, audit=self.audit,
                          admin_api_url=self.admin_api_url, mcp_resource=self.mcp_resource,
                          clock=clock, push_limits=load_push_limits(fixtures))
+        self.withdrawal = CibaWithdrawal(approvals=self.approvals, audit=self.audit)
         self.verify_app = VerifyApp(base_url=self.base_url, rp=self.passkeys,
                                     approvals=self.approvals, ciba=self.ciba,
                                     directory=self.directory, audit=self.audit, clock=clock)
@@ -251,6 +253,7 @@ class VerifyTenant:
             "backchannel_authentication_endpoint": f"{i}/bc-authorize",
             "backchannel_token_delivery_modes_supported": list(DELIVERY_MODES),
             "backchannel_user_code_parameter_supported": False,
+            "backchannel_withdrawal_endpoint": f"{i}{WITHDRAW_PATH}",
             "grant_types_supported": [g.GRANT_TYPE for g in self._grants],
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
@@ -292,6 +295,13 @@ class VerifyTenant:
         return await self.server.with_client(
             request, [*CONFIDENTIAL_AUTH_METHODS, "none"], "backchannel_authentication",
             self.ciba.authorize)
+
+    async def bc_withdraw(self, request: Request) -> Response:
+        """Withdraw a CIBA request (harness/verify/ciba_withdrawal.py): the client
+        authenticates as at bc-authorize."""
+        return await self.server.with_client(
+            request, list(CONFIDENTIAL_AUTH_METHODS), "backchannel_withdrawal",
+            self.withdrawal.withdraw)
 
     # -- lab helpers ------------------------------------------------------------------------
 
@@ -399,6 +409,7 @@ class VerifyTenant:
             Route(f"{b}/logout", self.oidc.end_session, methods=["GET", "POST"]),
             Route(f"{b}/bc-authorize", self.bc_authorize, methods=["POST"]),
             Route(f"{b}/register", self.registration.register, methods=["POST"]),
+            Route(f"{b}{WITHDRAW_PATH}", self.bc_withdraw, methods=["POST"]),
             Route("/v1.0/ssf/events", self.ssf.push, methods=["POST"]),
             *self.verify_app.routes(),
             Route("/lab/decisions", self.decisions),

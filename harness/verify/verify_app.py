@@ -2,7 +2,8 @@
 
     GET  /lab/phone                         the app: sign in with the passkey, the pending pushes
     POST /lab/phone/session                 {ceremony, credential}: sign in (cookie `verify_app`)
-    GET  /lab/phone/me                      the signed-in user and their pending pushes
+    GET  /lab/phone/me                      the signed-in user, their pending pushes and the
+                                            ones the agent withdrew lately (shown withdrawn)
     GET  /lab/phone/requests[?user=EMAIL]   pending pushes (read only: who asks, what, tier, time)
     POST /lab/phone/requests/{id}/options   {answer}: the request options whose challenge binds
                                             this push and this answer (passkeys.push_challenge)
@@ -50,6 +51,7 @@ __all__ = ["Refused", "VerifyApp", "login_page"]
 COOKIE = "verify_app"
 APP_SESSION_TTL = 3600.0
 INVITATION_TTL = 600.0
+WITHDRAWN_SHOWN = 300.0  # seconds a withdrawn push stays on the phone, marked withdrawn
 PEOPLE_FIELDS = ("target", "user", "member")
 GROUP_FIELDS = ("group",)
 
@@ -253,7 +255,10 @@ class VerifyApp:
         if user_id is None:
             return _error(401, "login_required", "sign in to the Verify app with your passkey")
         pushes = [self.view(p) for p in self.approvals.pending() if p.user_id == user_id]
-        return JSONResponse({"user": self.person(user_id), "pushes": pushes},
+        withdrawn = [self.view(p) for p in self.approvals.withdrawn(
+            user_id, self._clock() - WITHDRAWN_SHOWN)]
+        return JSONResponse({"user": self.person(user_id), "pushes": pushes,
+                             "withdrawn": withdrawn},
                             headers={"Cache-Control": "no-store"})
 
     # -- enrollment --------------------------------------------------------------------------------
@@ -387,9 +392,18 @@ async function answer(id, answer) {
 }
 async function refresh() {
   const r = await fetch("/lab/phone/me"); if (!r.ok) return;
-  const items = (await r.json()).pushes;
+  const me = await r.json(), items = me.pushes;
   document.getElementById("empty").hidden = items.length > 0;
-  document.getElementById("list").replaceChildren(...items.map(item => {
+  const gone = (me.withdrawn || []).map(item => {
+    const card = document.createElement("div");
+    card.className = "card withdrawn"; card.dataset.push = item.id;
+    for (const [tag, text] of [["h2", item.binding_message], ["p", "Withdrawn: the agent " +
+        "cancelled this request. Nothing will be done, and there is nothing to answer."]]) {
+      const e = document.createElement(tag); e.textContent = text; card.append(e);
+    }
+    return card;
+  });
+  document.getElementById("list").replaceChildren(...gone, ...items.map(item => {
     const card = document.createElement("div");
     card.className = "card tier" + item.tier; card.dataset.push = item.id;
     const lines = [["h2", item.binding_message],
@@ -431,6 +445,7 @@ _STYLE = """body { font-family: system-ui, sans-serif; max-width: 30rem; margin:
  button { font-size: 1.1rem; padding: .5rem 1.2rem; margin-right: .5rem; border-radius: .5rem; }
  .approve { background: #2e7d32; color: white; border: 0; }
  .deny { background: #c62828; color: white; border: 0; }
+ .withdrawn { color: #666; border-style: dashed; }
  pre { white-space: pre-wrap; font-size: .8rem; background: #f5f5f5; padding: .5rem; }"""
 
 

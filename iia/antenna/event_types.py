@@ -25,6 +25,7 @@ AGENT = {
     "approval-denied": _AGENT + "approval-denied",
     "approval-expired": _AGENT + "approval-expired",
     "approval-reused": _AGENT + "approval-reused",
+    "approval-withdrawn": _AGENT + "approval-withdrawn",
 }
 
 VERIFICATION = "https://schemas.openid.net/secevent/ssf/event-type/verification"
@@ -41,6 +42,7 @@ FOR_BUS_EVENT = {
     "agent:hitl_denied": AGENT["approval-denied"],
     "agent:hitl_expired": AGENT["approval-expired"],  # the push timed out, nobody answered
     "agent:hitl_cached": AGENT["approval-reused"],
+    "agent:push_withdrawn": AGENT["approval-withdrawn"],  # the client cancelled the call
     "caep:session_revoked": CAEP["session-revoked"],
     "vault:rotation_retry": CAEP["credential-change"],
 }

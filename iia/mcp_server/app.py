@@ -6,12 +6,19 @@ notification endpoint the MCP server's client is registered with.
 
 Tool handlers run the chain in worker threads (it waits on people and on the network); the
 number of calls in flight is bounded by `max_concurrent_calls`.
+
+Long calls (iia.mcp_server.edge): a `tools/call` with a progress token is answered as an SSE
+stream carrying `notifications/progress` while the push waits; every other message gets one
+JSON body. A call its client cancels (`notifications/cancelled`, same user and session) or
+disconnects from withdraws its pending push at the IdP, and nothing of it runs afterwards
+(iia.cancellation).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,13 +35,17 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from iia.admin_api import AdminApiClient
+from iia.cancellation import CallCancel
 from iia.catalog import CATALOG, CatalogContext, Tool
-from iia.enforcement import EnforcementChain
+from iia.enforcement import EnforcementChain, ToolOutcome
 from iia.events import EventBus
 from iia.hitl import ApprovalChannel, CibaApprovalChannel, ConsentCache
 from iia.identity import WorkloadIdentity
 from iia.mcp_server.auth import BearerAuth
+from iia.mcp_server.cancellation import InFlightCalls
+from iia.mcp_server.edge import EXCHANGE_KEY, McpEdge
 from iia.mcp_server.ops import COUNTERS_PATH, counters_endpoint
+from iia.mcp_server.progress import ProgressReporter, progress_token
 from iia.mcp_server.ssf_receiver import SsfPushReceiver
 from iia.oauth.ciba_ping import NOTIFICATION_PATH, PingReceiver
 from iia.oauth.client import AuthorizationServerClient
@@ -43,6 +54,8 @@ from iia.sessions import SessionRevocations
 from iia.settings import McpSettings
 
 __all__ = ["McpServer"]
+
+CANCELLED_BY_SDK = "the MCP request was cancelled"
 
 
 def _mcp_tool(tool: Tool) -> types.Tool:
@@ -81,6 +94,7 @@ class McpServer:
             jwks_uri=lambda: self.idp.endpoint("jwks_uri"), revocations=self.revocations,
             allowed_clients=settings.allowed_clients)
         self._limiter = anyio.CapacityLimiter(max_concurrent_calls)
+        self.calls = InFlightCalls()
         self.ssf = SsfPushReceiver(audience=settings.resource, revocations=self.revocations)
         self._tools = [_mcp_tool(t) for t in CATALOG]
         self._schemas = {t.name: t.input_schema for t in self._tools}
@@ -105,10 +119,45 @@ class McpServer:
         caller = request.scope.get("iia.caller") if isinstance(request, Request) else None
         if not isinstance(caller, Caller):  # unreachable behind BearerAuth; fail closed anyway
             return _result("[unauthenticated] no authenticated user for this call", error=True)
-        outcome = await anyio.to_thread.run_sync(self.chain.call, params.name,
-                                                 params.arguments or {}, caller,
-                                                 limiter=self._limiter)
+        exchange = request.scope.get(EXCHANGE_KEY) if isinstance(request, Request) else None
+        with self.calls.track(caller, ctx.request_id) as cancel:
+            if exchange is not None:
+                exchange.attach(cancel)
+            reporter = None
+            if progress_token(ctx.params) is not None:
+                reporter = ProgressReporter(cancel, ctx.session.report_progress)
+            outcome = await self._run(partial(self.chain.call, params.name,
+                                              params.arguments or {}, caller, cancel=cancel),
+                                      cancel, reporter)
         return _result(outcome.text(), error=not outcome.ok)
+
+    async def _run(self, call: Callable[[], ToolOutcome], cancel: CallCancel,
+                   reporter: ProgressReporter | None) -> ToolOutcome:
+        """Run the chain in a worker thread. The thread cannot be interrupted, so a
+        cancellation of this handler (the SDK's, on a disconnect) is handed to the chain
+        through `cancel`, and the handler waits for the chain to wind down (it withdraws the
+        push) before it lets the cancellation go on."""
+        result: list[ToolOutcome] = []
+        finished = anyio.Event()
+
+        async def work() -> None:
+            with anyio.CancelScope(shield=True):
+                try:
+                    result.append(await anyio.to_thread.run_sync(call, limiter=self._limiter))
+                finally:
+                    finished.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(work)
+            if reporter is not None:
+                tg.start_soon(reporter.run)
+            try:
+                await finished.wait()
+            except anyio.get_cancelled_exc_class():
+                cancel.cancel(CANCELLED_BY_SDK)
+                raise
+            tg.cancel_scope.cancel()
+        return result[0]
 
     # -- the ASGI app -----------------------------------------------------------------------
 
@@ -122,18 +171,24 @@ class McpServer:
                                      get_tool_input_schema=self._schemas.get)
         url = urlsplit(resource)
         host = url.netloc
-        manager = StreamableHTTPSessionManager(
-            app=server, stateless=True, json_response=True,
-            security_settings=TransportSecuritySettings(
-                enable_dns_rebinding_protection=True,
-                allowed_hosts=[host, "127.0.0.1:*", "localhost:*"],
-                allowed_origins=["http://127.0.0.1:*", "http://localhost:*"]))
+        security = TransportSecuritySettings(
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=[host, "127.0.0.1:*", "localhost:*"],
+            allowed_origins=["http://127.0.0.1:*", "http://localhost:*"])
+        # the SDK's two stateless transports: one JSON body per message, or (a tool call that
+        # asks for progress) an SSE stream that can carry notifications/progress
+        json_manager = StreamableHTTPSessionManager(
+            app=server, stateless=True, json_response=True, security_settings=security)
+        sse_manager = StreamableHTTPSessionManager(
+            app=server, stateless=True, json_response=False, security_settings=security)
         metadata_url = str(build_resource_metadata_url(AnyHttpUrl(resource)))
-        endpoint = BearerAuth(StreamableHTTPASGIApp(manager), self.verifier, metadata_url)
+        edge = McpEdge(StreamableHTTPASGIApp(json_manager), StreamableHTTPASGIApp(sse_manager),
+                       self.calls)
+        endpoint = BearerAuth(edge, self.verifier, metadata_url)
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
-            async with manager.run():
+            async with json_manager.run(), sse_manager.run():
                 yield
 
         async def health(request: Request) -> JSONResponse:

@@ -1,5 +1,6 @@
 """The MCP server's client of the authorization server: discovery, the token endpoint
-(RFC 6749 §3.2), introspection (RFC 7662) and the CIBA backchannel authentication endpoint.
+(RFC 6749 §3.2), introspection (RFC 7662), the CIBA backchannel authentication endpoint and
+the withdrawal of a push whose call was cancelled (`backchannel_withdrawal_endpoint`).
 
 Requests authenticate with `client_secret_basic` (RFC 6749 §2.3.1) using a credential read from
 Vault; error bodies become typed `OAuthError`s (§5.2); an unreachable or failing server is
@@ -123,6 +124,16 @@ class AuthorizationServerClient:
                               credential: ClientCredential) -> dict[str, Any]:
         """OpenID CIBA §7: start a push approval; returns auth_req_id, expires_in, interval."""
         return self._post("backchannel_authentication_endpoint", form, credential)
+
+    def withdraw_backchannel(self, auth_req_id: str,
+                             credential: ClientCredential) -> dict[str, Any]:
+        """Withdraw a CIBA request nobody needs an answer to any more (its call was
+        cancelled): the IdP takes the push off the phone and will issue nothing for it.
+        Returns `{"status": ...}`: "withdrawn", or what the request already was. An IdP that
+        advertises no `backchannel_withdrawal_endpoint` is `IdpUnavailableError` (CIBA Core
+        defines no withdrawal; the lab's tenant offers one)."""
+        return self._post("backchannel_withdrawal_endpoint", {"auth_req_id": auth_req_id},
+                          credential)
 
     def close(self) -> None:
         self._http.close()
