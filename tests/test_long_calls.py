@@ -303,16 +303,19 @@ def test_the_phone_shows_a_withdrawn_push_as_withdrawn(lab: Lab) -> None:
     assert not created(lab, args["user_name"])
 
 
-def test_a_cancel_after_approval_but_before_the_write_executes_nothing(lab: Lab) -> None:
-    """The cancellation lands after the user approved: `commit()` before the admin API still
-    refuses, so no on-behalf-of token is minted and nothing is written."""
+@pytest.mark.parametrize("after", ["agent:hitl_approved", "agent:token_exchange_success"])
+def test_a_cancel_after_approval_but_before_the_write_executes_nothing(lab: Lab,
+                                                                       after: str) -> None:
+    """The cancellation lands after the user approved (before the token exchange: none is
+    made) or after the exchange (`commit()` before the admin API still refuses): nothing is
+    written."""
     token = user_token(lab)["access_token"]
     args = new_user_args()
     cancel = CallCancel()
     sid = sid_of(token)
 
     def on_event(event: SecurityEvent) -> None:
-        if event.type == "agent:hitl_approved" and event.session_id == sid:
+        if event.type == after and event.session_id == sid:
             cancel.cancel("the test's client went away")
 
     audit_before = len(lab.verify.audit)
@@ -331,5 +334,7 @@ def test_a_cancel_after_approval_but_before_the_write_executes_nothing(lab: Lab)
     assert not outcome.ok and outcome.code == "call_cancelled", outcome
     assert not created(lab, args["user_name"])
     decisions = lab.verify.audit.since(audit_before)
-    assert not [d for d in decisions if d.kind in ("token_exchange", "admin_api")]
+    assert not [d for d in decisions if d.kind == "admin_api"]
+    exchanged = [d for d in decisions if d.kind == "token_exchange"]
+    assert bool(exchanged) == (after == "agent:token_exchange_success")
     assert not cancel.cancel("again")  # cancelled once; a second cancellation changes nothing
