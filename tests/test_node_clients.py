@@ -192,3 +192,58 @@ def test_the_inspector_cli_registers_itself_dynamically_then_lists(
     assert "client_id=" in authorize and "client_id=iia-ui" not in authorize  # its own client
     names = {tool["name"] for tool in json.loads(listed.stdout)["result"]["tools"]}
     assert {"list_users", "create_user", "delete_user"} <= names
+
+
+def _push_for(lab: Lab, name: str, status: str = "pending") -> Any:
+    for push in lab.verify.approvals.all():
+        if push.status == status and name in json.dumps(push.authorization_details):
+            return push
+    return None
+
+
+def _until(condition: Any, what: str) -> Any:
+    import time
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _approve(lab: Lab, push: Any) -> httpx.Response:
+    from harness.lab_client import PhoneApi
+    with httpx.Client(timeout=30) as http:
+        return PhoneApi(lab.verify.base_url, http).answer(push.id, True)
+
+
+def test_a_tier2_call_cancelled_by_the_typescript_sdk_before_approval_never_executes(
+        lab: Lab, ts_client: NodeClient) -> None:
+    import secrets
+    name = f"node-cancel-{secrets.token_hex(4)}@example.com"
+    ts_client.sign_in("alice@example.com")
+    ts_client.send(op="call", id="w1", name="create_user", progress=True, timeout=300000,
+                   arguments={"user_name": name, "given_name": "Node", "family_name": "Cancel"})
+    push = _until(lambda: _push_for(lab, name), "the push to reach alice's phone")
+    ts_client.send(op="cancel", id="w1")
+    assert ts_client.expect("error", id="w1")
+    _until(lambda: _push_for(lab, name, "withdrawn"), "the push to be withdrawn")
+    late = _approve(lab, push)
+    assert late.status_code >= 400
+    assert lab.verify.directory.user_by_username(name) is None
+
+
+def test_a_tier2_call_with_progress_and_a_raised_timeout_completes_after_approval(
+        lab: Lab, ts_client: NodeClient) -> None:
+    import secrets
+    name = f"node-long-{secrets.token_hex(4)}@example.com"
+    ts_client.sign_in("alice@example.com")
+    ts_client.send(op="call", id="w2", name="create_user", progress=True, timeout=300000,
+                   arguments={"user_name": name, "given_name": "Node", "family_name": "Long"})
+    push = _until(lambda: _push_for(lab, name), "the push to reach alice's phone")
+    ts_client.expect("progress", id="w2")
+    assert _approve(lab, push).status_code == 200
+    result = ts_client.expect("result", id="w2")["result"]
+    assert not result.get("isError"), result
+    assert lab.verify.directory.user_by_username(name) is not None
