@@ -22,7 +22,7 @@ from urllib.parse import quote, unquote
 from iia.rar import RarType, registry
 
 __all__ = ["CATALOG", "MARKDOWN_END", "MARKDOWN_START", "AdminRequest", "CatalogContext", "Tool",
-           "markdown_table", "replace_markdown_table", "tool"]
+           "ToolHints", "markdown_table", "replace_markdown_table", "tool"]
 
 Args = Mapping[str, Any]
 
@@ -42,6 +42,17 @@ class AdminRequest:
     path: str  # relative to the admin API root, e.g. "/Users/<id>"
     params: Mapping[str, str] = field(default_factory=dict)
     json: Any = None
+
+
+@dataclass(frozen=True)
+class ToolHints:
+    """MCP tool annotations (MCP 2025-11-25 `ToolAnnotations`): hints, never a security rule."""
+
+    title: str
+    read_only: bool
+    destructive: bool
+    idempotent: bool
+    open_world: bool
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,30 @@ class Tool:
                       context: CatalogContext | None = None) -> AdminRequest:
         """The admin-API request a call with `arguments` makes."""
         return self.request(arguments, context or CatalogContext())
+
+    @property
+    def title(self) -> str:
+        """A person's name for the tool: `delete_user` is "Delete user"."""
+        return self.name.replace("_", " ").capitalize()
+
+    @property
+    def hints(self) -> ToolHints:
+        """MCP tool annotations, derived from the registered type (never declared twice):
+
+        * read-only: tier 1 (its only action is `read`);
+        * destructive: a write the tenant guards per call or refuses (tier 3 and 4:
+          deactivate, revoke sessions, delete, grant admin) or one that deletes; the tier-2
+          writes (create, group membership) are the reversible ones;
+        * idempotent: everything but a `create` (a second create_user conflicts; reading,
+          setting a membership, deactivating or deleting again changes nothing more);
+        * open world: never; every tool acts on this one tenant's admin API.
+
+        Hints for clients to show and warn; the enforcement chain never reads them."""
+        read_only = self.tier == 1
+        return ToolHints(
+            title=self.title, read_only=read_only,
+            destructive=not read_only and (self.tier >= 3 or "delete" in self.actions),
+            idempotent="create" not in self.actions, open_world=False)
 
     @property
     def hitl(self) -> str:

@@ -177,3 +177,33 @@ def test_an_unreachable_idp_fails_closed_without_ending_the_session(lab: Lab) ->
         verifier.forget_keys()
     assert len(lab.mcp.chain.history) == calls  # nothing ran
     assert post(lab, token).status_code == 200  # the IdP is back: the same token works
+
+
+def test_tools_list_carries_annotations_from_the_catalog(lab: Lab, alice: dict) -> None:
+    """The official Python SDK client's `tools/list`: every tool has a title and the hints
+    the catalog derives (reads read-only and idempotent, the sensitive and blocked writes
+    destructive, nothing open-world)."""
+    import asyncio
+
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def go() -> list:
+        headers = {"Authorization": f"Bearer {alice['access_token']}"}
+        async with httpx2.AsyncClient(headers=headers, timeout=30) as http, \
+                Client(streamable_http_client(lab.mcp_url, http_client=http)) as client:
+            return list((await client.list_tools()).tools)
+
+    tools = {t.name: t for t in asyncio.run(go())}
+    hints = {name: t.annotations for name, t in tools.items()}
+    assert all(h is not None for h in hints.values())
+    assert tools["delete_user"].title == hints["delete_user"].title == "Delete user"
+    reads = {"list_users", "get_user", "list_groups", "list_applications", "get_application",
+             "list_access_policies", "get_access_policy"}
+    destructive = {"deactivate_user", "revoke_user_sessions", "delete_user", "grant_admin_role"}
+    for name, h in hints.items():
+        assert h.read_only_hint is (name in reads), name
+        assert h.destructive_hint is (name in destructive), name
+        assert h.idempotent_hint is (name != "create_user"), name
+        assert h.open_world_hint is False, name

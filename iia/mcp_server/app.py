@@ -61,8 +61,15 @@ CANCELLED_BY_SDK = "the MCP request was cancelled"
 def _mcp_tool(tool: Tool) -> types.Tool:
     hitl = {"none": "no approval", "session": "the user approves once per session (30 min)",
             "call": "the user approves every call"}[tool.hitl]
-    return types.Tool(name=tool.name, description=f"{tool.description} [tier {tool.tier}: "
-                      f"{hitl}]", input_schema=dict(tool.input_schema))
+    hints = tool.hints  # from the catalog (iia.catalog.Tool.hints)
+    return types.Tool(name=tool.name, title=hints.title,
+                      description=f"{tool.description} [tier {tool.tier}: {hitl}]",
+                      input_schema=dict(tool.input_schema),
+                      annotations=types.ToolAnnotations(
+                          title=hints.title, read_only_hint=hints.read_only,
+                          destructive_hint=hints.destructive,
+                          idempotent_hint=hints.idempotent,
+                          open_world_hint=hints.open_world))
 
 
 class McpServer:
