@@ -112,17 +112,24 @@ class McpSettings:
     consent_ttl: float = 1800.0
     # the OAuth clients whose user tokens may call this server (RFC 9068 §2.2 `client_id`)
     allowed_clients: tuple[str, ...] | str = ("iia-ui",)
+    # the web origins whose pages may call the MCP endpoint and read its metadata (CORS,
+    # iia.mcp_server.cors); empty: none, no CORS header is ever sent
+    cors_origins: tuple[str, ...] | str = ()
 
     ENV: ClassVar[dict[str, str]] = {"issuer": "IIA_VERIFY_ISSUER", "resource": "IIA_MCP_RESOURCE",
            "admin_api_url": "IIA_ADMIN_API_URL", "admin_group_id": "IIA_ADMIN_GROUP_ID",
            "approval_timeout": "IIA_APPROVAL_TIMEOUT", "consent_ttl": "IIA_CONSENT_TTL",
-           "allowed_clients": "IIA_MCP_ALLOWED_CLIENTS"}
+           "allowed_clients": "IIA_MCP_ALLOWED_CLIENTS", "cors_origins": "IIA_CORS_ORIGINS"}
 
     def __post_init__(self) -> None:
         for name in ("issuer", "resource", "admin_api_url"):
             object.__setattr__(self, name, _url(self.ENV[name], getattr(self, name)))
         object.__setattr__(self, "allowed_clients",
                            client_ids("IIA_MCP_ALLOWED_CLIENTS", self.allowed_clients))
+        if self.cors_origins != ():
+            object.__setattr__(self, "cors_origins", tuple(
+                web_origin("IIA_CORS_ORIGINS", o) for o in _items("IIA_CORS_ORIGINS",
+                                                                  self.cors_origins)))
         if self.approval_timeout <= 0 or self.consent_ttl <= 0:
             raise ConfigurationError("approval_timeout and consent_ttl must be positive")
 

@@ -25,14 +25,16 @@ from urllib.parse import urlsplit
 import anyio
 import mcp.types as types
 from mcp.server import Server, ServerRequestContext
-from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
+from mcp.server.auth.handlers.metadata import ProtectedResourceMetadataHandler
+from mcp.server.auth.routes import build_resource_metadata_url
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.auth import ProtectedResourceMetadata
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Route, request_response
 
 from iia.admin_api import AdminApiClient
 from iia.cancellation import CallCancel
@@ -43,6 +45,7 @@ from iia.hitl import ApprovalChannel, CibaApprovalChannel, ConsentCache
 from iia.identity import WorkloadIdentity
 from iia.mcp_server.auth import BearerAuth
 from iia.mcp_server.cancellation import InFlightCalls
+from iia.mcp_server.cors import CorsGate
 from iia.mcp_server.edge import EXCHANGE_KEY, McpEdge
 from iia.mcp_server.ops import COUNTERS_PATH, counters_endpoint
 from iia.mcp_server.progress import ProgressReporter, progress_token
@@ -178,10 +181,12 @@ class McpServer:
                                      get_tool_input_schema=self._schemas.get)
         url = urlsplit(resource)
         host = url.netloc
+        local_origins = ["http://127.0.0.1:*", "http://localhost:*"]
+        cors = self.settings.cors_origins
         security = TransportSecuritySettings(
             enable_dns_rebinding_protection=True,
             allowed_hosts=[host, "127.0.0.1:*", "localhost:*"],
-            allowed_origins=["http://127.0.0.1:*", "http://localhost:*"])
+            allowed_origins=[*local_origins, *cors])
         # the SDK's two stateless transports: one JSON body per message, or (a tool call that
         # asks for progress) an SSE stream that can carry notifications/progress
         json_manager = StreamableHTTPSessionManager(
@@ -191,7 +196,17 @@ class McpServer:
         metadata_url = str(build_resource_metadata_url(AnyHttpUrl(resource)))
         edge = McpEdge(StreamableHTTPASGIApp(json_manager), StreamableHTTPASGIApp(sse_manager),
                        self.calls)
-        endpoint = BearerAuth(edge, self.verifier, metadata_url)
+        # CORS outside authentication: a preflight carries no token, a refused origin is
+        # turned away before anything reads its request (iia.mcp_server.cors)
+        endpoint = CorsGate(BearerAuth(edge, self.verifier, metadata_url), cors,
+                            methods=("GET", "POST", "DELETE"), passthrough=local_origins)
+        # RFC 9728 metadata with the SDK's handler, behind the same CORS rule (the SDK's own
+        # route answers every origin with `*`)
+        metadata = ProtectedResourceMetadataHandler(ProtectedResourceMetadata(
+            resource=AnyHttpUrl(resource), authorization_servers=[AnyHttpUrl(self.settings.issuer)],
+            resource_name="IIA MCP server"))
+        metadata_endpoint = CorsGate(request_response(metadata.handle), cors, methods=("GET",),
+                                     passthrough=local_origins, jsonrpc=False)
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -203,10 +218,9 @@ class McpServer:
 
         path = url.path or "/"
         return Starlette(lifespan=lifespan, routes=[
-            Route(path, endpoint=endpoint, methods=["GET", "POST", "DELETE"]),
-            *create_protected_resource_routes(AnyHttpUrl(resource),
-                                              [AnyHttpUrl(self.settings.issuer)],
-                                              resource_name="IIA MCP server"),
+            Route(path, endpoint=endpoint, methods=["GET", "POST", "DELETE", "OPTIONS"]),
+            Route(urlsplit(metadata_url).path, endpoint=metadata_endpoint,
+                  methods=["GET", "OPTIONS"]),
             Route("/ssf/events", self.ssf.push, methods=["POST"]),
             Route(NOTIFICATION_PATH, self.pings.endpoint, methods=["POST"]),
             Route("/healthz", health),
