@@ -150,3 +150,11 @@ def test_a_setting_that_is_not_a_list_of_origins_is_refused(lab_env: dict[str, s
     assert McpSettings.from_env(lab_env).cors_origins == ()
     assert McpSettings.from_env({**lab_env, "IIA_CORS_ORIGINS": "HTTPS://Chat.example:443"}
                                 ).cors_origins == (CHAT,)
+
+
+def test_a_preflight_may_ask_for_mcp_param_headers(client: TestClient) -> None:
+    response = client.options("/mcp", headers={
+        "Origin": CHAT, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, mcp-param-user_id, x-other"})
+    allowed = {h.strip() for h in response.headers["access-control-allow-headers"].split(",")}
+    assert "mcp-param-user_id" in allowed and "x-other" not in allowed

@@ -19,6 +19,7 @@ Metadata (RFC 9728), for the configured origins only (`IIA_CORS_ORIGINS`; empty:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection
 
 from starlette.datastructures import Headers
@@ -31,7 +32,8 @@ __all__ = ["ALLOW_HEADERS", "EXPOSE_HEADERS", "CorsGate"]
 
 ALLOW_HEADERS = ("authorization", "content-type", "mcp-protocol-version", "mcp-session-id",
                  "last-event-id", "mcp-method", "mcp-name")
-PARAM_HEADER_PREFIX = "mcp-param-"  # the SDK's per-argument routing headers (Mcp-Param-*)
+# the SDK's per-argument routing headers (Mcp-Param-<name>), echoed when a preflight asks
+PARAM_HEADER = re.compile(r"mcp-param-[a-z0-9_-]{1,100}")
 EXPOSE_HEADERS = "WWW-Authenticate, Mcp-Session-Id, MCP-Protocol-Version"
 MAX_AGE = "600"
 INVALID_REQUEST = -32600  # JSON-RPC 2.0
@@ -102,8 +104,7 @@ class CorsGate:
     async def _preflight(self, origin: str, headers: Headers, send: Send) -> None:
         requested = [h.strip().lower() for h in
                      headers.get("access-control-request-headers", "").split(",") if h.strip()]
-        allow = list(ALLOW_HEADERS) + [h for h in requested if h.startswith(PARAM_HEADER_PREFIX)
-                                       and h.isascii() and len(h) <= 128]
+        allow = list(ALLOW_HEADERS) + [h for h in requested if PARAM_HEADER.fullmatch(h)]
         await send({"type": "http.response.start", "status": 204, "headers": [
             *self._common(origin),
             (b"access-control-allow-methods", ", ".join(self.methods).encode()),
