@@ -23,7 +23,14 @@ class PhoneApi:
     """The user's Verify app at the simulated Verify, as its phone would use it: pending pushes,
     and answering one with a passkey assertion whose challenge binds that push and answer
     (harness.verify.passkeys.push_challenge), signed by the push's user's passkey in the lab's
-    software authenticator (harness.authenticator). There is no unsigned answer."""
+    software authenticator (harness.authenticator). There is no unsigned answer.
+
+    `signed` keeps, per push it answered (the last SIGNED_KEPT), what shows the binding and
+    nothing private: the answer, the challenge the tenant asked to be signed
+    (options.publicKey.challenge), the assertion's clientDataJSON and the tenant's status code
+    (harness.verify.passkeys.answer_binding_view decodes it)."""
+
+    SIGNED_KEPT = 32
 
     def __init__(self, verify_url: str, http: httpx.Client | None = None,
                  authenticator: SoftwareAuthenticator | None = None) -> None:
@@ -31,6 +38,7 @@ class PhoneApi:
         self.origin = user_facing_url(verify_url)  # where the Verify app's pages are
         self._http = http or httpx.Client(timeout=5)
         self._authenticator = authenticator
+        self.signed: dict[str, dict[str, Any]] = {}  # push id -> the public parts of its answer
 
     def pending(self, user: str | None = None) -> list[dict[str, Any]]:
         """Pending pushes, every user's when `user` is None."""
@@ -44,14 +52,22 @@ class PhoneApi:
         options = self._http.post(f"{self.url}/{push_id}/options", json={"answer": answer})
         if options.status_code != 200:
             return options
+        public_key = options.json()["publicKey"]
         try:
             signer = self._authenticator or for_origin(self.origin)
-            assertion = signer.get(options.json()["publicKey"], self.origin)
+            assertion = signer.get(public_key, self.origin)
         except AuthenticatorError as exc:
             return httpx.Response(400, json={"error": "no_passkey", "error_description": str(exc)},
                                   request=options.request)
-        return self._http.post(f"{self.url}/{push_id}/answer",
-                               json={"answer": answer, "credential": assertion})
+        response = self._http.post(f"{self.url}/{push_id}/answer",
+                                   json={"answer": answer, "credential": assertion})
+        self.signed.pop(push_id, None)  # re-insert last: the dict keeps answering order
+        self.signed[push_id] = {"answer": answer, "challenge": public_key["challenge"],
+                                "clientDataJSON": assertion["response"]["clientDataJSON"],
+                                "status": response.status_code}
+        while len(self.signed) > self.SIGNED_KEPT:
+            del self.signed[next(iter(self.signed))]
+        return response
 
     def enrollment_link(self, user: str) -> httpx.Response:
         """A one-time link to enroll a new device's passkey (a trainer's browser: Touch ID,

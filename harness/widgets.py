@@ -30,9 +30,10 @@ from IPython.display import HTML, display
 
 from harness.lab_client import LabClient, PhoneApi, Turn
 from harness.notebook import OUTCOME_COLORS
+from harness.verify.passkeys import answer_binding_view
 
 __all__ = ["ChatBox", "EventTable", "LabConsole", "PhoneCard", "SequenceView", "TokenInspector",
-           "details_summary", "explain"]
+           "binding_table", "details_summary", "explain"]
 
 RED, GREEN, AMBER, BLUE = "#ffebee", "#e8f5e9", "#fff8e1", "#e3f2fd"
 _ROW = {**OUTCOME_COLORS, "pending": AMBER}  # a pending push stands out amber here
@@ -330,6 +331,17 @@ class PhoneCard:
             await asyncio.sleep(0.1)
         raise TimeoutError(f"nobody answered push {push['id']} in {timeout:.0f} s")
 
+    def binding_view(self, push_id: str) -> dict[str, Any]:
+        """The challenge binding of a push this card answered, decoded
+        (harness.verify.passkeys.answer_binding_view): what the push was, the challenge the
+        tenant asked to be signed, the one in the assertion's clientDataJSON, "bound"."""
+        with self._lock:
+            record = next((a for a in self.answered if a["id"] == push_id), None)
+        signed = self.phone.signed.get(push_id)
+        if record is None or signed is None:
+            raise KeyError(f"push {push_id} was not answered by this phone card")
+        return answer_binding_view(record, signed)
+
     # -- what it shows ------------------------------------------------------------------------
 
     def _record(self, push: dict[str, Any], outcome: str, by: str) -> dict[str, Any]:
@@ -375,6 +387,15 @@ class PhoneCard:
         table = (f"<table style='font-size:.85em'><tr><th>time</th><th>push</th><th>answer</th>"
                  f"<th>answered by</th></tr>{rows}</table>" if rows else "")
         return f"<div><b>Phone of {_esc(self.user)}</b>{mode}: {head}{table}</div>"
+
+
+def binding_table(view: dict[str, Any]) -> HTML:
+    """A decoded view (`PhoneCard.binding_view`) as a two-column table; "bound" green or red."""
+    rows = "".join(
+        f"<tr style='background:{(GREEN if value else RED) if key == 'bound' else 'none'}'>"
+        f"<th style='text-align:left'>{_esc(key)}</th><td><code>{_esc(value)}</code></td></tr>"
+        for key, value in view.items())
+    return HTML(f"<table>{rows}</table>")
 
 
 def details_summary(details: list[dict[str, Any]]) -> str:

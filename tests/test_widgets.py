@@ -7,21 +7,26 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
 import re
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 
+from harness.authenticator import b64url
 from harness.lab import Lab
-from harness.lab_client import LabClient, Turn
+from harness.lab_client import LabClient, PhoneApi, Turn
+from harness.verify.passkeys import answer_binding_view, push_challenge
 from harness.widgets import (
     TRAINER_CSS,
     TRAINER_FONT_PX,
     ChatBox,
     LabConsole,
     PhoneCard,
+    binding_table,
     details_summary,
 )
 
@@ -74,6 +79,56 @@ def test_a_pending_push_appears_and_approve_answers_it_at_the_idp(
     card.poll()
     assert card.card.layout.display == "none"
     assert "no pending push" in card.status.value and "approved" in card.status.value
+
+
+def test_the_binding_view_shows_the_digest_of_this_push_signed_in_client_data(
+        lab: Lab, client: LabClient, card: PhoneCard) -> None:
+    turn = client.ask_async("revoke sessions of peggy@example.com")
+    push = card.wait_for_push(timeout=20)
+    with pytest.raises(KeyError, match="not answered by this phone card"):
+        card.binding_view(push["id"])
+    card.approve_button.click()
+    assert turn.result(timeout=30)["stop"] == "end_turn"
+
+    view = card.binding_view(push["id"])
+    # the challenge the tenant asked for is the digest of this push and this answer,
+    # recomputed here from the tenant's own record (the phone never sees the auth_req_id)
+    stored = lab.verify.approvals.get(push["id"])
+    assert stored is not None
+    digest = b64url(push_challenge(stored.auth_req_id, stored.binding_message,
+                                   stored.authorization_details, True))
+    assert view["challenge asked (options.publicKey.challenge)"] == digest
+    assert view["challenge signed (clientDataJSON.challenge)"] == digest
+    assert view["bound"] is True and view["tenant"] == "accepted"
+    assert view["binding_message"] == push["binding_message"] and view["answer"] == "approve"
+    assert view["authorization_details"] == details_summary(push["authorization_details"])
+    assert view["clientDataJSON.type"] == "webauthn.get"
+    assert stored.auth_req_id not in json.dumps(view)  # the requesting client's handle
+    shown = binding_table(view).data
+    assert html.escape(digest) in shown and "bound" in shown
+
+
+def test_a_signature_over_another_challenge_is_shown_unbound(
+        client: LabClient, card: PhoneCard) -> None:
+    turn = client.ask_async("deactivate nina@example.com")
+    push = card.wait_for_push(timeout=20)
+    older = {f"older-{n}": {} for n in range(PhoneApi.SIGNED_KEPT)}
+    client.phone.signed.update(older)  # a long session: the phone keeps only the last answers
+    card.deny_button.click()
+    turn.result(timeout=30)
+    assert len(client.phone.signed) == PhoneApi.SIGNED_KEPT and "older-0" not in client.phone.signed
+    signed = client.phone.signed[push["id"]]
+    assert card.binding_view(push["id"])["answer"] == "deny"
+    forged = {**signed, "challenge": b64url(b"another push" * 3)}
+    assert answer_binding_view(card.answered[-1], forged)["bound"] is False
+
+
+def test_a_push_the_tenant_has_no_options_for_leaves_nothing_kept(lab: Lab) -> None:
+    with httpx.Client(timeout=5) as http:
+        phone = PhoneApi(lab.endpoints["verify"], http)
+        for n in range(3):  # no such push: refused before anything is signed, nothing kept
+            assert phone.answer(f"nope-{n}", approve=True).status_code == 404
+        assert phone.signed == {}
 
 
 def test_deny_refuses_it_and_the_agent_gets_no_token(client: LabClient, card: PhoneCard) -> None:

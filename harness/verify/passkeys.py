@@ -49,9 +49,9 @@ from harness.authenticator import b64url, from_b64url
 from harness.origins import RP_ID, user_facing_url
 
 __all__ = ["RP_ID", "AssertionRequired", "InvalidAssertion", "PasskeyCredential",
-           "PasskeyError", "PasskeyStore", "RelyingParty", "Verified", "canonical_json",
-           "challenge_binding_view", "claimed_challenge", "claimed_origin", "credential_digest",
-           "push_challenge", "signed_rp_id", "user_facing_url"]
+           "PasskeyError", "PasskeyStore", "RelyingParty", "Verified", "answer_binding_view",
+           "canonical_json", "challenge_binding_view", "claimed_challenge", "claimed_origin",
+           "credential_digest", "push_challenge", "signed_rp_id", "user_facing_url"]
 
 RP_NAME = "IBM Security Verify (lab)"
 CEREMONY_TTL = 300.0
@@ -151,6 +151,27 @@ def challenge_binding_view(push: Any, credential: Mapping[str, Any],
             "clientDataJSON": client_data,
             "clientDataJSON.challenge": client_data.get("challenge"),
             "bound": client_data.get("challenge") == b64url(expected)}
+
+
+def answer_binding_view(push: Mapping[str, Any], signed: Mapping[str, Any]) -> dict[str, Any]:
+    """The same binding seen from the phone, over HTTP (notebook 03): the push as the phone
+    lists it (binding_message, and authorization_details or the phone card's `summary`), the
+    challenge the tenant asked the authenticator to sign (options.publicKey.challenge: the
+    push_challenge digest, computed by the tenant from the auth_req_id the phone never sees),
+    and the challenge in the assertion's clientDataJSON. `signed` is what
+    harness.lab_client.PhoneApi kept of its answer. "bound": the two challenges are equal;
+    "tenant": the tenant's verdict on the signed answer (it checked the same equality)."""
+    client_data: dict[str, Any] = json.loads(from_b64url(str(signed["clientDataJSON"])))
+    summary = push.get("summary") or "; ".join(
+        str(d.get("summary", d.get("type"))) for d in push.get("authorization_details") or [])
+    return {"push_id": push["id"], "binding_message": push["binding_message"],
+            "authorization_details": summary, "answer": signed["answer"],
+            "challenge asked (options.publicKey.challenge)": signed["challenge"],
+            "challenge signed (clientDataJSON.challenge)": client_data.get("challenge"),
+            "clientDataJSON.type": client_data.get("type"),
+            "clientDataJSON.origin": client_data.get("origin"),
+            "bound": client_data.get("challenge") == signed["challenge"],
+            "tenant": "accepted" if signed["status"] == 200 else f"refused ({signed['status']})"}
 
 
 # -- the store -----------------------------------------------------------------------------------
