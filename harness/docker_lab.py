@@ -25,11 +25,13 @@ import shutil
 import tarfile
 import time
 from collections.abc import Mapping
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from harness.authenticator import FILE_NAME
 from harness.errors import HarnessError
 from harness.paths import project_root
 
@@ -53,6 +55,7 @@ __all__ = [
 PROJECT = "iia-lab"
 LABEL = {"org.iia.lab": PROJECT}
 SOCKET_DIR = "spire-agent"  # under the lab directory: the SPIRE agent's Workload API socket
+AUTHENTICATOR_FILE = FILE_NAME  # under the lab directory: the verify service writes it
 
 # where each HTTP service answers on 127.0.0.1 (host networking); `jupyter` is extra
 HTTP_ENDPOINTS = {
@@ -313,4 +316,9 @@ class DockerLab:
         for volume in self.client.volumes.list(filters={"label": "org.iia.lab"}):
             volume.remove(force=True)
         shutil.rmtree(self.lab_dir / SOCKET_DIR, ignore_errors=True)
+        # the demo users' passkeys the verify container saved (as the process lab's supervisor
+        # removes them): nobody signs with a stopped lab's keys
+        for name in (AUTHENTICATOR_FILE, AUTHENTICATOR_FILE + ".lock"):
+            with suppress(FileNotFoundError):
+                (self.lab_dir / name).unlink()
         return removed

@@ -287,7 +287,12 @@ async def _verify(cfg: Mapping[str, str], sock: socket.socket) -> None:
 
         authenticator = SoftwareAuthenticator()
         enroll_demo_users(tenant, authenticator)
-        authenticator.save(Path(cfg["IIA_AUTHENTICATOR_FILE"]))
+        try:
+            authenticator.save(Path(cfg["IIA_AUTHENTICATOR_FILE"]))
+        except OSError as exc:  # the compose lab: the lab directory is not writable by uid 1000
+            _exit("verify", f"cannot save the demo users' passkeys to "
+                            f"{cfg['IIA_AUTHENTICATOR_FILE']} ({exc.strerror}): the lab's "
+                            "tools could not sign with them")
     if "IIA_ANTENNA_URL" in cfg:
         antenna = cfg["IIA_ANTENNA_URL"].rstrip("/")
         tenant.ssf.trust(antenna, antenna + "/jwks", _authorization(cfg))

@@ -29,7 +29,9 @@ import jsonschema
 import pytest
 import yaml
 
+from harness.authenticator import FILE_NAME
 from harness.docker_lab import (
+    AUTHENTICATOR_FILE,
     HTTP_ENDPOINTS,
     SOCKET_DIR,
     container_options,
@@ -47,7 +49,7 @@ from harness.errors import HarnessError
 from harness.health import http_probe, probe_service
 from harness.lab import Lab
 from harness.openbao import OpenBaoServer
-from harness.paths import fixtures_dir, project_root
+from harness.paths import fixtures_dir, lab_dir, project_root
 from harness.serve import SETTINGS
 from iia.errors import ConfigurationError
 from iia.identity.settings import IdentitySettings
@@ -269,6 +271,22 @@ def test_the_agent_socket_is_one_path_on_the_host_and_in_every_container() -> No
     assert mounts("jupyter")[str(LAB_DIR)] == str(LAB_DIR)
     assert jupyter["environment"]["IIA_LAB_DIR"] == str(LAB_DIR)
     assert "spire-sockets" not in COMPOSE.get("volumes", {})
+
+
+def test_the_tenant_saves_the_passkeys_where_the_lab_tools_sign_with_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The verify service writes the software authenticator (IIA_AUTHENTICATOR_FILE) into the
+    lab directory, mounted at its own path, where the host's tools and JupyterLab find it
+    (harness.authenticator.for_origin: `<lab dir>/authenticator.json`, as the supervisor has
+    it)."""
+    verify = RUN_SERVICES["verify"]
+    saved = Path(verify["environment"]["IIA_AUTHENTICATOR_FILE"])
+    monkeypatch.setenv("IIA_LAB_DIR", str(LAB_DIR))
+    assert saved == lab_dir() / FILE_NAME == LAB_DIR / AUTHENTICATOR_FILE
+    for service in ("verify", "jupyter"):
+        mounts = [v.split(":") for v in RUN_SERVICES[service]["volumes"]]
+        assert [str(LAB_DIR), str(LAB_DIR)] in mounts, service
+    assert "IIA_AUTHENTICATOR_FILE" in SETTINGS["verify"][1]  # harness.serve reads it
 
 
 def test_the_iia_service_is_configured_with_the_lab_names() -> None:
