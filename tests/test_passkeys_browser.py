@@ -55,8 +55,8 @@ def test_enroll_sign_in_and_approve_with_a_virtual_authenticator(
 
         page.goto(lab.verify.passkeys.origin + "/lab/phone")
         page.click("#signin")
-        expect(page.locator("#status")).to_contain_text("Signed in as", timeout=30_000)
-        expect(page.locator("#status")).to_contain_text(ALICE)
+        expect(page.locator("#who")).to_contain_text("Signed in as", timeout=30_000)
+        expect(page.locator("#who")).to_contain_text(ALICE)
 
         laura = lab.verify.directory.user_by_username("laura@example.com")
         pushed = bc_authorize(lab, identity, ALICE,

@@ -378,7 +378,8 @@ async function signIn() {
     const o = await post("/lab/passkeys/sign-in/options");
     const me = await post("/lab/phone/session", {ceremony: o.ceremony,
                                                  credential: await passkeyGet(o.publicKey)});
-    say("Signed in as " + me.user); document.getElementById("signin").hidden = true;
+    document.getElementById("who").textContent = "Signed in as " + me.user;
+    say(""); document.getElementById("signin").hidden = true;
     refresh(); setInterval(refresh, 1000);
   } catch (e) { say("Sign-in failed: " + e.message); }
 }
@@ -406,16 +407,23 @@ async function refresh() {
   document.getElementById("list").replaceChildren(...gone, ...items.map(item => {
     const card = document.createElement("div");
     card.className = "card tier" + item.tier; card.dataset.push = item.id;
+    const badge = document.createElement("span"); badge.className = "tier";
+    badge.textContent = item.tier === 3 ? "tier 3 - sensitive: every time" : "tier 2 - write";
+    card.append(badge);
     const lines = [["h2", item.binding_message],
       ["p", `${item.asks} asks ${item.display_name} <${item.user}>`],
       ["p", item.what],
-      ...Object.entries(item.names).map(([k, v]) => ["p", `${k}: ${v}`]),
-      ["p", `tier ${item.tier} - ${item.expires_in} s left`]];
+      ...Object.entries(item.names).map(([k, v]) => ["p", `${k}: ${v}`])];
     for (const [tag, text] of lines) {
       const e = document.createElement(tag); e.textContent = text; card.append(e);
     }
+    const left = document.createElement("p"); left.className = "left";
+    left.textContent = `${item.expires_in} s left to answer`; card.append(left);
+    const raw = document.createElement("details"), label = document.createElement("summary");
+    label.textContent = "What the agent asked for, exactly (authorization_details)";
     const pre = document.createElement("pre");
-    pre.textContent = JSON.stringify(item.authorization_details, null, 2); card.append(pre);
+    pre.textContent = JSON.stringify(item.authorization_details, null, 2);
+    raw.append(label, pre); card.append(raw);
     for (const a of ["approve", "deny"]) {
       const b = document.createElement("button"); b.className = a;
       b.textContent = a === "approve" ? "Approve" : "Deny"; b.onclick = () => answer(item.id, a);
@@ -439,14 +447,52 @@ async function enroll() {
 }
 """
 
-_STYLE = """body { font-family: system-ui, sans-serif; max-width: 30rem; margin: 1rem auto; }
- .card { border: 1px solid #ccc; border-radius: .8rem; padding: 1rem; margin: .8rem 0; }
- .tier3 { border-color: #c62828; } .tier2 { border-color: #1565c0; }
- button { font-size: 1.1rem; padding: .5rem 1.2rem; margin-right: .5rem; border-radius: .5rem; }
- .approve { background: #2e7d32; color: white; border: 0; }
- .deny { background: #c62828; color: white; border: 0; }
- .withdrawn { color: #666; border-style: dashed; }
- pre { white-space: pre-wrap; font-size: .8rem; background: #f5f5f5; padding: .5rem; }"""
+_STYLE = """:root { --ok: #1b7f3b; --bad: #c62828; --wait: #b26a00; --muted: #5f6b7a;
+   --line: #dde3ea; --bg: #f5f7fa; --card: #fff; --ink: #17202b; --accent: #0f62fe; --base: 16px; }
+ * { box-sizing: border-box; }
+ body { font: var(--base)/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0;
+   color: var(--ink); background: var(--bg); }
+ header { display: flex; align-items: center; gap: .8rem; padding: .6rem 1rem; background: #0b1d33;
+   color: #fff; }
+ header h1 { font-size: 1.1rem; margin: 0; flex: 1; }
+ header button { color: #fff; background: transparent; border: 1px solid #5b7391;
+   border-radius: 4px; padding: .2rem .6rem; font: inherit; font-size: .85rem; margin: 0; }
+ main { max-width: 32rem; margin: 0 auto; padding: 1rem; }
+ #who { font-weight: 600; } #status { color: var(--muted); min-height: 1.4em; }
+ .card { background: var(--card); border: 1px solid var(--line);
+   border-left: 6px solid var(--muted); border-radius: 8px; padding: .8rem 1rem; margin: .8rem 0;
+   overflow-wrap: anywhere; }
+ .card h2 { font-size: 1.05rem; margin: 0 0 .4rem; }
+ .card p { margin: .25rem 0; }
+ .tier2 { border-left-color: #7a5af8; } .tier3 { border-left-color: var(--wait); }
+ .tier { display: inline-block; font-size: .75rem; font-weight: 700; padding: .05rem .5rem;
+   border-radius: 999px; color: #fff; background: #7a5af8; }
+ .tier3 .tier { background: var(--wait); }
+ .left { color: var(--wait); font-weight: 700; }
+ button { font: inherit; font-size: 1.1rem; padding: .55rem 1.3rem; margin: .5rem .5rem 0 0;
+   border-radius: 8px; border: 1px solid var(--line); cursor: pointer; }
+ #signin, #enroll { background: var(--accent); color: #fff; border: 0; }
+ .approve { background: var(--ok); color: #fff; border: 0; }
+ .deny { background: var(--bad); color: #fff; border: 0; }
+ .withdrawn { color: var(--muted); border-left-style: dashed; background: #f0f2f5; }
+ details { margin-top: .4rem; font-size: .8rem; color: var(--muted); }
+ pre { white-space: pre-wrap; word-break: break-all; font-size: .78rem; background: #f3f5f8;
+   padding: .5rem; border-radius: 4px; max-height: 14rem; overflow: auto; }
+ body.present { --base: 24px; --muted: #222; --line: #000; --bg: #fff; --ink: #000;
+   --ok: #006b1f; --bad: #b00000; }
+ body.present header { background: #000; } body.present .card { border-width: 2px; }
+ body.present main { max-width: 44rem; }"""
+
+_PRESENT_JS = """
+function present(on) {
+  document.body.classList.toggle("present", on);
+  const b = document.getElementById("present");
+  b.setAttribute("aria-pressed", String(on)); b.textContent = on ? "Normal view" : "Presenter mode";
+}
+document.getElementById("present").onclick =
+  () => present(!document.body.classList.contains("present"));
+present(new URLSearchParams(location.search).get("present") === "1");
+"""
 
 
 def _page(kind: str, origin: str) -> str:
@@ -463,8 +509,10 @@ def _page(kind: str, origin: str) -> str:
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{title}"
             f"</title><meta name='viewport' content='width=device-width, initial-scale=1'>"
             "<link rel='icon' href='data:,'>"
-            f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}"
-            f"<script>{WEBAUTHN_JS}{script}</script>"
+            f"<style>{_STYLE}</style></head><body><header><h1>{html.escape(title)}</h1>"
+            "<button id='present' type='button' aria-pressed='false'>Presenter mode</button>"
+            f"</header><main><p id='who'></p>{body}</main>"
+            f"<script>{WEBAUTHN_JS}{script}{_PRESENT_JS}</script>"
             f"<!-- relying party {html.escape(origin)} --></body></html>")
 
 
@@ -479,7 +527,7 @@ def login_page(request_json: Mapping[str, Any], hint: str | None) -> str:
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Sign in - IBM "
         f"Verify (lab)</title><link rel='icon' href='data:,'><style>{_STYLE}</style></head>"
-        f"<body><h1>Sign in{who}</h1>"
+        f"<body><header><h1>Sign in{who} - IBM Verify (lab)</h1></header><main>"
         "<p>Sign in with your passkey: this device's (Touch ID, Windows Hello) or your phone's."
         "</p><form method='post' id='login' action='"
         f"{html.escape(request_json['action'])}'>{hidden}"
@@ -495,4 +543,4 @@ def login_page(request_json: Mapping[str, Any], hint: str | None) -> str:
         "   JSON.stringify(await passkeyGet(r.publicKey));"
         " document.getElementById('login').submit();"
         "} catch (e) { document.getElementById('status').textContent = 'Sign-in failed: ' +"
-        " e.message; } }</script></body></html>")
+        " e.message; } }</script></main></body></html>")
