@@ -30,7 +30,6 @@ from IPython.display import HTML, display
 
 from harness.lab_client import LabClient, PhoneApi, Turn
 from harness.notebook import OUTCOME_COLORS
-from harness.verify.passkeys import answer_binding_view
 
 __all__ = ["ChatBox", "EventTable", "LabConsole", "PhoneCard", "SequenceView", "TokenInspector",
            "binding_table", "details_summary", "explain"]
@@ -340,6 +339,9 @@ class PhoneCard:
         signed = self.phone.signed.get(push_id)
         if record is None or signed is None:
             raise KeyError(f"push {push_id} was not answered by this phone card")
+        # imported here: attaching a notebook must not load the simulated tenant (test_fast_start)
+        from harness.verify.passkeys import answer_binding_view
+
         return answer_binding_view(record, signed)
 
     # -- what it shows ------------------------------------------------------------------------
