@@ -6,7 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -152,3 +153,15 @@ def deactivated(lab: Lab, email: str) -> Iterator[None]:
         assert user is not None
         user.active = True
         directory.storage.update(directory.user_type, user)
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float) -> Any:
+    """`condition()`'s first truthy value, polled until `timeout` seconds pass (a bound on a
+    busy machine, not an expectation: no test asserts a duration)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")

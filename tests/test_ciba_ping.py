@@ -25,6 +25,7 @@ from harness.verify.ciba_ping import Delivery, PingCallbacks
 from iia.hitl import Approval, ApprovalDeniedError, ApprovalTimeoutError
 from iia.oauth.ciba_ping import NOTIFICATION_PATH, PingReceiver
 from iia.protocol import CIBA_GRANT
+from tests import helpers
 from tests.agent_helpers import mcp_call, phone, user_id
 from tests.helpers import bc_authorize, rar, user_token
 
@@ -33,13 +34,7 @@ ALICE = "alice@example.com"
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    return helpers.wait_for(condition, what, timeout)
 
 
 @dataclass

@@ -14,7 +14,6 @@ import contextlib
 import json
 import secrets
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -31,7 +30,7 @@ from harness.lab_client import PhoneApi
 from harness.verify.approvals import PushRequest
 from iia.cancellation import CallCancel
 from iia.events import SecurityEvent
-from tests.helpers import caller_of, sid_of, user_token
+from tests.helpers import caller_of, sid_of, user_token, wait_for
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
@@ -40,13 +39,7 @@ LEGACY = "2025-11-25"
 
 
 def until(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(condition, what, timeout)
 
 
 async def auntil(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
