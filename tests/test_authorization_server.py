@@ -36,7 +36,8 @@ def test_the_metadata_validates_as_rfc8414_and_lists_the_registered_grants(lab: 
                      "/oidc/endpoint/default").json()
     AuthorizationServerMetadata(meta).validate(metadata_classes=[IssuerMetadata])
     assert meta["grant_types_supported"] == ["authorization_code", "refresh_token",
-                                             TOKEN_EXCHANGE_GRANT, CIBA_GRANT]
+                                             TOKEN_EXCHANGE_GRANT, CIBA_GRANT,
+                                             "client_credentials"]  # SSF stream management
     assert meta["code_challenge_methods_supported"] == ["S256"]
     assert meta["authorization_response_iss_parameter_supported"] is True
     # the validator is not a rubber stamp: the same document with a non-loopback http issuer
@@ -110,9 +111,9 @@ def test_an_unknown_grant_type_is_unsupported_and_nothing_is_issued(
         lab: Lab, identity: WorkloadIdentity) -> None:
     mark, version = len(lab.verify.audit), lab.client_secret.version
     response = as_mcp_server(identity, f"{lab.verify.issuer}/token",
-                             {"grant_type": "client_credentials"})
+                             {"grant_type": "password"})
     assert response.status_code == 400 and response.json()["error"] == "unsupported_grant_type"
-    assert "'client_credentials' is not supported" in response.json()["error_description"]
+    assert "'password' is not supported" in response.json()["error_description"]
     assert response.headers["cache-control"] == "no-store"
     assert "access_token" not in response.json()
     assert lab.verify.audit.since(mark) == []

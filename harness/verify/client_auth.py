@@ -36,7 +36,7 @@ __all__ = ["CONFIDENTIAL_AUTH_METHODS", "ID_TOKEN_ALGS", "LOOPBACK_HOSTS", "SCOP
 # RFC 7591 §2 names of the methods a confidential client may authenticate with
 CONFIDENTIAL_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 # the scopes this tenant knows (RFC 8414 scopes_supported); any other is `invalid_scope`
-SCOPES_SUPPORTED = ("openid", "email", "profile", "offline_access")
+SCOPES_SUPPORTED = ("openid", "email", "profile", "offline_access", "ssf.manage")
 # OpenID Connect Dynamic Client Registration §2 id_token_signed_response_alg: RS256 when the
 # client does not say (that section's default, and what OpenID Connect Discovery §3 requires)
 ID_TOKEN_ALGS = ("RS256", "ES256")

@@ -8,6 +8,8 @@
     token-exchange       TokenExchangeGrant (RFC 8693 + RFC 9396 + Cedar): harness/verify/
                          token_exchange.py decides, this class authenticates the client
     ciba                 CibaGrant (OpenID CIBA §10.1): harness/verify/ciba.py decides
+    client_credentials   ClientCredentialsGrant (RFC 6749 §4.4): only for the SSF stream
+                         management scope; harness/verify/ssf_transmitter.py issues the token
 
 Each grant authenticates the client through authlib (VerifyAuthorizationServer) and serves
 only a client registered for its grant type (`unauthorized_client`). A grant class is bound
@@ -30,8 +32,8 @@ from harness.verify.client_auth import Client
 from harness.verify.tokens import Grantee, RefreshGrant
 from iia.protocol import CIBA_GRANT, TOKEN_EXCHANGE_GRANT
 
-__all__ = ["AuthorizationCodeGrant", "CibaGrant", "RefreshTokenGrant", "S256CodeChallenge",
-           "TokenExchangeGrant", "bound"]
+__all__ = ["AuthorizationCodeGrant", "CibaGrant", "ClientCredentialsGrant", "RefreshTokenGrant",
+           "S256CodeChallenge", "TokenExchangeGrant", "bound"]
 
 # authlib's three methods, at the token endpoint; whether the client may use the grant is
 # checked next (check_grant_type), so a public client asking for a grant it is not registered
@@ -164,3 +166,11 @@ class CibaGrant(_DelegatingGrant):
     """OpenID CIBA §10.1: decided by harness/verify/ciba.py (Ciba.grant)."""
 
     GRANT_TYPE = CIBA_GRANT
+
+
+class ClientCredentialsGrant(_DelegatingGrant):
+    """RFC 6749 §4.4, for a confidential client registered for it: an access token for SSF
+    stream management (harness/verify/ssf_transmitter.py ManagementTokens.grant)."""
+
+    GRANT_TYPE = "client_credentials"
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]  # noqa: RUF012

@@ -10,6 +10,10 @@ under `/v2.0/`. Lab-only helpers (the push "phone", the audit trail) live under 
                           Document (client_metadata_document.py)
     /v2.0/...             admin API: SCIM Users/Groups, applications, access policies
     /v1.0/ssf/events      SSF push receiver (CAEP session-revoked)
+    /.well-known/ssf-configuration, /v1.0/ssf/{jwks,streams,status,verify}   the tenant's own
+                          SSF 1.0 transmitter (ssf_transmitter.py): every session that ends
+                          here is a CAEP session-revoked pushed to its subscribers; stream
+                          management by a client credentials token with scope ssf.manage
     /lab/phone            the user's Verify app: passkey sign-in, pending pushes, Approve / Deny
                           signed by a passkey assertion bound to the push (verify_app.py);
                           /lab/enroll a passkey; /lab/decisions audit trail
@@ -64,6 +68,7 @@ from harness.verify.directory import Directory
 from harness.verify.grants import (
     AuthorizationCodeGrant,
     CibaGrant,
+    ClientCredentialsGrant,
     RefreshTokenGrant,
     S256CodeChallenge,
     TokenExchangeGrant,
@@ -77,6 +82,7 @@ from harness.verify.rotation import CredentialStoreError, RotatingClientSecret
 from harness.verify.sessions import SessionStore
 from harness.verify.spiffe_bundle import SpiffeBundleSource
 from harness.verify.ssf_receiver import SsfReceiver
+from harness.verify.ssf_transmitter import ManagementTokens, SsfTransmitter
 from harness.verify.token_exchange import TokenExchange
 from harness.verify.tokens import ID_TOKEN_ALGS, TokenService
 from harness.verify.verify_app import VerifyApp
@@ -207,13 +213,18 @@ class VerifyTenant:
                                     directory=self.directory, audit=self.audit, clock=clock)
         self.ssf = SsfReceiver(issuer=self.issuer, directory=self.directory,
                                sessions=self.sessions, audit=self.audit)
+        self.ssf_tokens = ManagementTokens(clock)
+        self.transmitter = SsfTransmitter(base_url=self.base_url, oidc_issuer=self.issuer,
+                                          sessions=self.sessions, audit=self.audit,
+                                          tokens=self.ssf_tokens, clock=clock)
         self.admin_api = AdminApi(directory=self.directory, tokens=self.tokens,
                                   sessions=self.sessions, registry=self.registry,
                                   audit=self.audit, base_url=self.admin_api_url, clock=clock)
         # the token endpoint's grants on authlib's server, in the order discovery lists them
         self._grants = (bound(AuthorizationCodeGrant, self.oidc),
                         bound(RefreshTokenGrant, self.oidc),
-                        bound(TokenExchangeGrant, self.exchange), bound(CibaGrant, self.ciba))
+                        bound(TokenExchangeGrant, self.exchange), bound(CibaGrant, self.ciba),
+                        bound(ClientCredentialsGrant, self.ssf_tokens))
         for grant in self._grants:
             self.server.register_grant(
                 grant, [S256CodeChallenge()] if grant.GRANT_TYPE == "authorization_code" else None)
@@ -321,7 +332,10 @@ class VerifyTenant:
         user = self.directory.user_by_username(email)
         if user is None or user.id is None:
             return None
+        live = [] if delegated else [s for s in self.sessions.sessions_of(user.id) if s.alive]
         changed = self.directory.set_delegated(user, delegated)
+        if changed and not delegated:
+            self.transmitter.delegation_withdrawn(user.id, live)
         voided = (0, 0) if delegated else self.approvals.void_user(user.id)
         self.audit.record(Decision(
             kind="delegation", outcome="granted" if delegated else "revoked",
@@ -411,6 +425,7 @@ class VerifyTenant:
             Route(f"{b}/register", self.registration.register, methods=["POST"]),
             Route(f"{b}{WITHDRAW_PATH}", self.bc_withdraw, methods=["POST"]),
             Route("/v1.0/ssf/events", self.ssf.push, methods=["POST"]),
+            *self.transmitter.routes(),
             *self.verify_app.routes(),
             Route("/lab/decisions", self.decisions),
             Route("/lab/delegations", self.delegations),

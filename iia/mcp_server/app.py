@@ -50,6 +50,7 @@ from iia.mcp_server.edge import EXCHANGE_KEY, McpEdge
 from iia.mcp_server.ops import COUNTERS_PATH, counters_endpoint
 from iia.mcp_server.progress import ProgressReporter, progress_token
 from iia.mcp_server.ssf_receiver import SsfPushReceiver
+from iia.mcp_server.ssf_subscription import IDP_PUSH_PATH, IdpStream, origin
 from iia.oauth.ciba_ping import NOTIFICATION_PATH, PingReceiver
 from iia.oauth.client import AuthorizationServerClient
 from iia.resource_server import Caller, UserTokenVerifier
@@ -105,7 +106,18 @@ class McpServer:
             allowed_clients=settings.allowed_clients)
         self._limiter = anyio.CapacityLimiter(max_concurrent_calls)
         self.calls = InFlightCalls()
-        self.ssf = SsfPushReceiver(audience=settings.resource, revocations=self.revocations)
+        self.ssf = SsfPushReceiver(audience=settings.resource, revocations=self.revocations,
+                                   events=events)
+        # the IdP's own SSF stream, subscribed when the app starts (iia.mcp_server.
+        # ssf_subscription); until it exists, tool calls are refused (fail closed)
+        self.idp_stream = IdpStream(idp=self.idp, identity=identity,
+                                    validator=self.ssf.idp_validator, audience=settings.resource,
+                                    endpoint_url=origin(settings.resource) + IDP_PUSH_PATH,
+                                    events=events)
+        # a session this server drops on its own (the IdP said so at token exchange) is
+        # published by Antenna, as CAEP session-revoked; one a transmitter told us of is not
+        # said again
+        self.revocations.on_revoke(self._dropped)
         self._tools = [_mcp_tool(t) for t in CATALOG]
         self._schemas = {t.name: t.input_schema for t in self._tools}
 
@@ -116,6 +128,12 @@ class McpServer:
         self.identity.vault.forget_token()
         self.verifier.forget_keys()
         self.consents.clear()
+
+    def _dropped(self, sid: str, reason: str) -> None:
+        if not SsfPushReceiver.from_set():
+            self.events.emit("caep:session_revoked", outcome="denied", session_id=sid,
+                             reason=f"the MCP server dropped the session: {reason}",
+                             duration_ms=0)
 
     # -- MCP handlers -----------------------------------------------------------------------
 
@@ -129,6 +147,12 @@ class McpServer:
         caller = request.scope.get("iia.caller") if isinstance(request, Request) else None
         if not isinstance(caller, Caller):  # unreachable behind BearerAuth; fail closed anyway
             return _result("[unauthenticated] no authenticated user for this call", error=True)
+        unsubscribed = self.idp_stream.refusal()
+        if unsubscribed is not None:  # no step of the chain runs without the IdP's stream
+            self.events.emit("agent:tool_error", outcome="error", tool_name=params.name,
+                             reason=unsubscribed, user_email=caller.email,
+                             session_id=caller.sid, details={"dependency": "verify_ssf"})
+            return _result(f"[temporarily_unavailable] {unsubscribed}", error=True)
         exchange = request.scope.get(EXCHANGE_KEY) if isinstance(request, Request) else None
         with self.calls.track(caller, ctx.request_id) as cancel:
             if exchange is not None:
@@ -210,6 +234,9 @@ class McpServer:
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            # subscribe to the IdP's SSF stream first; down, start-up goes on and retries in
+            # the background while calls are refused (IdpStream)
+            await anyio.to_thread.run_sync(self.idp_stream.start)
             async with json_manager.run(), sse_manager.run():
                 yield
 
@@ -222,12 +249,14 @@ class McpServer:
             Route(urlsplit(metadata_url).path, endpoint=metadata_endpoint,
                   methods=["GET", "OPTIONS"]),
             Route("/ssf/events", self.ssf.push, methods=["POST"]),
+            Route(IDP_PUSH_PATH, self.ssf.idp_push, methods=["POST"]),
             Route(NOTIFICATION_PATH, self.pings.endpoint, methods=["POST"]),
             Route("/healthz", health),
             Route(COUNTERS_PATH, counters_endpoint(self), methods=["GET"]),
         ])
 
     def close(self) -> None:
+        self.idp_stream.close()
         self.idp.close()
         self.admin.close()
         self.verifier.close()
