@@ -7,6 +7,12 @@ session attempts two blocked (tier-4) actions, which crosses Antenna's `tier4_re
 (fixtures/antenna/anomaly.json) so Antenna revokes it; the SET's emission time is the
 `caep:session_revoked` event's timestamp on the security console (`GET /events`, millisecond
 resolution, the same host clock), the 401's the caller's wall clock when the 401 came back.
+
+`idp_end_latency`: the same caller, but the session ends at the IdP (RP-initiated logout at
+the simulated Verify, which pushes CAEP session-revoked to the MCP server over its own SSF
+stream): from the moment the logout request is sent (so the figure includes the logout's own
+round trip) to the first 401. `python -m bench.revocation` runs only this part on the process
+lab and prints it.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any
 import httpx
 import jwt
 
-__all__ = ["revocation_latency"]
+__all__ = ["idp_end_latency", "revocation_latency"]
 
 _HEADERS = {"Accept": "application/json, text/event-stream",
             "MCP-Protocol-Version": "2025-11-25"}
@@ -41,6 +47,50 @@ def _emitted_at(console: str, sid: str, timeout: float = 30.0) -> float | None:
                                               ).timestamp()
         time.sleep(0.05)
     return None
+
+
+def _hammer(mcp: str, auth: dict[str, str], first_401: list[float],
+            calling: threading.Event, stop: threading.Event) -> None:
+    with httpx.Client(timeout=30) as http:
+        while not stop.is_set():
+            r = http.post(mcp, json=_call("list_users", {"count": 1}), headers=auth)
+            if r.status_code == 401:
+                first_401.append(time.time())
+                return
+            calling.set()
+
+
+def idp_end_latency(endpoints: dict[str, str], issuer: str, user: str,
+                    trials: int) -> dict[str, Any]:
+    """IdP-side end (logout at Verify) -> the first 401 at the MCP server; p50 and max."""
+    from harness.verify.login import login
+
+    mcp = endpoints["mcp"]
+    refused: list[float] = []
+    failures: list[str] = []
+    for _ in range(trials):
+        tokens = login(issuer, user, resource=mcp)
+        auth = {**_HEADERS, "Authorization": f"Bearer {tokens['access_token']}"}
+        first_401: list[float] = []
+        calling, stop = threading.Event(), threading.Event()
+        thread = threading.Thread(target=_hammer, args=(mcp, auth, first_401, calling, stop),
+                                  daemon=True)
+        thread.start()
+        calling.wait(30)
+        ended = time.time()
+        httpx.get(f"{issuer}/logout", params={"id_token_hint": tokens["id_token"]}, timeout=30)
+        thread.join(timeout=30)
+        stop.set()
+        if not first_401:
+            failures.append("the caller never got a 401 after the logout")
+            continue
+        refused.append((first_401[0] - ended) * 1000)
+    return {"idp_end_to_first_401_p50_ms": round(statistics.median(refused), 1)
+            if refused else None,
+            "idp_end_to_first_401_max_ms": round(max(refused), 1) if refused else None,
+            "trials": len(refused), "failures": failures[:3],
+            "note": "from the logout request sent to Verify to the first 401 a caller that "
+                    "never stops calling gets (one call's duration included)"}
 
 
 def revocation_latency(endpoints: dict[str, str], issuer: str, user: str,
@@ -88,3 +138,31 @@ def revocation_latency(endpoints: dict[str, str], issuer: str, user: str,
             "emitted_to_first_401_max_ms": round(max(refused), 1) if refused else None,
             "trials": len(refused), "failures": failures[:3],
             "note": "event timestamps have millisecond resolution"}
+
+
+def main() -> int:
+    """Only the IdP-side measurement, on the process lab (what `make bench` runs in full)."""
+    import json
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from bench.run import USER, private_fixtures
+    from harness.lab_settings import LabSettings
+    from harness.supervisor import OIDC_BASE, Supervisor
+
+    private = Path(tempfile.mkdtemp(prefix="iia-bench-idp-"))
+    supervisor = Supervisor(LabSettings.from_env(fixtures=private_fixtures(private)),
+                            directory=private / "lab")
+    try:
+        endpoints = supervisor.start()
+        result = idp_end_latency(endpoints, endpoints["verify"] + OIDC_BASE, USER, trials=15)
+    finally:
+        supervisor.stop()
+        shutil.rmtree(private, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

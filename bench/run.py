@@ -298,6 +298,12 @@ def table(results: dict[str, Any]) -> str:
     lines.append(f"revocation SET -> first 401: p50 {rv['emitted_to_first_401_p50_ms']} ms, max "
                  f"{rv['emitted_to_first_401_max_ms']} ms over {rv['trials']} trials"
                  + (f"; failed: {rv['failures']}" if rv["failures"] else ""))
+    idp = rv.get("idp_end")
+    if idp:
+        lines.append(f"IdP-side end (logout at Verify) -> first 401: p50 "
+                     f"{idp['idp_end_to_first_401_p50_ms']} ms, max "
+                     f"{idp['idp_end_to_first_401_max_ms']} ms over {idp['trials']} trials"
+                     + (f"; failed: {idp['failures']}" if idp["failures"] else ""))
     sizes = list(results.get("directory_median_ms", {}))
     if sizes:
         names = list(results["directory_median_ms"][sizes[0]])
@@ -363,7 +369,7 @@ def measure(endpoints: dict[str, str], lab_pids: dict[str, int], anchors: Anchor
             sessions: tuple[int, ...], seconds: float, warm_calls: int,
             revocation_trials: int) -> dict[str, Any]:
     from bench.counters import counters_url, fetch_counters, per_call
-    from bench.revocation import revocation_latency
+    from bench.revocation import idp_end_latency, revocation_latency
     from harness.supervisor import OIDC_BASE
     from harness.verify.login import login
 
@@ -391,6 +397,8 @@ def measure(endpoints: dict[str, str], lab_pids: dict[str, int], anchors: Anchor
                 steps = breakdown(endpoints["console"], sid, points[path][str(n)]["p50_ms"])
     print("revocation latency ...", flush=True)
     revocation = revocation_latency(endpoints, issuer, USER, trials=revocation_trials)
+    print("IdP-side end (logout at Verify) -> first 401 ...", flush=True)
+    revocation["idp_end"] = idp_end_latency(endpoints, issuer, USER, trials=revocation_trials)
     return {"points": points, "breakdown": steps, "counters_per_call": counters,
             "processes": [*pids, "load"], "revocation": revocation}
 
