@@ -26,7 +26,7 @@ from harness.verify.passkeys import (
     push_challenge,
 )
 from iia.identity import WorkloadIdentity
-from tests.helpers import bc_authorize, rar
+from tests.helpers import bc_authorize, rar, wait_for
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
 
@@ -152,6 +152,12 @@ def test_enrollment_over_http_needs_a_signed_in_user(lab: Lab) -> None:
     bob = lab.verify.directory.user_by_username(BOB)
     assert from_b64url(made["rawId"]) in {c.credential_id
                                           for c in lab.verify.passkeys.store.of_user(bob.id)}
+    # the tenant's SSF transmitter says so: CAEP credential-change (fido2-platform, create)
+    change = "https://schemas.openid.net/secevent/caep/event-type/credential-change"
+    got = wait_for(lambda: next((c for c in lab.mcp.ssf.received if change in c["events"]
+                                 and c["sub_id"].get("sub") == bob.id), None),
+                   "the credential-change SET", timeout=30)
+    assert got["events"][change]["change_type"] == "create"
     again = httpx.post(f"{base}/lab/enroll", json={"code": code, "ceremony": "y",
                                                   "credential": made})
     refused(again, 401, "invalid_assertion", "enrollment link is unknown, used or expired")

@@ -217,6 +217,8 @@ class VerifyTenant:
         self.transmitter = SsfTransmitter(base_url=self.base_url, oidc_issuer=self.issuer,
                                           sessions=self.sessions, audit=self.audit,
                                           tokens=self.ssf_tokens, clock=clock)
+        self.verify_app.on_enrolled = lambda user_id: self.transmitter.credential_created(
+            user_id, "a passkey enrolled in the Verify app")
         self.admin_api = AdminApi(directory=self.directory, tokens=self.tokens,
                                   sessions=self.sessions, registry=self.registry,
                                   audit=self.audit, base_url=self.admin_api_url, clock=clock)

@@ -89,6 +89,8 @@ class VerifyApp:
         self._lock = threading.Lock()
         self._sessions: dict[str, tuple[str, float]] = {}
         self._invitations: dict[str, _Invitation] = {}
+        # told of every passkey enrolled here (user id): the tenant's SSF transmitter
+        self.on_enrolled: Callable[[str], None] | None = None
 
     # -- what a push shows: people by name and e-mail ------------------------------------------
 
@@ -313,6 +315,8 @@ class VerifyApp:
             self.audit.record(Decision(kind="passkey", outcome="enrolled",
                                        user=user.user_name if user else None,
                                        details={"credentialIdDigest": stored.digest}))
+            if self.on_enrolled is not None:
+                self.on_enrolled(user_id)
             return {"enrolled": True, "user": self.person(user_id),
                     "credentialIdDigest": stored.digest}
         return await self._handle(request, run)
