@@ -23,27 +23,33 @@ from harness.verify.login import login
 from harness.verify.ssf_transmitter import CAEP_EVENTS, MANAGE_SCOPE, VERIFICATION
 from iia.agent import SessionEndedError
 from iia.mcp_server.ssf_subscription import IDP_PUSH_PATH, IdpStream, origin
-from iia.protocol import SET_MEDIA_TYPE, SET_TYP
+from iia.protocol import SET_MEDIA_TYPE, SET_TYP, TOKEN_EXCHANGE_GRANT
 from tests.agent_helpers import mcp_call, phone, user_id
 from tests.helpers import as_mcp_server, sid_of, user_token, wait_for
 
 SESSION_REVOKED = CAEP_EVENTS["session-revoked"]
 
 
-def steps(lab: Lab) -> dict[str, int]:
-    """What runs when a tool call's chain runs: the call itself, the Vault read of step 3 and
-    the token exchange of step 5."""
+def steps(lab: Lab, identity_too: bool = True) -> dict[str, int]:
+    """What runs when a tool call's chain runs: the call itself, the SVID and Vault read of
+    step 3 and the token exchange of step 5."""
     mcp = lab.mcp
-    return {"chain_calls": mcp.chain.calls, "vault_reads": mcp.identity.vault.reads,
-            "svid_fetches": mcp.identity.svids.fetches,
-            "token_requests": mcp.idp.requests.get("token_endpoint", 0)}
+    counted = {"chain_calls": mcp.chain.calls,
+               "token_exchanges": mcp.idp.grants.get(TOKEN_EXCHANGE_GRANT, 0)}
+    if identity_too:
+        counted.update(vault_reads=mcp.identity.vault.reads,
+                       svid_fetches=mcp.identity.svids.fetches)
+    return counted
 
 
 @contextmanager
-def nothing_runs(lab: Lab) -> Iterator[None]:
-    before = steps(lab)
+def nothing_runs(lab: Lab, identity_too: bool = True) -> Iterator[None]:
+    """No step of the chain runs in the block: no SVID, no Vault read, no exchange (with
+    `identity_too=False`, the SVID and Vault are not counted: a subscription retrying in the
+    background uses them)."""
+    before = steps(lab, identity_too)
     yield
-    assert steps(lab) == before  # no step of the chain ran: no SVID, no Vault, no exchange
+    assert steps(lab, identity_too) == before
 
 
 def dropped(lab: Lab, sid: str) -> str:
@@ -319,7 +325,7 @@ def test_transmitter_down_fails_closed_and_is_retried(lab: Lab) -> None:
     mcp.idp_stream = down
     try:
         assert down.start() is False
-        with nothing_runs(lab):
+        with nothing_runs(lab, identity_too=False):
             result = mcp_call(lab, token, "list_groups", {"count": 1})
         assert result.is_error and result.text.startswith("[temporarily_unavailable]")
         assert f"127.0.0.1:{port}" in result.text
@@ -340,3 +346,25 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_a_receiver_that_is_down_delays_only_its_own_stream(lab: Lab, identity: Any) -> None:
+    """A stream whose receiver is gone (say, an MCP server killed without deleting it) keeps
+    retrying its SET; the live MCP server's session-revoked goes past it."""
+    base = f"{lab.verify.base_url}/v1.0/ssf"
+    auth = {"Authorization": f"Bearer {management_token(lab, identity)}"}
+    dead = httpx.post(f"{base}/streams", headers=auth, json={
+        "delivery": {"method": "urn:ietf:rfc:8935",
+                     "endpoint_url": f"http://127.0.0.1:{_free_port()}/events"},
+        "events_requested": [SESSION_REVOKED], "aud": "gone"}).json()["stream_id"]
+    try:
+        assert httpx.post(f"{base}/verify", json={"stream_id": dead},
+                          headers=auth).status_code == 204  # queued first, never delivered
+        tokens = user_token(lab)
+        sid = sid_of(tokens["access_token"])
+        httpx.get(f"{lab.verify.issuer}/logout", params={"id_token_hint": tokens["id_token"]})
+        dropped(lab, sid)
+        waiting = [i.stream_id for i in lab.verify.transmitter._queue]
+        assert dead in waiting  # still retrying, and the drop did not wait for it
+    finally:
+        httpx.delete(f"{base}/streams", params={"stream_id": dead}, headers=auth)

@@ -29,7 +29,8 @@ What is transmitted (subjects per RFC 9493, SSF 1.0 §4.1):
   the agent must drop it;
 * CAEP `credential-change` (`fido2-platform`, `create`) when a user enrolls a passkey.
 
-Delivery: one worker thread, in order per stream (a paused stream's SETs are held, up to
+Delivery: one worker thread, in order per stream, a receiver that is down delaying only its own
+stream (a paused stream's SETs are held, up to
 `MAX_QUEUED`, and sent when it is enabled again; a disabled stream's are not made); a push that
 fails (connection refused, 5xx) is retried after 0.05 s doubling to at most 1 s, for at most
 `RETRY_FOR` seconds, then recorded as failed in the audit trail. A 400 (the receiver refused
@@ -39,6 +40,7 @@ it full is recorded as dropped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
@@ -297,19 +299,32 @@ class SsfTransmitter:
         with httpx.Client(timeout=5, follow_redirects=False) as http:
             while True:
                 with self._lock:
-                    while not self._closed and (not self._queue or
-                                                self._queue[0].not_before > time.monotonic()):
-                        wait = (self._queue[0].not_before - time.monotonic()
-                                if self._queue else None)
+                    head, wait = self._due()
+                    while not self._closed and head is None:
                         self._lock.wait(wait)
-                    if self._closed:
+                        head, wait = self._due()
+                    if self._closed or head is None:
                         return
-                    head = self._queue[0]
                     stream = self._streams.get(head.stream_id)
                 if stream is None:  # deleted meanwhile: nothing owed
                     self._done(head, "dropped", "the stream was deleted")
                     continue
                 self._push(http, stream, head)
+
+    def _due(self) -> tuple[_Outgoing | None, float | None]:
+        """The oldest SET whose stream has nothing older waiting and whose retry time has
+        come (per-stream FIFO: one receiver that is down delays only its own stream), else
+        None and how long until the next one is due. The caller holds the lock."""
+        now, seen, soonest = time.monotonic(), set(), None
+        for item in self._queue:
+            if item.stream_id in seen:
+                continue
+            seen.add(item.stream_id)
+            if item.not_before <= now:
+                return item, None
+            soonest = item.not_before - now if soonest is None else min(
+                soonest, item.not_before - now)
+        return None, soonest
 
     def _push(self, http: httpx.Client, stream: Stream, item: _Outgoing) -> None:
         headers = {"Content-Type": SET_MEDIA_TYPE, "Accept": "application/json"}
@@ -339,8 +354,8 @@ class SsfTransmitter:
 
     def _done(self, item: _Outgoing, outcome: str, why: str | None) -> None:
         with self._lock:
-            if self._queue and self._queue[0] is item:
-                self._queue.popleft()
+            with contextlib.suppress(ValueError):
+                self._queue.remove(item)
             self.sent.append({"jti": item.jti, "stream_id": item.stream_id,
                               "event_type": item.event_type, "outcome": outcome,
                               "reason": why})
