@@ -338,7 +338,7 @@ def test_transmitter_down_fails_closed_and_is_retried(lab: Lab) -> None:
         # the validator trusts the real stream's header again
         real.close()
         real._stop.clear()
-        assert real.subscribe_once()
+        assert real.start()
 
 
 def _free_port() -> int:
@@ -368,3 +368,19 @@ def test_a_receiver_that_is_down_delays_only_its_own_stream(lab: Lab, identity: 
         assert dead in waiting  # still retrying, and the drop did not wait for it
     finally:
         httpx.delete(f"{base}/streams", params={"stream_id": dead}, headers=auth)
+
+
+def test_a_stream_the_idp_lost_is_subscribed_anew(lab: Lab) -> None:
+    """The IdP forgets the stream (here deleted through its API, as a restarted IdP would have
+    lost it): the MCP server finds out on its next read-back, subscribes again, and a logout
+    after that still reaches it."""
+    stream = lab.mcp.idp_stream
+    old, management = stream.stream_id, stream._management
+    assert old is not None and management is not None
+    assert httpx.delete(management[0], params={"stream_id": old}, headers={
+        "Authorization": f"Bearer {management[1]}"}).status_code == 204
+    wait_for(lambda: stream.ready and stream.stream_id != old, "a new subscription", 30)
+    tokens = user_token(lab)
+    sid = sid_of(tokens["access_token"])
+    httpx.get(f"{lab.verify.issuer}/logout", params={"id_token_hint": tokens["id_token"]})
+    assert "logout" in dropped(lab, sid)

@@ -241,6 +241,10 @@ class McpServer:
                 yield
 
         async def health(request: Request) -> JSONResponse:
+            waiting = self.idp_stream.refusal()  # not subscribed to the IdP's stream yet
+            if waiting is not None:
+                return JSONResponse({"status": "starting", "dependency": "verify_ssf",
+                                     "reason": waiting}, status_code=503)
             return JSONResponse({"status": "ok"})
 
         path = url.path or "/"

@@ -14,7 +14,12 @@ The IdP down at start: start-up goes on (the MCP server must be reachable to say
 wrong), but it fails closed: until the stream exists, every tool call is refused with
 `temporarily_unavailable`, naming the IdP's SSF transmitter and why (`problem`); the failure is
 logged and emitted (`ssf:subscription_failed`), and the subscription is retried in the
-background every `retry` seconds until it succeeds (`ssf:subscribed`).
+background every `retry` seconds until it succeeds (`ssf:subscribed`). `/healthz` answers 503
+with the same sentence meanwhile, so a supervisor counts the MCP server as still starting.
+
+Once subscribed, the stream is read back every `check_every` seconds (SSF 1.0 §7.1.1.2): an IdP
+that lost it (restarted: its streams and tokens were in memory) answers 401 to the old token and
+404 to a new one; the MCP server then refuses calls again and subscribes anew at once.
 """
 
 from __future__ import annotations
@@ -54,7 +59,8 @@ def origin(url: str) -> str:
 class IdpStream:
     def __init__(self, *, idp: AuthorizationServerClient, identity: WorkloadIdentity,
                  validator: SetValidator, audience: str, endpoint_url: str,
-                 events: EventBus | None = None, retry: float = 2.0,
+                 events: EventBus | None = None, retry: float = 0.5,
+                 check_every: float = 2.0,
                  http: Callable[[], httpx.Client] | None = None) -> None:
         self.idp = idp
         self.identity = identity
@@ -63,6 +69,7 @@ class IdpStream:
         self.endpoint_url = endpoint_url
         self.events = events
         self.retry = retry
+        self.check_every = check_every
         self.configuration_url = origin(idp.issuer) + "/.well-known/ssf-configuration"
         self._http = http or (lambda: httpx.Client(timeout=5, follow_redirects=False))
         self._lock = threading.Lock()
@@ -86,17 +93,51 @@ class IdpStream:
     def start(self) -> bool:
         """Subscribe once now; on failure, keep retrying in the background. True: subscribed."""
         self.started = True
-        if self.subscribe_once():
-            return True
-        self._thread = threading.Thread(target=self._retry, name="iia-idp-ssf-subscribe",
+        subscribed = self.subscribe_once()
+        self._thread = threading.Thread(target=self._watch, name="iia-idp-ssf-subscription",
                                         daemon=True)
         self._thread.start()
-        return False
+        return subscribed
 
-    def _retry(self) -> None:
-        while not self._stop.wait(self.retry):
-            if self.subscribe_once():
-                return
+    def _watch(self) -> None:
+        while not self._stop.wait(self.check_every if self.ready else self.retry):
+            if not self.ready or self.lost():
+                self.subscribe_once()
+
+    def lost(self) -> bool:
+        """Read the stream back; True (and not ready any more) when the IdP no longer has it.
+        An IdP that cannot be reached is not a lost stream: it is checked again later."""
+        with self._lock:
+            management, stream_id = self._management, self.stream_id
+        if management is None or stream_id is None:
+            return False
+        try:
+            with self._http() as http:
+                status = self._read(http, management, stream_id)
+                if status == 401:  # the token lapsed, or the IdP forgot it: a new one
+                    management = (management[0], self._token())
+                    with self._lock:
+                        self._management = management
+                    status = self._read(http, management, stream_id)
+        except (IIAError, httpx.HTTPError):
+            return False
+        if status != 404:
+            return False
+        problem = (f"the identity provider ({self.configuration_url}) no longer holds this "
+                   f"server's SSF stream {stream_id} (did it restart?); tool calls are "
+                   "refused until it is subscribed again")
+        with self._lock:
+            self.stream_id, self.problem = None, problem
+        log.warning("%s", problem)
+        if self.events is not None:
+            self.events.emit("ssf:subscription_failed", outcome="error", reason=problem,
+                             details={"dependency": "verify_ssf"})
+        return True
+
+    @staticmethod
+    def _read(http: httpx.Client, management: tuple[str, str], stream_id: str) -> int:
+        return http.get(management[0], params={"stream_id": stream_id}, headers={
+            "Authorization": f"Bearer {management[1]}"}).status_code
 
     def subscribe_once(self) -> bool:
         try:
@@ -107,7 +148,7 @@ class IdpStream:
             problem = (f"the identity provider's SSF transmitter ({self.configuration_url}) "
                        f"cannot be subscribed to: {why}; tool calls are refused until it can "
                        "(retrying)")
-            first = self.problem is None
+            first = self.problem is None or "no longer holds" in self.problem
             self.problem = problem
             if first:
                 log.warning("%s", problem)
