@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from iia.events import EventBus
 from iia.protocol import CAEP_EVENT
@@ -43,6 +43,7 @@ class SsfPushReceiver:
         self.validator = SetValidator(audience)  # Antenna's SETs
         self.idp_validator = SetValidator(audience)  # the identity provider's SETs
         self.received: list[SetClaims] = []
+        self._closed = False
         self.on_revoked: Callable[[str, str], None] | None = None
 
     def subscribe(self, issuer: str, jwks_uri: str, authorization: str | None = None) -> None:
@@ -79,7 +80,16 @@ class SsfPushReceiver:
             _RECEIVING.active = False
         return str(sid) if dropped else None
 
+    def _closing(self) -> Response | None:
+        """A push that arrives while the server shuts down: 503, the transmitter retries."""
+        if not self._closed:
+            return None
+        return JSONResponse({"err": "temporarily_unavailable", "description": "the MCP server "
+                             "is shutting down; send the SET again later"}, status_code=503)
+
     async def push(self, request: Request) -> Response:
+        if (closing := self._closing()) is not None:
+            return closing
         try:
             claims, _ = await self.validator.read(request)
         except SetRefused as exc:
@@ -90,6 +100,8 @@ class SsfPushReceiver:
     async def idp_push(self, request: Request) -> Response:
         """A SET from the identity provider's transmitter; a session it ends is dropped and
         `ssf:session_revoked` emitted before the 202."""
+        if (closing := self._closing()) is not None:
+            return closing
         try:
             claims, _ = await self.idp_validator.read(request)
         except SetRefused as exc:
@@ -104,5 +116,6 @@ class SsfPushReceiver:
         return Response(status_code=202)
 
     def close(self) -> None:
+        self._closed = True
         self.validator.close()
         self.idp_validator.close()
