@@ -24,6 +24,7 @@ from harness.verify.ssf_transmitter import CAEP_EVENTS, MANAGE_SCOPE, VERIFICATI
 from iia.agent import SessionEndedError
 from iia.mcp_server.ssf_subscription import IDP_PUSH_PATH, IdpStream, origin
 from iia.protocol import SET_MEDIA_TYPE, SET_TYP, TOKEN_EXCHANGE_GRANT
+from iia.ssf import SetValidator
 from tests.agent_helpers import mcp_call, phone, user_id
 from tests.helpers import as_mcp_server, sid_of, user_token, wait_for
 
@@ -384,3 +385,30 @@ def test_a_stream_the_idp_lost_is_subscribed_anew(lab: Lab) -> None:
     sid = sid_of(tokens["access_token"])
     httpx.get(f"{lab.verify.issuer}/logout", params={"id_token_hint": tokens["id_token"]})
     assert "logout" in dropped(lab, sid)
+
+
+def test_a_configuration_naming_another_issuer_is_not_trusted(lab: Lab) -> None:
+    """SSF 1.0 §6.2: the issuer in the transmitter configuration must be the origin it was
+    fetched from; one that names another issuer is not trusted and no stream is created."""
+    posted: list[str] = []
+
+    def other_host(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            posted.append(str(request.url))
+            return httpx.Response(201, json={"stream_id": "s"})
+        return httpx.Response(200, json={
+            "issuer": "https://attacker.example", "jwks_uri": "https://attacker.example/jwks",
+            "delivery_methods_supported": ["urn:ietf:rfc:8935"],
+            "configuration_endpoint": "https://attacker.example/streams"})
+
+    validator = SetValidator(lab.mcp_url)
+    mcp = lab.mcp
+    stream = IdpStream(idp=mcp.idp, identity=mcp.identity, validator=validator,
+                       audience=mcp.settings.resource, endpoint_url="http://127.0.0.1:1/x",
+                       http=lambda: httpx.Client(transport=httpx.MockTransport(other_host)))
+    try:
+        assert stream.subscribe_once() is False
+        assert stream.problem is not None and "SSF 1.0 §6.2" in stream.problem
+        assert validator.trusted is None and posted == [] and not stream.ready
+    finally:
+        validator.close()
