@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import hvac
 import jwt
 import pytest
 
@@ -25,7 +26,7 @@ from iia.identity import IdentitySettings, WorkloadIdentity
 from iia.oauth.client import AuthorizationServerClient
 from iia.sessions import SessionRevocations
 from tests.agent_helpers import ask, group_id, mcp_call, phone, user_id
-from tests.helpers import caller_of, user_token
+from tests.helpers import as_mcp_server, caller_of, user_token
 
 
 def dead_url() -> str:
@@ -167,6 +168,47 @@ def test_idp_down(lab: Lab, quiet: Quiet) -> None:
     assert events.recent(type="agent:tool_error")[0].to_dict()["dependency"] == "idp"
     assert not events.recent(type="agent:token_exchange_success")
     assert len(lab.verify.admin_api.requests) == quiet.admin
+
+
+@contextmanager
+def idp_vault_down(lab: Lab) -> Iterator[None]:
+    """The IdP's own Vault client pointed at a dead port: the MCP server still reads its
+    secret from the lab's OpenBao, but the IdP cannot store the rotated one."""
+    rotating = lab.verify.mcp_client_secret
+    saved = rotating._vault
+    rotating._vault = hvac.Client(url=dead_url())
+    try:
+        yield
+    finally:
+        rotating._vault = saved
+
+
+def test_idp_vault_down_is_a_503_naming_vault(lab: Lab, identity: WorkloadIdentity) -> None:
+    token_url = lab.verify.issuer + "/token"
+    with idp_vault_down(lab):
+        answer = as_mcp_server(identity, token_url, {"grant_type": "client_credentials",
+                                                      "scope": "ssf.manage"})
+    assert answer.status_code == 503, answer.text  # not a 500
+    body = answer.json()
+    assert body["error"] == "temporarily_unavailable" and body["dependency"] == "vault"
+    assert "secret store (Vault) is unavailable" in body["error_description"]
+    assert answer.headers["Retry-After"] == "1" and "access_token" not in body
+    # the secret that was current stays current: once Vault is back the same client works
+    again = as_mcp_server(identity, token_url, {"grant_type": "client_credentials",
+                                                 "scope": "ssf.manage"})
+    assert again.status_code == 200, again.text
+
+
+def test_idp_vault_down_the_chain_names_it(lab: Lab, quiet: Quiet) -> None:
+    token = user_token(lab)["access_token"]
+    with idp_vault_down(lab):
+        result = mcp_call(lab, token, "list_users", {})
+    assert result.is_error and result.text.startswith("[idp_unavailable]"), result.text
+    assert "the identity provider's secret store (Vault) is unavailable" in result.text
+    assert "HTTP 500" not in result.text
+    errors = [e.to_dict() for e in quiet.events_of(token) if e.type == "agent:tool_error"]
+    assert len(errors) == 1 and errors[0]["dependency"] == "idp"
+    assert len(lab.verify.admin_api.requests) == quiet.admin  # nothing reached the admin API
 
 
 def test_admin_api_down_a_write_changes_nothing(lab: Lab) -> None:

@@ -403,9 +403,7 @@ class VerifyTenant:
         try:
             version = await run_in_threadpool(secret.rotate)
         except CredentialStoreError as exc:
-            return JSONResponse({"error": "temporarily_unavailable", "dependency": "vault",
-                                 "error_description": str(exc)}, status_code=503,
-                                headers={"Retry-After": "1"})
+            return vault_unavailable(request, exc)
         return JSONResponse({"client_id": secret.client_id, "rotated": True,
                              "secret": f"in Vault at {secret.location}", "version": version})
 
@@ -436,4 +434,17 @@ class VerifyTenant:
             Route("/lab/credential/rotate", self.rotate_credential, methods=["POST"]),
             Route("/healthz", self.health),
             Mount("/v2.0", app=self.admin_api.app()),
-        ])
+        ], exception_handlers={CredentialStoreError: vault_unavailable})
+
+
+async def vault_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The tenant's own secret store failed (RotatingClientSecret could not write the rotated
+    secret of the MCP server's client, at the token endpoint or anywhere a client
+    authenticates): RFC 6749's `temporarily_unavailable` as a 503 with Retry-After, naming
+    Vault, never a 500. Nothing was issued; the secret that was current stays current, so
+    the client's retry with it succeeds once Vault is back."""
+    return JSONResponse(
+        {"error": "temporarily_unavailable", "dependency": "vault",
+         "error_description": f"the identity provider's secret store (Vault) is unavailable, "
+                              f"nothing was issued: {exc}"},
+        status_code=503, headers={"Retry-After": "1", "Cache-Control": "no-store"})

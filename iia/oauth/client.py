@@ -108,7 +108,7 @@ class AuthorizationServerClient:
         if response.status_code == 200 and isinstance(body, dict):
             return body
         if response.status_code >= 500:
-            raise IdpUnavailableError(f"{endpoint} answered HTTP {response.status_code}",
+            raise IdpUnavailableError(_unavailable(endpoint, response, body),
                                       upstream_code=str(response.status_code))
         raise error_from_response(response.status_code, body)
 
@@ -137,3 +137,17 @@ class AuthorizationServerClient:
 
     def close(self) -> None:
         self._http.close()
+
+
+def _unavailable(endpoint: str, response: httpx.Response, body: object) -> str:
+    """The sentence for a 5xx from the IdP, naming the real cause when the IdP said it: RFC
+    6749's `temporarily_unavailable` from its own secret store (Vault) or from being busy."""
+    said = f"{endpoint} answered HTTP {response.status_code}"
+    if not isinstance(body, dict) or body.get("error") != "temporarily_unavailable":
+        return said
+    said += " temporarily_unavailable"
+    if body.get("dependency") == "vault":
+        return f"the identity provider's secret store (Vault) is unavailable ({said})"
+    retry = response.headers.get("Retry-After")
+    return f"the identity provider is busy ({said}" + (
+        f", retry after {retry} s)" if retry else ")")
