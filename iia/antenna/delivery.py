@@ -5,9 +5,13 @@ never signs). 202 (or 200) means delivered; the SETs one pass delivered are mark
 transaction at its end (a crash before that mark sends them again: at least once, and the
 receiver acts on a jti once). A 400 is the
 receiver refusing that SET (RFC 8935 §2.3 `err`): it is marked failed and not retried. Anything
-else (connection refused, timeout, 401/403, 5xx) is transient: the SET is retried with
-exponential backoff (0.5 s doubling to 30 s, with jitter), and the worker stops the batch so order
-is kept. A receiver that fails only delays its own stream: workers share nothing but the store.
+else (connection refused, timeout, 401/403, 5xx) is transient: the SET is retried after
+0.25 s, 0.5 s, then every 1 s for as long as it fails (`backoff`; jitter only shortens a wait), so
+a returning receiver gets it, and a revocation, within a second; the load on a receiver that is
+down stays one request a second per stream. Order is strict FIFO per stream: the worker stops the
+batch at the failing SET, and nothing behind it is sent until it is (`Store.due` returns nothing
+while the head waits), across restarts too (the outbox is SQLite). A receiver that fails only
+delays its own stream: workers share nothing but the store.
 A fault inside the worker itself (a store error, a signing failure) is logged and retried after
 a pause; it never kills the thread, so a stream cannot silently stop delivering.
 """
@@ -31,8 +35,12 @@ log = logging.getLogger(__name__)
 FAULT_PAUSE = 1.0  # seconds a worker waits after a fault of its own before trying again
 
 
+RETRY_CAP = 1.0  # seconds: the longest a waiting head waits before its next try
+
+
 def backoff(attempts: int) -> float:
-    return min(30.0, 0.5 * 2.0 ** attempts) * random.uniform(0.8, 1.0)  # noqa: S311 - jitter
+    """Seconds before retry `attempts` + 1: 0.25, 0.5, then 1 s, less up to 20 % jitter."""
+    return min(RETRY_CAP, 0.25 * 2.0 ** attempts) * random.uniform(0.8, 1.0)  # noqa: S311
 
 
 class PushWorker:

@@ -169,12 +169,21 @@ class Store:
         return [(r[0], r[1]) for r in rows]
 
     def due(self, stream_id: str, limit: int = 50) -> list[OutboxRow]:
+        """The stream's pending rows from its head, in order, if the head is due; none while
+        the head waits for its retry time. Strict FIFO: a later SET never overtakes a head
+        that is waiting (each stream has its own head, so only that stream waits)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, stream_id, jti, event_type, claims, attempts, created_at FROM outbox "
-                "WHERE stream_id = ? AND state = 'pending' AND next_at <= ? ORDER BY id "
-                "LIMIT ?", (stream_id, self._clock(), limit)).fetchall()
-        return [OutboxRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6]) for r in rows]
+                "SELECT id, stream_id, jti, event_type, claims, attempts, created_at, next_at "
+                "FROM outbox WHERE stream_id = ? AND state = 'pending' ORDER BY id LIMIT ?",
+                (stream_id, limit)).fetchall()
+        now = self._clock()
+        out: list[OutboxRow] = []
+        for r in rows:
+            if r[7] > now:  # a row waiting for its retry: nothing after it goes first
+                break
+            out.append(OutboxRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6]))
+        return out
 
     def pending(self, stream_id: str, limit: int) -> list[OutboxRow]:
         """Pending rows regardless of their retry time (poll delivery hands them out)."""
@@ -186,10 +195,12 @@ class Store:
         return [OutboxRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6]) for r in rows]
 
     def next_due_at(self, stream_id: str) -> float | None:
+        """When the stream's head is due (FIFO: the rows behind it wait for it)."""
         with self._lock:
-            row = self._db.execute("SELECT MIN(next_at) FROM outbox WHERE stream_id = ? AND "
-                                   "state = 'pending'", (stream_id,)).fetchone()
-        return row[0] if row and row[0] is not None else None
+            row = self._db.execute("SELECT next_at FROM outbox WHERE stream_id = ? AND "
+                                   "state = 'pending' ORDER BY id LIMIT 1",
+                                   (stream_id,)).fetchone()
+        return row[0] if row is not None else None
 
     def delivered(self, *row_ids: int) -> None:
         """Mark these rows delivered, in one transaction (a push worker marks a drain's worth
