@@ -18,11 +18,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.spec_receiver import SetChecker, SpecReceiver, discover, inversions, subscribe
+from tests.spec_receiver import SetChecker, SpecReceiver, discover, inversions, poll, subscribe
 
 TIMEOUT = 60.0  # a wait on a condition, generous for a loaded 2-core machine
 ROOT = Path(__file__).resolve().parent.parent
@@ -229,3 +230,33 @@ def test_order_holds_across_a_kill_of_the_transmitter(host: Host) -> None:
         assert_exactly_once_in_order(receiver, issued)
     finally:
         receiver.stop()
+
+
+def test_poll_hands_out_in_order_and_again_after_a_kill_until_acknowledged(host: Host) -> None:
+    """RFC 8936 poll: SETs come in issue order; the ones handed out but not acknowledged
+    when the transmitter is killed come again, first, from the restarted process."""
+    config = discover(host.url)
+    stream = subscribe(config, host.token, {"method": "urn:ietf:rfc:8936"}, [ISSUED])
+    endpoint = stream["delivery"]["endpoint_url"]
+    checker = SetChecker(config, stream["aud"])
+    issued = host.decide(5)
+    first, more = poll(endpoint, host.token, checker, ack=[], max_events=8)
+    assert more and len(first) == 8
+    host.kill()  # the 8 were handed out, never acknowledged
+    host.start()
+    issued += host.decide(2)
+    got: list[dict[str, Any]] = []
+    ack: list[str] = []
+    while True:
+        sets, more = poll(endpoint, host.token, checker, ack=ack, max_events=8)
+        got += sets
+        ack = [s["jti"] for s in sets]
+        if not sets:
+            break
+    assert [c["jti"] for c in got[:8]] == [c["jti"] for c in first]  # again, first
+    order = []
+    for claims in got:
+        i, k = claims["events"][ISSUED]["rarSummary"].split("/")
+        order.append((int(i), int(k)))
+    assert order == issued  # every SET, once, in order
+    assert host.head(str(stream["stream_id"]))[0] == 0  # all acknowledged
