@@ -188,12 +188,21 @@ def times_recorded(lab: Lab, name: str, jti: str) -> int:
 
 @dataclass
 class Marks:
-    audit: int
+    audit: int  # a marker into the IdP's decision record (for `since`)
+    received: int  # of them, what the IdP's receiver and sessions recorded
     caep_refusals: int
+
+    def __eq__(self, other: object) -> bool:  # the marker moves with background deliveries
+        return (isinstance(other, Marks) and self.received == other.received
+                and self.caep_refusals == other.caep_refusals)
 
 
 def marks(lab: Lab) -> Marks:
-    return Marks(len(lab.verify.audit), len(lab.caep.refusals))
+    """What the receivers recorded. The IdP's own transmitter (deliveries to other tests' MCP
+    servers' streams, in the background) records under `ssf_transmit`: not counted here."""
+    decisions = lab.verify.audit.decisions()
+    received = [d for d in decisions if d.kind != "ssf_transmit"]
+    return Marks(len(decisions), len(received), len(lab.caep.refusals))
 
 
 def assert_refused(lab: Lab, name: str, response: httpx.Response, status: int, err: str,
