@@ -144,6 +144,44 @@ def test_the_watched_page_fails_on_a_console_error(browser: Browser) -> None:
         w.page.set_content("<script>console.error('boom')</script>")
 
 
+SHOWN = """() => [...document.querySelectorAll('#log > *')]
+  .filter((e) => !(e.classList.contains('assistant') && !e.textContent))
+  .map((e) => e.classList.contains('card') ? `card ${e.dataset.tool} ${e.dataset.outcome}`
+                                           : `${e.className}: ${e.textContent}`)"""
+
+
+def test_a_reload_shows_the_conversation_again(ui_lab: Lab, browser: Browser) -> None:
+    """A trainer reloads the chat page (here into presenter mode): the conversation of this
+    chat session comes back from the server's record of it, in order — each user line, its
+    tool card with the outcome, the answer — and the page logs no error. Reads only (this runs
+    before the tiers test in the same lab)."""
+    with watched_page(browser, "reload", base_url=ui_lab.endpoints["chat"]) as w:
+        page = w.page
+        sign_in(page, ui_lab)
+        for text, tool in (("list users", "list_users"), ("list groups", "list_groups")):
+            ask(page, text)
+            page.locator(f".card[data-tool={tool}][data-outcome=done]").wait_for(
+                timeout=WAIT_MS)
+            wait_idle(page)
+        before = page.evaluate(SHOWN)
+        assert [line.split(":")[0] for line in before] == [
+            "msg user", "card list_users done", "msg assistant",
+            "msg user", "card list_groups done", "msg assistant"], before
+        assert before[0] == "msg user: list users" and "The tenant has" in before[2]
+
+        page.goto("/?present=1")
+        page.get_by_text(f"Signed in as {ALICE}").wait_for(timeout=WAIT_MS)
+        page.locator(".card[data-tool=list_groups][data-outcome=done]").wait_for(
+            timeout=WAIT_MS)
+        assert "present" in (page.locator("body").get_attribute("class") or "")
+        assert page.evaluate(SHOWN) == before
+        card = last_card(page, "list_users")
+        assert "T1 read" in card and "done" in card
+        assert page.locator("#send").is_enabled()
+        page.locator("#chain li[data-step='6'][data-status=ok]").wait_for(timeout=WAIT_MS)
+        screenshot(page, "reload-presented")
+
+
 def test_tiers_and_the_kill_as_a_person_sees_them(ui_lab: Lab, browser: Browser) -> None:
     lab = ui_lab
     ivan = lab.verify.directory.user_by_username("ivan@example.com")

@@ -120,6 +120,48 @@ def test_chat_streams_text_tool_calls_and_done(lab: Lab, browser: httpx.Client) 
         assert [k for k, _ in sse(response)][-1] == "done"
 
 
+def test_the_conversation_is_kept_for_a_reload(lab: Lab, browser: httpx.Client) -> None:
+    """GET /conversation replays what /chat streamed this session, in order (the page shows it
+    again after a reload); another session, or no session, does not get it."""
+    with browser.stream("POST", "/chat", json={"message": "list applications"}) as response:
+        streamed = list(sse(response))
+    entries = browser.get("/conversation").json()["entries"]
+    assert entries[0] == {"event": "user", "data": {"text": "list applications"}}
+    shown = [(e["event"], e["data"].get("phase")) for e in entries[1:]]
+    assert shown == [(k, d.get("phase")) for k, d in _joined(streamed)]
+    assert "".join(e["data"]["delta"] for e in entries if e["event"] == "text") == "".join(
+        d["delta"] for k, d in streamed if k == "text")
+    other, _ = sign_in(lab, "bob@example.com")
+    assert other.get("/conversation").json() == {"entries": []}
+    other.close()
+    anonymous = httpx.get(lab.endpoints["chat"] + "/conversation")
+    assert anonymous.status_code == 401 and anonymous.json()["error"] == "not_signed_in"
+
+
+def _joined(events: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """Consecutive text deltas as one (the transcript keeps an answer's text whole)."""
+    out: list[tuple[str, dict]] = []
+    for kind, data in events:
+        if kind == "text" and out and out[-1][0] == "text":
+            continue
+        out.append((kind, data))
+    return out
+
+
+def test_the_transcript_is_bounded() -> None:
+    from iia.chat.sessions import TRANSCRIPT_LIMIT, ChatSession
+
+    session = ChatSession(id="x", email="alice@example.com", sub="s", sid="sid",
+                          access_token="t")
+    for i in range(TRANSCRIPT_LIMIT + 50):
+        session.record("user", {"text": str(i)})
+        session.record("text", {"delta": "a"})
+        session.record("text", {"delta": "b"})
+    assert len(session.transcript) == TRANSCRIPT_LIMIT
+    assert session.transcript[-1] == {"event": "text", "data": {"delta": "ab"}}
+    assert session.transcript[-2] == {"event": "user", "data": {"text": str(TRANSCRIPT_LIMIT + 49)}}
+
+
 def test_chat_needs_a_session_json_and_same_origin(lab: Lab, browser: httpx.Client) -> None:
     anonymous = httpx.post(lab.endpoints["chat"] + "/chat", json={"message": "list users"})
     assert anonymous.status_code == 401

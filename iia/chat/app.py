@@ -8,6 +8,8 @@ our MCP server) and streams the answer, and streams security events.
                            (Secure when served over https)
     POST /auth/logout      ends the IdP session, forgets the tokens, clears the cookie
     GET  /me               who is signed in (and whether they may watch everyone's events)
+    GET  /conversation     this session's conversation as the page showed it (user lines, tool
+                           cards, answers, in order), so a reload shows it again
     GET  /calls/last       this session's last tool call through the enforcement chain: the seven
                            steps with their milliseconds, the step that stopped it, the decoded
                            on-behalf-of claims (never a token); {"call": null} before the first
@@ -75,6 +77,8 @@ PENDING_TTL = 600.0
 # the events that tell the person a call waits for them on their phone, and how it ended
 APPROVAL_EVENTS = frozenset({"agent:hitl_required", "agent:push_pending", "agent:hitl_approved",
                              "agent:hitl_denied", "agent:hitl_expired", "agent:hitl_cached"})
+# how an approval ended: kept in the transcript (a wait for the phone is not)
+REPLAYED_APPROVALS = APPROVAL_EVENTS - {"agent:hitl_required", "agent:push_pending"}
 
 
 def _pkce() -> tuple[str, str]:
@@ -217,6 +221,15 @@ class ChatApp:
                              "session_id": session.sid, "ended": session.ended,
                              "admin": self._is_admin(session)})
 
+    async def conversation(self, request: Request) -> JSONResponse:
+        """This session's conversation as the page showed it, in order (`ChatSession.record`):
+        a reloaded page shows it again."""
+        session = self._session(request)
+        if session is None:
+            return JSONResponse({"error": "not_signed_in", "error_description": "sign in first"},
+                                status_code=401)
+        return JSONResponse({"entries": list(session.transcript)})
+
     async def last_call(self, request: Request) -> JSONResponse:
         session = self._session(request)
         if session is None:
@@ -253,8 +266,17 @@ class ChatApp:
     async def _answer(self, session: ChatSession, message: str) -> AsyncIterator[dict[str, str]]:
         queue: asyncio.Queue[dict[str, str] | None] = asyncio.Queue()
 
+        def emit(event: str, data: dict[str, Any]) -> None:
+            """Stream one event to the page and keep it in the session's transcript (a reload
+            shows it again), except the waits for a phone, which a reload cannot resume."""
+            if event != "approval" or data.get("type") in REPLAYED_APPROVALS:
+                session.record(event, data)
+            queue.put_nowait({"event": event, "data": json.dumps(data)})
+
+        session.record("user", {"text": message})
+
         async def on_text(text: str) -> None:
-            await queue.put({"event": "text", "data": json.dumps({"delta": text})})
+            emit("text", {"delta": text})
 
         started: dict[str, float] = {}
 
@@ -270,17 +292,17 @@ class ChatApp:
                     ms = (time.perf_counter() - started.pop(call["id"])) * 1000
             shown = card(phase, call["name"], call["input"], session.people,
                          result=call.get("result"), is_error=bool(call.get("is_error")), ms=ms)
-            await queue.put({"event": "tool", "data": json.dumps({"id": call["id"], **shown})})
+            emit("tool", {"id": call["id"], **shown})
 
         loop = asyncio.get_running_loop()
 
         def on_event(event: SecurityEvent) -> None:  # any thread: the chain runs in a worker
             if event.type in APPROVAL_EVENTS and event.session_id == session.sid:
                 wire = event.to_dict()
-                shown = {k: wire[k] for k in ("type", "outcome", "reason", "toolName", "tier",
-                                              "expiresInS", "durationMs") if k in wire}
-                loop.call_soon_threadsafe(queue.put_nowait, {"event": "approval",
-                                                             "data": json.dumps(shown)})
+                keys = ("type", "outcome", "reason", "toolName", "tier", "expiresInS",
+                        "durationMs")
+                shown: dict[str, Any] = {k: wire[k] for k in keys if k in wire}
+                loop.call_soon_threadsafe(emit, "approval", shown)
 
         unsubscribe = self.events.subscribe(on_event)
 
@@ -301,19 +323,16 @@ class ChatApp:
                 # model finished, else the question and what the user was told
                 session.messages = result.messages if result.stop in ("end_turn", "max_tokens") \
                     else [*history, {"role": "assistant", "content": result.text}]
-                await queue.put({"event": "done", "data": json.dumps(
-                    {"stop": result.stop, "text": result.text, "reason": result.reason})})
+                emit("done", {"stop": result.stop, "text": result.text, "reason": result.reason})
             except SessionEndedError as exc:
                 session.ended = exc.description
-                await queue.put({"event": "done", "data": json.dumps(
-                    {"stop": "session_ended", "reason": exc.description,
-                     "text": _ended_text(exc.description)})})
+                emit("done", {"stop": "session_ended", "reason": exc.description,
+                              "text": _ended_text(exc.description)})
             except McpUnavailableError as exc:
-                await queue.put({"event": "error", "data": json.dumps(exc.to_dict())})
+                emit("error", dict(exc.to_dict()))
             except Exception as exc:
-                await queue.put({"event": "error", "data": json.dumps(
-                    {"error": "server_error",
-                     "error_description": f"the agent failed ({exc.__class__.__name__})"})})
+                emit("error", {"error": "server_error",
+                               "error_description": f"the agent failed ({exc.__class__.__name__})"})
             finally:
                 unsubscribe()
                 await queue.put(None)
@@ -422,6 +441,7 @@ class ChatApp:
             Route("/auth/logout", self.logout, methods=["POST"]),
             Route("/me", self.me),
             Route("/calls/last", self.last_call),
+            Route("/conversation", self.conversation),
             Route("/chat", self.chat, methods=["POST"]),
             Route("/events", self.event_stream),
             Route("/healthz", self.health),

@@ -18,7 +18,11 @@ from iia.chat.cards import People
 if TYPE_CHECKING:
     from anthropic.types import MessageParam
 
-__all__ = ["ChatSession", "ChatSessionStore"]
+__all__ = ["TRANSCRIPT_LIMIT", "ChatSession", "ChatSessionStore"]
+
+# what the chat page showed of this session's conversation, replayed after a reload: at most this
+# many entries (a user line, an answer, a tool card's start or end, ...); the oldest go first
+TRANSCRIPT_LIMIT = 400
 
 
 @dataclass
@@ -38,6 +42,9 @@ class ChatSession:
     groups: tuple[str, ...] = ()
     # who is who, from what the agent read in this conversation (tool cards name people)
     people: People = field(default_factory=People, repr=False)
+    # the conversation as the page showed it, in order: {"event": ..., "data": {...}} entries
+    # (`record`), the same events /chat streamed; never a token
+    transcript: list[dict[str, Any]] = field(default_factory=list, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def update_tokens(self, body: dict[str, Any], now: float) -> None:
@@ -47,6 +54,18 @@ class ChatSession:
             self.id_token = body["id_token"]
             self.groups = _groups(body["id_token"])
         self.expires_at = now + float(body.get("expires_in", 300))
+
+
+    def record(self, event: str, data: dict[str, Any]) -> None:
+        """Keep one thing the page was shown (`event` as /chat streams it), so a reloaded page
+        can show the conversation again. Consecutive text deltas of one answer are joined."""
+        last = self.transcript[-1] if self.transcript else None
+        if event == "text" and last is not None and last["event"] == "text":
+            last["data"] = {"delta": last["data"]["delta"] + str(data.get("delta", ""))}
+            return
+        self.transcript.append({"event": event, "data": data})
+        if len(self.transcript) > TRANSCRIPT_LIMIT:
+            del self.transcript[:len(self.transcript) - TRANSCRIPT_LIMIT]
 
 
 def _groups(id_token: str) -> tuple[str, ...]:
