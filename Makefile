@@ -81,4 +81,5 @@ status:
 	$(BIN)/iia-lab status
 
 clean: down
+	-$(BIN)/iia-lab clean
 	rm -rf $(VENV) $(NODE_DIR)/node_modules .lab .pytest_cache .ruff_cache *.egg-info

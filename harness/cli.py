@@ -13,6 +13,10 @@
                             (Touch ID, Windows Hello, a phone over hybrid), to sign in as USER
     iia-lab delegation revoke USER | grant USER   the tenant admin withdraws or restores USER's
                             delegation to the agent (the next token exchange follows it)
+    iia-lab audit [--user E] [--session S] [--call C] [--since T] [--jsonl]   the durable
+                            audit trail, one record per tool call (event, IdP decision, OBO
+                            jti, SET jtis); it outlives `down`
+    iia-lab clean           remove what `down` keeps: the audit trail, the logs, the passkeys
 
 Services: spire, vault, verify, model, caep_receiver, iia (harness/supervisor.py). `up` writes
 `.lab/endpoints.json` (endpoint -> URL or unix:// socket), `.lab/iia.env` (the IIA_* settings that
@@ -40,6 +44,7 @@ from typing import IO, Any
 from harness.errors import HarnessError, LabAlreadyRunningError
 from harness.health import ServiceHealth, probe_all
 from harness.lab_state import (
+    AUDIT,
     CONTROL,
     ENDPOINTS,
     LOGS,
@@ -635,6 +640,51 @@ def cmd_delegation(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the audit trail ---------------------------------------------------------------------------
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """One record per call from `<lab dir>/audit/` (it needs no running lab)."""
+    from iia.audit_report import AuditQueryError, CallFilter, calls, parse_since, render
+
+    try:
+        since = parse_since(args.since) if args.since else None
+        records = calls(lab_dir() / AUDIT, CallFilter(user=args.user, session=args.session,
+                                                      call=args.call, since=since))
+    except AuditQueryError as exc:
+        print(f"iia-lab: {exc}", file=sys.stderr)
+        return 1
+    if args.jsonl:
+        for record in records:
+            print(json.dumps(record, ensure_ascii=False))
+        return 0
+    if not records:
+        print("No calls match.")
+        return 0
+    print(render(records))
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    """Remove what outlives `down` in the lab directory; refused while a lab runs."""
+    directory = lab_dir()
+    if _running_state(directory) is not None:
+        print(f"iia-lab: a lab is running in {directory}; `iia-lab down` first, then clean.",
+              file=sys.stderr)
+        return 1
+    removed = []
+    for name in (AUDIT, LOGS):
+        if (directory / name).is_dir():
+            shutil.rmtree(directory / name)
+            removed.append(name + "/")
+    for name in ("lab.log", "authenticator.json", "authenticator.json.lock"):
+        if (directory / name).exists():
+            (directory / name).unlink()
+            removed.append(name)
+    print(f"iia-lab: removed {', '.join(removed)} from {directory}." if removed else
+          f"iia-lab: nothing to remove in {directory}.")
+    return 0
+
+
 # -- entry point ------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -685,6 +735,18 @@ def build_parser() -> argparse.ArgumentParser:
     delegation.add_argument("action", choices=("revoke", "grant"))
     delegation.add_argument("user", help="the user's email, e.g. alice@example.com")
     delegation.set_defaults(func=cmd_delegation)
+    audit = sub.add_parser("audit", help="the durable audit trail, one record per tool call")
+    audit.add_argument("--user", metavar="E", help="only this person's calls (e-mail)")
+    audit.add_argument("--session", metavar="S", help="only this session's calls")
+    audit.add_argument("--call", metavar="C", help="only this call (its callId)")
+    audit.add_argument("--since", metavar="T",
+                       help="only calls since T: 10m, 1h, 2d, or an ISO time (UTC unless it "
+                            "names an offset)")
+    audit.add_argument("--jsonl", action="store_true", help="one JSON record per line")
+    audit.set_defaults(func=cmd_audit)
+    clean = sub.add_parser("clean", help="remove the audit trail, logs and passkeys `down` "
+                           "keeps (no lab may run)")
+    clean.set_defaults(func=cmd_clean)
     return parser
 
 

@@ -7,6 +7,9 @@
                      (service -> pid)
     control.sock     the supervisor's control API (unix socket, 0600): `control()` talks to it
     logs/<svc>.log   each service's output (rotated to <svc>.log.1)
+    audit/           the durable audit trail (iia.audit_trail): events.jsonl written by the
+                     MCP server's process, decisions.jsonl by the IdP's; kept by `down`,
+                     removed by `iia-lab clean`
     lab.lock         held by the process that runs the lab
 
 Each file is replaced atomically, so a reader never sees half of one.
@@ -25,12 +28,12 @@ from typing import IO, Any
 
 from iia.identity.settings import read_env_file
 
-__all__ = ["CONTROL", "ENDPOINTS", "ENV", "LOCK", "LOGS", "SERVICE_ENDPOINTS", "STATE",
+__all__ = ["AUDIT", "CONTROL", "ENDPOINTS", "ENV", "LOCK", "LOGS", "SERVICE_ENDPOINTS", "STATE",
            "STATE_FILES", "ControlError", "control", "process_alive", "read_json", "read_state",
            "running", "try_lock", "write_json", "write_state"]
 
 ENDPOINTS, ENV, STATE = "endpoints.json", "iia.env", "lab.json"
-CONTROL, LOCK, LOGS = "control.sock", "lab.lock", "logs"
+CONTROL, LOCK, LOGS, AUDIT = "control.sock", "lab.lock", "logs", "audit"
 STATE_FILES = (ENDPOINTS, ENV, STATE, CONTROL)
 
 # the process lab's services and the endpoints each one serves (the first is its URL)

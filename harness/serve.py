@@ -47,6 +47,7 @@ from harness.errors import HarnessError
 from harness.lab_settings import LabSettings
 from harness.net import HttpService, bind_loopback, serve_until_signalled
 from harness.paths import fixtures_dir
+from iia.audit_trail import DECISIONS, AuditSettings
 from iia.errors import ConfigurationError
 from iia.net import inherited_sockets
 from iia.settings import read_authorization_file
@@ -70,7 +71,8 @@ SETTINGS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
                           "IIA_MCP_RESOURCE"}),
                _HTTP | {"IIA_VAULT_TOKEN", "IIA_VAULT_ROOT_TOKEN", "IIA_ANTENNA_URL",
                         "IIA_SSF_AUTHORIZATION_FILE", "IIA_LAB_OBO_TTL",
-                        "IIA_LAB_SECRET_GRACE", "IIA_AUTHENTICATOR_FILE"}),
+                        "IIA_LAB_SECRET_GRACE", "IIA_AUTHENTICATOR_FILE", "IIA_AUDIT_DIR",
+                        "IIA_AUDIT_MAX_BYTES", "IIA_AUDIT_KEEP", "IIA_AUDIT_FLUSH_S"}),
     "caep-receiver": (frozenset({"IIA_CAEP_RECEIVER_AUDIENCE", "IIA_ANTENNA_URL"}),
                       _HTTP | {"IIA_SSF_AUTHORIZATION_FILE"}),
     "model": (frozenset(), _HTTP),
@@ -275,10 +277,14 @@ async def _verify(cfg: Mapping[str, str], sock: socket.socket) -> None:
         await asyncio.to_thread(secret.initialize)  # a fresh tenant starts with a fresh secret
     except CredentialStoreError as exc:
         _exit("verify", str(exc))
+    try:  # the tenant's decisions also go to the durable audit trail, when there is one
+        journal = AuditSettings.from_env(cfg).journal(DECISIONS)
+    except ConfigurationError as exc:
+        _exit("verify", str(exc))
     tenant = VerifyTenant(cfg["IIA_VERIFY_PUBLIC_URL"], fixtures=lab.fixtures,
                           mcp_client_secret=secret, mcp_resource=cfg["IIA_MCP_RESOURCE"],
                           spiffe_keys_url=cfg["IIA_SPIFFE_OIDC_URL"].rstrip("/") + "/keys",
-                          obo_token_ttl=lab.obo_ttl)
+                          obo_token_ttl=lab.obo_ttl, audit_journal=journal)
     tenant.tokens.groups_of = member_groups(tenant)  # the `groups` claim
     if "IIA_AUTHENTICATOR_FILE" in cfg:
         # the demo users' phones (harness/authenticator.py): fresh passkeys enrolled at this
@@ -296,8 +302,12 @@ async def _verify(cfg: Mapping[str, str], sock: socket.socket) -> None:
     if "IIA_ANTENNA_URL" in cfg:
         antenna = cfg["IIA_ANTENNA_URL"].rstrip("/")
         tenant.ssf.trust(antenna, antenna + "/jwks", _authorization(cfg))
-    await serve_until_signalled([HttpService("verify", tenant.app(), sock)],
-                                tick=tenant.keys.tick)
+    try:
+        await serve_until_signalled([HttpService("verify", tenant.app(), sock)],
+                                    tick=tenant.keys.tick)
+    finally:
+        if journal is not None:
+            journal.close()  # what is queued is written and fsynced
 
 
 async def _caep_receiver(cfg: Mapping[str, str], sock: socket.socket) -> None:

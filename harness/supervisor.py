@@ -66,6 +66,7 @@ from harness.errors import HarnessError, LabAlreadyRunningError, ServiceStartErr
 from harness.health import probe_service
 from harness.lab_settings import LabSettings
 from harness.lab_state import (
+    AUDIT,
     CONTROL,
     ENDPOINTS,
     ENV,
@@ -389,6 +390,7 @@ class Supervisor:
                        "IIA_SPIFFE_OIDC_URL": e["spiffe_oidc"], "IIA_ANTENNA_URL": e["antenna"],
                        "IIA_SSF_AUTHORIZATION_FILE": files["verify"],
                        "IIA_LAB_OBO_TTL": str(s.obo_ttl),
+                       "IIA_AUDIT_DIR": str(self.directory / AUDIT),
                        "IIA_AUTHENTICATOR_FILE": str(self.directory / AUTHENTICATOR_FILE),
                        "IIA_LAB_SECRET_GRACE": f"{s.secret_grace_seconds:g}"},
             "model": dict(common),
@@ -397,6 +399,7 @@ class Supervisor:
                               "IIA_SSF_AUTHORIZATION_FILE": files["caep_receiver"]},
             "iia": {**common, **self.env, "IIA_ANTENNA_URL": e["antenna"],
                     "IIA_ANTENNA_DB": str(self.runtime_dir / "antenna.sqlite"),
+                    "IIA_AUDIT_DIR": str(self.directory / AUDIT),
                     "IIA_ANOMALY_RULES": str(s.fixtures / "antenna" / "anomaly.json"),
                     "IIA_SSF_RECEIVERS": json.dumps(receivers)},
         }

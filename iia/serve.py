@@ -16,8 +16,9 @@ inherited_sockets`: `LISTEN_FDS`, `LISTEN_FDNAMES` with the names `mcp`, `chat`,
     (SQLite path), IIA_ANOMALY_RULES (a JSON file like fixtures/antenna/anomaly.json),
     IIA_SSF_RECEIVERS (a JSON list: name, endpoint_url, aud, events, authorization_file; Antenna
     creates one push stream for each at start, sending the header read from the receiver's
-    file), plus the settings of `iia.identity`, `McpSettings`, `ChatSettings` and
-    `AgentSettings`.
+    file), IIA_AUDIT_DIR (the durable audit trail: every event, with its SET jtis, appended to
+    `events.jsonl` there; `iia.audit_trail` for its rotation and fsync settings), plus the
+    settings of `iia.identity`, `McpSettings`, `ChatSettings` and `AgentSettings`.
 
 The servers run on uvloop's event loop and httptools' HTTP parser where they are installed
 (`iia.net.run_loop`, `iia.net.server_config`).
@@ -39,6 +40,8 @@ import uvicorn
 
 from iia.agent import model_client
 from iia.antenna import SUPPORTED, AnomalyRules, Antenna, antenna_app
+from iia.antenna.event_types import FOR_BUS_EVENT
+from iia.audit_trail import EVENTS, AuditSettings, record_events
 from iia.chat import ChatApp
 from iia.console import console_app
 from iia.errors import ConfigurationError
@@ -148,15 +151,19 @@ async def run(env: Mapping[str, str], *, console: bool = False,
     handed = sockets or {}
     check_sockets(env, handed, console)  # configuration errors first, before anything starts
     receivers = ssf_receivers(env)
+    audit = AuditSettings.from_env(env)
     events = EventBus()
     identity = WorkloadIdentity(IdentitySettings.from_env(env), events=events)
     mcp = McpServer(McpSettings.from_env(env), identity, events)
     agent = AgentSettings.from_env(env)
     chat = ChatApp(ChatSettings.from_env(env), agent, events, model=lambda: model_client(agent),
-                   chain=mcp.chain)
+                   chain=mcp.chain, audit_dir=audit.directory)
     rules = Path(env["IIA_ANOMALY_RULES"]) if env.get("IIA_ANOMALY_RULES") else None
     antenna = Antenna(env["IIA_ANTENNA_URL"], env.get("IIA_ANTENNA_DB", "antenna.sqlite"),
                       events=events, rules=AnomalyRules.load(rules) if rules else None).start()
+    journal = audit.journal(EVENTS)
+    if journal is not None:  # after Antenna: an event's SETs are committed before its record
+        record_events(events, journal, antenna.sets_for, set_types=FOR_BUS_EVENT)
     for receiver in receivers:
         if receiver.name == "mcp":  # this very process: trust Antenna, demand the header
             mcp.ssf.subscribe(antenna.issuer, antenna.issuer + "/jwks",
@@ -174,6 +181,8 @@ async def run(env: Mapping[str, str], *, console: bool = False,
         await asyncio.gather(*(server.serve(sockets=[sock])
                                for server, (_, sock, _) in zip(servers, apps, strict=True)))
     finally:
+        if journal is not None:
+            journal.close()  # what is queued is written and fsynced
         antenna.stop()
         await chat.aclose()
         mcp.close()

@@ -47,6 +47,7 @@ from harness.keyset import RotatingKeySet
 from harness.verify.admin_api import AdminApi
 from harness.verify.approvals import Approvals
 from harness.verify.audit import AuditTrail, Decision
+from harness.verify.audit_journal import JournaledAuditTrail
 from harness.verify.authorization_server import VerifyAuthorizationServer
 from harness.verify.ciba import DELIVERY_MODES, Ciba, PushLimits, ciba_delivery
 from harness.verify.ciba_withdrawal import WITHDRAW_PATH, CibaWithdrawal
@@ -86,6 +87,7 @@ from harness.verify.ssf_transmitter import ManagementTokens, SsfTransmitter
 from harness.verify.token_exchange import TokenExchange
 from harness.verify.tokens import ID_TOKEN_ALGS, TokenService
 from harness.verify.verify_app import VerifyApp
+from iia.audit_trail import AuditJournal
 
 __all__ = ["OIDC_BASE", "VerifyTenant", "load_push_limits"]
 
@@ -156,7 +158,9 @@ class VerifyTenant:
         key_rotation_period: float = 24 * 3600.0,
         approval_timeout: float = 120.0,
         clock: Callable[[], float] = time.time,
+        audit_journal: AuditJournal | None = None,
     ) -> None:
+        """`audit_journal`: also append every decision to the durable audit trail."""
         self.base_url = base_url.rstrip("/")
         self.issuer = f"{self.base_url}{OIDC_BASE}"
         self.admin_api_url = f"{self.base_url}/v2.0"
@@ -167,7 +171,8 @@ class VerifyTenant:
         self.keys = RotatingKeySet(rotation_period=key_rotation_period,
                                    retain=max(access_token_ttl, obo_token_ttl) + 60, clock=clock,
                                    algs=("ES256", "RS256"))
-        self.audit = AuditTrail()
+        self.audit = AuditTrail() if audit_journal is None else JournaledAuditTrail(
+            audit_journal, self._display_name)
         self.directory = Directory(fixtures)
         self.sessions = SessionStore(clock)
         self.tokens = TokenService(self.issuer, self.keys, self.sessions,
@@ -409,6 +414,11 @@ class VerifyTenant:
 
     async def health(self, request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
+
+    def _display_name(self, email: str) -> str | None:
+        """The person's display name, for the audit trail (None when not in the directory)."""
+        user = self.directory.user_by_username(email)
+        return user.display_name if user is not None else None
 
     def app(self) -> Starlette:
         b = OIDC_BASE

@@ -18,6 +18,9 @@ our MCP server) and streams the answer, and streams security events.
     GET  /events?scope=    SSE of security events, `mine` (this session) or `all` (tenant
                            administrators only: members of IIA_ADMIN_GROUP_ID per the IdP's
                            `groups` claim; others get 403)
+    GET  /events/history?scope=&before=   earlier events from the durable audit trail, a page
+                           at a time (iia/chat/history.py): `mine` = the person's own, `all` for
+                           tenant administrators only (others get 403)
 
 Every request that could change something (any method but GET, HEAD, OPTIONS) must come from the
 chat page's own origin: a browser's `Origin` must be one of IIA_CHAT_ORIGINS (default: the origin
@@ -58,6 +61,7 @@ from iia.agent.loop import ToolCall
 from iia.agent.mcp_client import McpUnavailableError, SessionEndedError
 from iia.chat.cards import card
 from iia.chat.chain_view import chain_view
+from iia.chat.history import HistoryRequestError, history, parse_request
 from iia.chat.sessions import ChatSession, ChatSessionStore
 from iia.errors import ConfigurationError
 from iia.events import EventBus, SecurityEvent
@@ -90,13 +94,15 @@ def _pkce() -> tuple[str, str]:
 
 class ChatApp:
     def __init__(self, settings: ChatSettings, agent: AgentSettings, events: EventBus, *,
-                 model: Callable[[], ModelClient], chain: EnforcementChain | None = None
-                 ) -> None:
+                 model: Callable[[], ModelClient], chain: EnforcementChain | None = None,
+                 audit_dir: Path | None = None) -> None:
         """`model` makes the model client when the first chat needs it; the client loads the
         SDK on its first turn, off the event loop (`iia.agent.ModelClient`). `chain` is the MCP
         server's enforcement chain when it runs in this process (the chain view and token
-        inspector read its recent outcomes: timings and decoded claims, never a token)."""
+        inspector read its recent outcomes: timings and decoded claims, never a token).
+        `audit_dir` holds the durable audit trail the panel's history reads (`iia.audit_trail`)."""
         self.chain = chain
+        self.audit_dir = audit_dir
         self.settings = settings
         self.agent_settings = agent
         self.events = events
@@ -353,16 +359,9 @@ class ChatApp:
         if session is None:
             return JSONResponse({"error": "not_signed_in"}, status_code=401)
         scope = request.query_params.get("scope", "mine")
-        if scope not in ("mine", "all"):
-            return JSONResponse({"error": "invalid_request",
-                                 "error_description": "scope is mine or all"}, status_code=400)
-        if scope == "all":
-            await run_in_threadpool(self.sessions.token, session)  # groups as of now-ish
-            if not self._is_admin(session):
-                return JSONResponse({"error": "forbidden", "error_description":
-                                     "Only tenant administrators may watch everyone's security "
-                                     "events; your own are at /events?scope=mine."},
-                                    status_code=403)
+        refused = await self._scope_refused(session, scope, "/events")
+        if refused is not None:
+            return refused
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[SecurityEvent] = asyncio.Queue(maxsize=1000)
 
@@ -400,6 +399,39 @@ class ChatApp:
                 unsubscribe()
 
         return EventSourceResponse(stream(), ping=15)
+
+    async def _scope_refused(self, session: ChatSession, scope: str,
+                             path: str) -> Response | None:
+        """`mine` for anyone signed in; `all` (everyone's events) for tenant administrators."""
+        if scope not in ("mine", "all"):
+            return JSONResponse({"error": "invalid_request",
+                                 "error_description": "scope is mine or all"}, status_code=400)
+        if scope == "all":
+            await run_in_threadpool(self.sessions.token, session)  # groups as of now-ish
+            if not self._is_admin(session):
+                return JSONResponse({"error": "forbidden", "error_description":
+                                     "Only tenant administrators may watch everyone's security "
+                                     f"events; your own are at {path}?scope=mine."},
+                                    status_code=403)
+        return None
+
+    async def event_history(self, request: Request) -> Response:
+        session = self._session(request)
+        if session is None:
+            return JSONResponse({"error": "not_signed_in"}, status_code=401)
+        scope = request.query_params.get("scope", "mine")
+        refused = await self._scope_refused(session, scope, "/events/history")
+        if refused is not None:
+            return refused
+        try:
+            before, limit = parse_request(request.query_params.get("before"),
+                                          request.query_params.get("limit"))
+        except HistoryRequestError as exc:
+            return JSONResponse({"error": "invalid_request", "error_description": str(exc)},
+                                status_code=400)
+        page = await run_in_threadpool(history, self.audit_dir, email=session.email,
+                                       everyone=scope == "all", before=before, limit=limit)
+        return JSONResponse(page)
 
     def _is_admin(self, session: ChatSession) -> bool:
         """A tenant administrator: a member of the configured group, as the IdP asserts it."""
@@ -444,6 +476,7 @@ class ChatApp:
             Route("/conversation", self.conversation),
             Route("/chat", self.chat, methods=["POST"]),
             Route("/events", self.event_stream),
+            Route("/events/history", self.event_history),
             Route("/healthz", self.health),
         ])
 
