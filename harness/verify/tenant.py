@@ -407,8 +407,10 @@ class VerifyTenant:
         secret = self.mcp_client_secret
         try:
             version = await run_in_threadpool(secret.rotate)
-        except CredentialStoreError as exc:
-            return vault_unavailable(request, exc)
+        except CredentialStoreError as exc:  # the operator's rotation: the sentence as is
+            return JSONResponse({"error": "temporarily_unavailable", "dependency": "vault",
+                                 "error_description": str(exc)}, status_code=503,
+                                headers={"Retry-After": "1"})
         return JSONResponse({"client_id": secret.client_id, "rotated": True,
                              "secret": f"in Vault at {secret.location}", "version": version})
 
