@@ -165,3 +165,21 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float) -> Any:
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextlib.contextmanager
+def idp_stream_paused(lab: Lab) -> Iterator[None]:
+    """The MCP server's SSF stream at the IdP paused (SSF 1.0 §7.1.2: its SETs are held), so
+    a session that ends at the IdP reaches the MCP server only at its next token exchange; the
+    held SETs are delivered when the stream is enabled again."""
+    stream = lab.mcp.idp_stream
+    assert stream._management is not None
+    status = f"{lab.verify.base_url}/v1.0/ssf/status"
+    auth = {"Authorization": f"Bearer {stream._management[1]}"}
+    assert httpx.post(status, json={"stream_id": stream.stream_id, "status": "paused"},
+                      headers=auth).status_code == 200
+    try:
+        yield
+    finally:
+        assert httpx.post(status, json={"stream_id": stream.stream_id, "status": "enabled"},
+                          headers=auth).status_code == 200

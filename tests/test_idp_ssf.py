@@ -26,7 +26,7 @@ from iia.mcp_server.ssf_subscription import IDP_PUSH_PATH, IdpStream, origin
 from iia.protocol import SET_MEDIA_TYPE, SET_TYP, TOKEN_EXCHANGE_GRANT
 from iia.ssf import SetValidator
 from tests.agent_helpers import mcp_call, phone, user_id
-from tests.helpers import as_mcp_server, sid_of, user_token, wait_for
+from tests.helpers import as_mcp_server, idp_stream_paused, sid_of, user_token, wait_for
 
 SESSION_REVOKED = CAEP_EVENTS["session-revoked"]
 
@@ -220,13 +220,7 @@ def test_the_mcp_servers_own_drop_is_published_by_antenna(lab: Lab) -> None:
     tells every subscriber (here: the CAEP receiver) by CAEP session-revoked."""
     tokens = user_token(lab)
     token, sid = tokens["access_token"], sid_of(tokens["access_token"])
-    stream = lab.mcp.idp_stream
-    assert stream._management is not None
-    status = f"{lab.verify.base_url}/v1.0/ssf/status"
-    auth = {"Authorization": f"Bearer {stream._management[1]}"}
-    assert httpx.post(status, json={"stream_id": stream.stream_id, "status": "paused"},
-                      headers=auth).status_code == 200
-    try:
+    with idp_stream_paused(lab):
         httpx.get(f"{lab.verify.issuer}/logout", params={"id_token_hint": tokens["id_token"]})
         result = mcp_call(lab, token, "list_groups", {"count": 1})
         assert result.is_error and result.text.startswith("[session_revoked]")
@@ -237,9 +231,6 @@ def test_the_mcp_servers_own_drop_is_published_by_antenna(lab: Lab) -> None:
             and e.claims["sub_id"].get("session", {}).get("id") == sid], "Antenna's SET", 30)
         reason = published[0].claims["events"][SESSION_REVOKED]["reason_admin"]
         assert "MCP server dropped" in str(reason)
-    finally:
-        assert httpx.post(status, json={"stream_id": stream.stream_id, "status": "enabled"},
-                          headers=auth).status_code == 200
 
 
 # -- stream management ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from harness.keyset import SigningKey
 from harness.lab import Lab
 from iia.agent import McpUnavailableError, SessionEndedError
 from tests.agent_helpers import mcp_call, mcp_tools
-from tests.helpers import user_token
+from tests.helpers import idp_stream_paused, user_token
 
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
 
@@ -139,10 +139,11 @@ def test_a_revoked_session_gets_401(lab: Lab) -> None:
     token = tokens["access_token"]
     sid = jwt.decode(token, options={"verify_signature": False})["sid"]
     assert not mcp_call(lab, token, "list_users", {"count": 1}).is_error
-    assert lab.verify.sessions.end(sid, "revoked by an administrator")
-    # the IdP refuses the exchange for the dead session: the MCP server drops the session...
-    result = mcp_call(lab, token, "list_users", {"count": 1})
-    assert result.is_error and result.text.startswith("[session_revoked]")
+    with idp_stream_paused(lab):  # the IdP's session-revoked SET held (test_idp_ssf has it)
+        assert lab.verify.sessions.end(sid, "revoked by an administrator")
+        # the IdP refuses the exchange for the dead session: the MCP server drops the session...
+        result = mcp_call(lab, token, "list_users", {"count": 1})
+        assert result.is_error and result.text.startswith("[session_revoked]")
     # ...and from then on the MCP request itself gets 401, with the reason
     with pytest.raises(SessionEndedError, match="session"):
         mcp_call(lab, token, "list_users", {"count": 1})
