@@ -21,7 +21,9 @@ from iia.audit_trail import DECISIONS, EVENTS, read_records
 
 __all__ = ["AuditQueryError", "CallFilter", "calls", "parse_since", "render"]
 
-_WINDOW_S = 1.0  # slack around a call's first and last event for joining refusals and pushes
+# slack around a call's first and last event when joining refusals and pushes (the events'
+# times are cut to the millisecond; the IdP decides before the MCP server emits what it heard)
+_WINDOW_S = 0.05
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -109,6 +111,7 @@ def _join(call_id: str, events: list[dict[str, Any]], decisions: list[dict[str, 
     obo_jti = ids.get("oboJti")
     session, rar_type = first.get("sessionId"), first.get("rarType")
     began, ended = _time(first.get("timestamp")), _time(events[-1].get("timestamp"))
+    pushed = any(e.get("type") == "agent:hitl_required" for e in events)
     joined = []
     for d in decisions:
         if obo_jti and d.get("jti") == obo_jti:
@@ -120,6 +123,8 @@ def _join(call_id: str, events: list[dict[str, Any]], decisions: list[dict[str, 
         if d.get("sid") != session or d.get("kind") not in ("token_exchange", "ciba"):
             continue
         if d.get("kind") == "token_exchange" and d.get("rar_type") != rar_type:
+            continue
+        if d.get("kind") == "ciba" and not pushed:
             continue
         if began - timedelta(seconds=_WINDOW_S) <= at <= ended + timedelta(seconds=_WINDOW_S):
             joined.append(d)
@@ -187,7 +192,8 @@ def render(records: Iterable[Mapping[str, Any]]) -> str:
                  f"  {r.get('tool', '?')} (tier {r.get('tier', '?')}, {r.get('rarType', '?')})"
                  + (f": {r['summary']}" if r.get("summary") else ""),
                  f"  outcome: {r['outcome']}" + (f": {r['reason']}" if r.get("reason") else "")
-                 + (f" [policy {r['policyId']}]" if r.get("policyId") else "")]
+                 + (f" [policy {r['policyId']}]" if r.get("policyId") and
+                    f"policy {r['policyId']}" not in str(r.get("reason")) else "")]
         for d in r["decisions"]:
             why = d.get("reason") or ""
             extra = ", ".join(x for x in (d.get("error"), d.get("policy_id") and
