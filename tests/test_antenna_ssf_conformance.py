@@ -14,11 +14,22 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from harness.caep_receiver import CaepReceiver
 from harness.net import HttpService, ServiceLoop, bind_loopback
-from iia.antenna import AGENT, CAEP, POLL, PUSH, SUPPORTED, Antenna, antenna_app
+from iia.antenna import (
+    AGENT,
+    CAEP,
+    POLL,
+    PUSH,
+    SUPPORTED,
+    Antenna,
+    OAuthManagement,
+    antenna_app,
+)
 from iia.antenna.caep import session_revoked
 from tests.spec_receiver import SetChecker, auth_headers, discover, poll, subscribe
 
@@ -288,3 +299,28 @@ def test_iias_receivers_take_rs256_sets_by_key(tx: Transmitter) -> None:
     tx.sid("s-rs")
     eventually(lambda: bool(receiver.events()), "the RS256 SET at the receiver")
     assert receiver.events()[0].claims["sub_id"] == {"format": "opaque", "id": "s-rs"}
+
+
+def test_management_fails_closed_naming_the_idp_when_its_keys_are_unreachable(
+        tmp_path: Path) -> None:
+    with ServiceLoop("antenna-idp-down") as services:
+        sock = bind_loopback()
+        issuer = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        down = bind_loopback()  # bound, never served: nothing answers there
+        antenna = Antenna(issuer, tmp_path / "a.sqlite", management=OAuthManagement(
+            issuer="https://idp.example", audience=issuer,
+            jwks_uri=f"http://127.0.0.1:{down.getsockname()[1]}/jwks")).start()
+        services.serve(HttpService("antenna", antenna_app(antenna), sock))
+        try:
+            bearer = jwt.encode({"iss": "https://idp.example", "aud": issuer},
+                                ec.generate_private_key(ec.SECP256R1()), algorithm="ES256",
+                                headers={"typ": "at+jwt", "kid": "k1"})
+            response = httpx.post(f"{issuer}/ssf/streams", timeout=TIMEOUT,
+                                  headers=auth_headers(bearer),
+                                  json={"delivery": {"method": POLL}})
+            assert response.status_code == 503, response.text
+            assert response.json()["dependency"] == "idp"
+            assert antenna.store.streams() == []
+        finally:
+            antenna.stop()
+            down.close()

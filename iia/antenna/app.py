@@ -5,7 +5,12 @@
     GET|POST|PATCH|PUT|DELETE /ssf/streams   stream configuration (bearer token)
     GET|POST /ssf/status                  stream status: enabled | paused | disabled
     POST /ssf/verify                      send a verification event
-    POST /ssf/poll/{stream_id}            poll delivery (RFC 8936)
+    POST /ssf/poll/{stream_id}            poll delivery (RFC 8936): ack, setErrs, maxEvents (a
+                                          whole number >= 0), returnImmediately (default false:
+                                          wait for a SET, at most `Antenna.poll_wait` seconds)
+
+Management needs `Authorization: Bearer` (401 invalid_token otherwise; 503 naming the IdP when
+its keys cannot be fetched); every malformed request is 400 invalid_request with the reason.
 """
 
 from __future__ import annotations

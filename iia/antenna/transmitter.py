@@ -6,9 +6,12 @@ by the stream's worker or handed out on poll (RFC 8936). The emitting thread onl
 claims and queues one event's SETs in the outbox (`outbox.OutboxWriter`), whose one writer at a
 time commits what concurrent emitters gathered in one transaction and returns to each once its
 SETs are on disk (group commit); signing and pushing happen in the stream's worker, off the call
-path. Management clients authenticate with a bearer token issued to them at registration
-(`register_client`); only digests of those tokens are kept. The anomaly detector watches the
-same bus and revokes sessions through CAEP.
+path. Management clients authenticate with a bearer token: an access token the IdP issued to
+the receiver's client for Antenna (`management`, iia/antenna/management.py), or one Antenna issued
+in-process (`register_client`; only digests kept, in the store, so they outlive a restart). Stream
+updates follow SSF 1.0 §8.1.1 (`update_stream`); each stream's SETs are signed with the algorithm
+it chose (`set_signing_alg`: ES256 by default, or RS256). The anomaly detector watches the same bus
+and revokes sessions through CAEP.
 """
 
 from __future__ import annotations
