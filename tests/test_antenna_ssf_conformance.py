@@ -324,3 +324,22 @@ def test_management_fails_closed_naming_the_idp_when_its_keys_are_unreachable(
         finally:
             antenna.stop()
             down.close()
+
+
+def test_a_push_streams_config_read_back_and_put_keeps_its_authorization(
+        tx: Transmitter) -> None:
+    """GET masks the push Authorization header; PUT of that copy keeps the real one."""
+    sock = bind_loopback()
+    receiver = CaepReceiver(f"http://127.0.0.1:{sock.getsockname()[1]}/events")
+    header = "Bearer push-secret-for-the-test"
+    receiver.subscribe(tx.antenna.issuer, f"{tx.antenna.issuer}/jwks", header)
+    tx.services.serve(HttpService("caep", receiver.app(), sock))
+    made = tx.call("POST", json={"delivery": {"method": PUSH, "endpoint_url": receiver.audience,
+                                              "authorization_header": header},
+                                 "events_requested": [REVOKED], "aud": receiver.audience})
+    assert made.status_code == 201, made.text
+    copy = tx.get(made.json()["stream_id"])
+    assert copy["delivery"]["authorization_header"] == "(set)"
+    assert tx.call("PUT", json={**copy, "description": "again"}).status_code == 200
+    tx.sid("s-auth")
+    eventually(lambda: bool(receiver.events()), "the SET pushed with the kept header")

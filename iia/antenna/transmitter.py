@@ -40,6 +40,7 @@ __all__ = ["POLL", "PUSH", "Antenna", "StreamError"]
 PUSH = "urn:ietf:rfc:8935"
 POLL = "urn:ietf:rfc:8936"
 STATUSES = ("enabled", "paused", "disabled")
+MASKED = "(set)"  # what GET shows of a push stream's authorization_header
 RECEIVER_SUPPLIED = ("delivery", "events_requested", "description", "set_signing_alg")
 
 
@@ -214,6 +215,11 @@ class Antenna:
                                   "(SSF 1.0 §8.1.1.4)")
         else:
             merged = {**{k: current[k] for k in RECEIVER_SUPPLIED if k in current}, **body}
+        delivery = merged.get("delivery")
+        if isinstance(delivery, Mapping) and delivery.get("authorization_header") == MASKED and \
+                "authorization_header" in current["delivery"]:  # a GET's copy sent back
+            merged["delivery"] = {**delivery, "authorization_header":
+                                  current["delivery"]["authorization_header"]}
         config = self._validated(merged, stream_id, current)
         method = config["delivery"]["method"]
         if method != current["delivery"]["method"]:
@@ -271,7 +277,7 @@ class Antenna:
         out = dict(config)
         delivery = dict(out["delivery"])
         if "authorization_header" in delivery:
-            delivery["authorization_header"] = "(set)"  # never echoed back
+            delivery["authorization_header"] = MASKED  # never echoed back
         out["delivery"] = delivery
         return out
 
