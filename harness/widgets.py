@@ -328,7 +328,10 @@ class PhoneCard:
             if record is not None:
                 return record
             await asyncio.sleep(0.1)
-        raise TimeoutError(f"nobody answered push {push['id']} in {timeout:.0f} s")
+        raise TimeoutError(
+            f"nobody answered push {push['id']} in {timeout:.0f} s: tap Approve or Deny on the "
+            "phone card; a notebook run without a browser (nbconvert, papermill, CI) needs "
+            "IIA_PHONE=scripted, so that the scripted phone answers")
 
     def binding_view(self, push_id: str) -> dict[str, Any]:
         """The challenge binding of a push this card answered, decoded

@@ -81,6 +81,19 @@ def test_a_pending_push_appears_and_approve_answers_it_at_the_idp(
     assert "no pending push" in card.status.value and "approved" in card.status.value
 
 
+def test_a_push_nobody_taps_says_how_to_run_without_a_browser(
+        client: LabClient, card: PhoneCard) -> None:
+    """Run headless without IIA_PHONE=scripted, notebooks 03 and 04 wait for a tap nobody
+    makes: the error says what to set, and the push is left to expire (nothing approved)."""
+    turn = client.ask_async("revoke sessions of peggy@example.com")
+    push = card.wait_for_push(timeout=30)
+    with pytest.raises(TimeoutError, match="IIA_PHONE=scripted"):
+        asyncio.run(card.expect(timeout=1))
+    assert outcomes(client, push["id"]) == ["pending"]
+    card.deny_button.click()  # end the turn
+    assert turn.result(timeout=30)["stop"] == "end_turn"
+
+
 def test_the_binding_view_shows_the_digest_of_this_push_signed_in_client_data(
         lab: Lab, client: LabClient, card: PhoneCard) -> None:
     turn = client.ask_async("revoke sessions of peggy@example.com")
