@@ -22,6 +22,7 @@ import pytest
 
 from harness.lab import Lab
 from harness.verify.login import complete_passkey_login
+from tests.cimd_documents import DocumentServer, cimd_site  # noqa: F401 - `documents`
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "clients" / "node"
 MODULES = NODE_DIR / "node_modules"
@@ -192,6 +193,65 @@ def test_the_inspector_cli_registers_itself_dynamically_then_lists(
     assert "client_id=" in authorize and "client_id=iia-ui" not in authorize  # its own client
     names = {tool["name"] for tool in json.loads(listed.stdout)["result"]["tools"]}
     assert {"list_users", "create_user", "delete_user"} <= names
+
+
+# the clients' Client ID Metadata Document: RFC 8252 loopback redirect URIs match on any port,
+# so one document serves a client whose listener takes whatever port is free
+CIMD = {"redirect_uris": ["http://127.0.0.1/callback"], "grant_types": ["authorization_code",
+        "refresh_token"], "response_types": ["code"], "token_endpoint_auth_method": "none"}
+
+
+def test_the_typescript_sdk_registers_by_its_metadata_document_then_lists_and_reads(
+        lab: Lab, documents: DocumentServer) -> None:
+    """--client-metadata-url: the SDK (1.32.2, auth.js `shouldUseUrlBasedClientId`) sees
+    client_id_metadata_document_supported and uses the https URL as its client_id; the tenant
+    fetches the document (over TLS, from a CA made for this run), and alice signs in."""
+    url = documents.publish("/ts-sdk/client.json",
+                            {**CIMD, "client_name": "IIA Lab TypeScript SDK client"})
+    registered = len(lab.verify.registered)
+    client = NodeClient(lab.mcp_url, "--client-metadata-url", url)
+    try:
+        assert client.expect("registered")["client_id"] == url
+        authorize = client.expect("authorize")["url"]
+        assert httpx.URL(authorize).params["client_id"] == url
+        assert browser_sign_in(authorize, "alice@example.com") == 200
+        assert client.expect("connected")["client_id"] == url
+        client.send(op="list")
+        names = {tool["name"] for tool in client.expect("tools")["tools"]}
+        assert {"list_users", "create_user", "delete_user"} <= names
+        client.send(op="call", id="m1", name="list_users",
+                    arguments={"filter": 'userName eq "bob@example.com"'})
+        result = client.expect("result", id="m1")["result"]
+        assert not result.get("isError"), result
+        assert "bob@example.com" in json.dumps(result)
+    finally:
+        client.close()
+    assert len(lab.verify.registered) == registered  # no RFC 7591 registration: the document
+    assert documents.requests.count("/ts-sdk/client.json") >= 1
+    refused = [d for d in lab.verify.audit.decisions("client_metadata_document")
+              if d.client_id == url and d.outcome == "refused"]
+    assert not refused
+
+
+def test_the_inspector_cli_registers_by_its_metadata_document_then_lists_and_reads(
+        lab: Lab, documents: DocumentServer, tmp_path: Path) -> None:
+    url = documents.publish("/inspector/client.json",
+                            {**CIMD, "client_name": "MCP Inspector CLI"})
+    registered = len(lab.verify.registered)
+    cimd = ("--client-metadata-url", url, "--callback-url", "http://127.0.0.1:0/callback")
+    listed = inspector(lab, tmp_path, "--method", "tools/list", *cimd)
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    authorize = listed.stderr.split("navigate to: ", 1)[1].split()[0]
+    assert httpx.URL(authorize).params["client_id"] == url  # the document URL is its client_id
+    names = {tool["name"] for tool in json.loads(listed.stdout)["result"]["tools"]}
+    assert {"list_users", "create_user", "delete_user"} <= names
+    called = inspector(lab, tmp_path, "--method", "tools/call", "--tool-name", "list_users",
+                       "--tool-arg", 'filter=userName eq "bob@example.com"', *cimd)
+    assert called.returncode == 0, called.stderr[-3000:]
+    assert "bob@example.com" in called.stdout
+    assert not json.loads(called.stdout)["result"].get("isError")
+    assert len(lab.verify.registered) == registered
+    assert documents.requests.count("/inspector/client.json") >= 1
 
 
 def _push_for(lab: Lab, name: str, status: str = "pending") -> Any:
