@@ -307,3 +307,25 @@ def test_a_tier2_call_with_progress_and_a_raised_timeout_completes_after_approva
     result = ts_client.expect("result", id="w2")["result"]
     assert not result.get("isError"), result
     assert lab.verify.directory.user_by_username(name) is not None
+
+
+def test_a_tier2_call_the_typescript_sdk_times_out_never_executes(
+        lab: Lab, ts_client: NodeClient) -> None:
+    """The failure this issue began with: the SDK's own request timeout fires while the push
+    waits (-32001 Request timed out), the SDK sends notifications/cancelled by itself, and the
+    person approves afterwards. Nothing is written. (Whether the push was already on the phone
+    when the cancellation came depends on the machine's speed; either way it is not pending
+    afterwards and an approval of it does nothing.)"""
+    import secrets
+    name = f"node-timeout-{secrets.token_hex(4)}@example.com"
+    ts_client.sign_in("alice@example.com")
+    ts_client.send(op="call", id="t1", name="create_user", timeout=5000,
+                   arguments={"user_name": name, "given_name": "Node", "family_name": "Timeout"})
+    assert ts_client.expect("error", id="t1")["code"] == -32001  # the SDK's RequestTimeout
+    _until(lambda: lab.mcp.calls.running() == 0, "the cancelled call to end at the server")
+    assert _push_for(lab, name) is None  # nothing left pending on the phone
+    for push in [p for p in lab.verify.approvals.all()
+                 if name in json.dumps(p.authorization_details)]:
+        assert push.status == "withdrawn"
+        assert _approve(lab, push).status_code == 409
+    assert lab.verify.directory.user_by_username(name) is None
