@@ -13,7 +13,9 @@ receives that sentence as an error result, never a token.
 
 A call can be cancelled by its client (`CallCancel`, iia.cancellation): a pending push is
 withdrawn (`agent:push_withdrawn`), no token is exchanged for it, and nothing reaches the admin
-API after the cancellation; `commit()` right before the admin API is the point of no return.
+API after the cancellation; `commit()` right before the admin API is the point of no return. A
+tier-3 approval that arrived before the cancellation is given up at the IdP (withdrawn there
+too, `agent:push_withdrawn` with pushStatus `approved`), so no other call can redeem it.
 """
 
 from __future__ import annotations
@@ -243,7 +245,12 @@ class EnforcementChain:
         #    call cancelled after it arrived gives it up there, so no other call can use it.
         if trail.cancel is not None and trail.cancel.cancelled:
             if approval is not None:
-                raise self.approvals.forfeit(approval, trail.cancel)
+                forfeited = self.approvals.forfeit(approval, trail.cancel)
+                self.events.emit("agent:push_withdrawn", outcome="cancelled",
+                                 reason=forfeited.description, duration_ms=0,
+                                 details={"pushStatus": forfeited.push_status},
+                                 correlation=trail.correlation())
+                raise forfeited
             trail.cancel.check()
         t = time.perf_counter()
         try:

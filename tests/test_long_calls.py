@@ -375,6 +375,9 @@ def test_a_tier3_call_cancelled_after_approval_spends_the_approval_and_executes_
     late = [d for d in decisions if d.kind == "ciba" and d.outcome == "withdraw_late"
             and d.approval_id == push.id]
     assert late and late[-1].details["approvalSpent"] is True
+    withdrawn = session_events(lab, token, "agent:push_withdrawn")
+    assert withdrawn and withdrawn[-1].details["pushStatus"] == "approved"
+    assert "spent the approval" in (withdrawn[-1].reason or "")
     # another call of exactly this in the same session finds no approval to redeem
     chain = lab.mcp.chain
     with pytest.raises(OAuthError) as refused:
