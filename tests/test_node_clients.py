@@ -217,8 +217,11 @@ def test_the_typescript_sdk_registers_by_its_metadata_document_then_lists_and_re
         assert browser_sign_in(authorize, "alice@example.com") == 200
         assert client.expect("connected")["client_id"] == url
         client.send(op="list")
-        names = {tool["name"] for tool in client.expect("tools")["tools"]}
-        assert {"list_users", "create_user", "delete_user"} <= names
+        tools = {tool["name"]: tool for tool in client.expect("tools")["tools"]}
+        assert {"list_users", "create_user", "delete_user"} <= set(tools)
+        # the annotations, as a third-party client reads them (hints, never a rule)
+        assert tools["delete_user"]["annotations"]["destructiveHint"] is True
+        assert tools["list_users"]["annotations"]["readOnlyHint"] is True
         client.send(op="call", id="m1", name="list_users",
                     arguments={"filter": 'userName eq "bob@example.com"'})
         result = client.expect("result", id="m1")["result"]
