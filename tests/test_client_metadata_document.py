@@ -80,6 +80,7 @@ def test_a_bad_metadata_document_makes_an_unknown_client_and_nothing_is_issued(
     ("https://127.0.0.1/", "must have a path"),
     ("https://127.0.0.1/a/../b.json", "'..' path segments"),
     ("http://app.example/client.json", "must be https"),
+    ("http://127.0.0.1:9/client.json", "must be https (draft"),  # no loopback http either
     ("https://u:p@127.0.0.1/c.json", "user information"),
 ])
 def test_a_url_that_is_no_document_url_is_never_fetched(
