@@ -13,7 +13,9 @@ receives that sentence as an error result, never a token.
 
 A call can be cancelled by its client (`CallCancel`, iia.cancellation): a pending push is
 withdrawn (`agent:push_withdrawn`), no token is exchanged for it, and nothing reaches the admin
-API after the cancellation; `commit()` right before the admin API is the point of no return.
+API after the cancellation; `commit()` right before the admin API is the point of no return. A
+tier-3 approval that arrived before the cancellation is given up at the IdP (withdrawn there
+too, `agent:push_withdrawn` with pushStatus `approved`), so no other call can redeem it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,13 @@ from iia.cancellation import CallCancel, CallCancelledError
 from iia.catalog import CATALOG, CatalogContext, Tool
 from iia.errors import IIAError
 from iia.events import EventBus, bound_fields
-from iia.hitl import ApprovalChannel, ApprovalDeniedError, ApprovalTimeoutError, ConsentCache
+from iia.hitl import (
+    Approval,
+    ApprovalChannel,
+    ApprovalDeniedError,
+    ApprovalTimeoutError,
+    ConsentCache,
+)
 from iia.identity import WorkloadIdentity
 from iia.oauth.ciba_id_token import PasskeyAnswer
 from iia.oauth.client import AuthorizationServerClient
@@ -219,19 +227,30 @@ class EnforcementChain:
                             caller: Caller, timings: StepTimings, began: float,
                             trail: _Trail) -> ToolOutcome:
         # 4. human in the loop
+        approval: Approval | None = None  # a tier-3 approval of this call
         if tool.hitl == "session":
             t = time.perf_counter()
             self._session_consent(details, caller, trail)
             timings.add("approval", t)
         elif tool.hitl == "call":
             t = time.perf_counter()
-            trail.approval_id = self._approve(
+            approval = self._approve(
                 caller, details, _binding("Approve this one action by the IIA agent: ",
                                           details["summary"]), cancel=trail.cancel)
+            trail.approval_id = _correlation(approval.approval_id)
             timings.add("approval", t)
 
-        # 5. token exchange (none for a call its client cancelled)
-        if trail.cancel is not None:
+        # 5. token exchange (none for a call its client cancelled). A tier-3 approval is for
+        #    this call only and stays redeemable at the IdP until an exchange spends it: a
+        #    call cancelled after it arrived gives it up there, so no other call can use it.
+        if trail.cancel is not None and trail.cancel.cancelled:
+            if approval is not None:
+                forfeited = self.approvals.forfeit(approval, trail.cancel)
+                self.events.emit("agent:push_withdrawn", outcome="cancelled",
+                                 reason=forfeited.description, duration_ms=0,
+                                 details={"pushStatus": forfeited.push_status},
+                                 correlation=trail.correlation())
+                raise forfeited
             trail.cancel.check()
         t = time.perf_counter()
         try:
@@ -283,15 +302,16 @@ class EnforcementChain:
             caller.sid, CONSENT_SECONDS, self.admin_api_url,
             summary=f"Let the agent make changes for you for 30 minutes (first: "
                     f"{details['summary']})")
-        trail.approval_id = self._approve(
+        trail.approval_id = _correlation(self._approve(
             caller, consent, _binding("Allow the IIA agent to make changes for you for 30 "
                                       "minutes? First: ", details["summary"]),
-            cancel=trail.cancel)
+            cancel=trail.cancel).approval_id)
         self.consents.remember(caller.sid, trail.approval_id)
 
     def _approve(self, caller: Caller, details: RarDetails, message: str, *,
-                 cancel: CallCancel | None = None) -> str:
-        """Push to the user and wait; returns the approval's correlation id. A denial emits
+                 cancel: CallCancel | None = None) -> Approval:
+        """Push to the user and wait; returns the approval (`_correlation` of its
+        approval_id is what events name). A denial emits
         `agent:hitl_denied`, a push nobody answered in time `agent:hitl_expired`, a push
         withdrawn because the client cancelled the call `agent:push_withdrawn`; all raise."""
         self.events.emit("agent:hitl_required", outcome="pending", duration_ms=0,
@@ -331,7 +351,7 @@ class EnforcementChain:
         self.events.emit("agent:hitl_approved", outcome="success",
                          duration_ms=approval.waited_ms, details=_signed_with(approval.passkey),
                          correlation={"approvalId": approval_id})
-        return approval_id
+        return approval
 
     # -- failures ---------------------------------------------------------------------------
 

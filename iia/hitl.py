@@ -115,6 +115,11 @@ class ApprovalChannel(Protocol):
         call withdraws its push and raises `CallCancelledError`."""
         ...
 
+    def forfeit(self, approval: Approval, cancel: CallCancel) -> CallCancelledError:
+        """The call `approval` was for was cancelled before it used it: give it up at the
+        identity provider, so that no other call can redeem it; the error the call ends with."""
+        ...
+
 
 class CibaApprovalChannel:
     def __init__(self, server: AuthorizationServerClient, identity: WorkloadIdentity, *,
@@ -282,23 +287,44 @@ class CibaApprovalChannel:
         if cancel is not None and cancel.cancelled:
             wait.notified.set()
 
+    def forfeit(self, approval: Approval, cancel: CallCancel) -> CallCancelledError:
+        """A tier-3 approval is for exactly one call, once; the IdP keeps it redeemable until
+        the token exchange spends it. Its call cancelled after the approval arrived but before
+        the exchange: the push is withdrawn at the IdP all the same, which spends the approval
+        it left unused, so that the next exchange of the same call in the same session finds
+        none and asks the user again."""
+        return self._withdraw_push(
+            approval.approval_id, f"the call was cancelled ({cancel.reason}) after the user "
+            "approved it, before the approval was used", after_approval=True)
+
     def _withdraw(self, user: str, auth_req_id: str, cancel: CallCancel) -> CallCancelledError:
         """Withdraw the cancelled call's push at the IdP; the error the call ends with says
         whether it was withdrawn (or already answered), or why it could not be."""
-        what = f"the call was cancelled ({cancel.reason}) while it waited for {user}'s approval"
+        return self._withdraw_push(
+            auth_req_id, f"the call was cancelled ({cancel.reason}) while it waited for "
+            f"{user}'s approval")
+
+    def _withdraw_push(self, auth_req_id: str, what: str, *,
+                       after_approval: bool = False) -> CallCancelledError:
         try:
             body = self.identity.with_credential(
                 lambda credential: self.server.withdraw_backchannel(auth_req_id, credential))
         except IIAError as exc:
+            left = ("the unused approval stays at the identity provider until it expires, "
+                    "for exactly this call in this session" if after_approval else
+                    "it stays on the phone until it expires, and an answer to it does nothing")
             return CallCancelledError(
                 f"{what}; nothing was done, but the identity provider did not withdraw the "
-                f"push ({exc.description}): it stays on the phone until it expires, and an "
-                "answer to it does nothing", dependency=exc.dependency or "idp",
+                f"push ({exc.description}): {left}", dependency=exc.dependency or "idp",
                 upstream_code=exc.code)
         status = str(body.get("status", ""))
         if status == "withdrawn":
             return CallCancelledError(f"{what}; the push was withdrawn from the phone and "
                                       "nothing was done", push_status=status)
+        if after_approval and status == "approved":
+            return CallCancelledError(f"{what}; the identity provider spent the approval, so "
+                                      "no other call can use it, and nothing was done",
+                                      push_status=status)
         return CallCancelledError(f"{what}; the push was already {status or 'closed'} at the "
                                   "identity provider, and nothing was done",
                                   push_status=status or None)

@@ -11,111 +11,21 @@ URL that is no document URL — each `invalid_client` with the reason, no sessio
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
-import json
-import ssl
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import anyio
 import jwt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from mcp.client.auth import OAuthClientProvider
 
 from harness.lab import Lab
 from harness.verify.login import LoginError, login
 from iia.protocol import REGISTERED_CLIENT_CLAIM
+from tests.cimd_documents import DocumentServer, cimd_site  # noqa: F401 - `documents`
 from tests.mcp_sdk_oauth import HeadlessBrowser, MemoryStorage, sdk_client_metadata, sdk_session
 
 EMAIL = "carol@example.com"
 REDIRECT = "http://localhost:33419/callback"
-
-
-def _certificate(tmp: Any) -> tuple[str, str, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cimd test client")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-                critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    cert_file, key_file = tmp / "cert.pem", tmp / "key.pem"
-    cert_file.write_bytes(pem)
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(cert_file), str(key_file), pem
-
-
-class DocumentServer:
-    """The client's own web server: path -> (status, body)."""
-
-    def __init__(self, tmp: Any) -> None:
-        self.documents: dict[str, tuple[int, bytes]] = {}
-        self.requests: list[str] = []
-        documents, requests = self.documents, self.requests
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                requests.append(self.path)
-                status, body = documents.get(self.path, (404, b"{}"))
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        cert, key, self.pem = _certificate(tmp)
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.base = f"https://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def publish(self, path: str, doc: Any, status: int = 200) -> str:
-        url = f"{self.base}{path}"
-        body = doc if isinstance(doc, bytes) else json.dumps(
-            {"client_id": url, **doc} if isinstance(doc, dict) and "client_id" not in doc
-            else doc).encode()
-        self.documents[path] = (status, body)
-        return url
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def documents(lab: Lab, tmp_path: Any) -> Iterator[DocumentServer]:
-    server = DocumentServer(tmp_path)
-    fetcher = lab.verify.metadata_documents
-    before = fetcher.verify
-    fetcher.verify = ssl.create_default_context(cadata=server.pem.decode())
-    try:
-        yield server
-    finally:
-        fetcher.verify = before
-        server.close()
-
-
 GOOD = {"client_name": "CIMD test client", "redirect_uris": [REDIRECT],
         "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
         "token_endpoint_auth_method": "none"}
@@ -170,6 +80,7 @@ def test_a_bad_metadata_document_makes_an_unknown_client_and_nothing_is_issued(
     ("https://127.0.0.1/", "must have a path"),
     ("https://127.0.0.1/a/../b.json", "'..' path segments"),
     ("http://app.example/client.json", "must be https"),
+    ("http://127.0.0.1:9/client.json", "must be https (draft"),  # no loopback http either
     ("https://u:p@127.0.0.1/c.json", "user information"),
 ])
 def test_a_url_that_is_no_document_url_is_never_fetched(

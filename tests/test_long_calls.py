@@ -30,6 +30,8 @@ from harness.lab_client import PhoneApi
 from harness.verify.approvals import PushRequest
 from iia.cancellation import CallCancel
 from iia.events import SecurityEvent
+from iia.oauth.errors import OAuthError
+from iia.oauth.token_exchange import exchange
 from tests.helpers import caller_of, sid_of, user_token, wait_for
 
 ALICE = "alice@example.com"
@@ -331,3 +333,59 @@ def test_a_cancel_after_approval_but_before_the_write_executes_nothing(lab: Lab,
     exchanged = [d for d in decisions if d.kind == "token_exchange"]
     assert bool(exchanged) == (after == "agent:token_exchange_success")
     assert not cancel.cancel("again")  # cancelled once; a second cancellation changes nothing
+
+
+def test_a_tier3_call_cancelled_after_approval_spends_the_approval_and_executes_nothing(
+        lab: Lab) -> None:
+    """Tier 3 differs from tier 2 here: its approval is for exactly this call, once, and the
+    IdP keeps it redeemable until the token exchange spends it. A call cancelled after the
+    user approved but before the exchange must not leave it lying there for the next exchange
+    of the same call in the same session: the cancelled call spends it at the IdP (the
+    withdrawal endpoint, which spends an approved push's unused approval). Nothing is
+    exchanged or sent, and the same exchange afterwards is refused by the tier-3 policy."""
+    token = user_token(lab)["access_token"]
+    target = f"u-cancel-{secrets.token_hex(4)}"
+    cancel = CallCancel()
+    sid = sid_of(token)
+
+    def on_event(event: SecurityEvent) -> None:
+        if event.type == "agent:hitl_approved" and event.session_id == sid:
+            cancel.cancel("the test's client went away")
+
+    audit_before = len(lab.verify.audit)
+    unsubscribe = lab.events.subscribe(on_event)
+    out: list[Any] = []
+    worker = threading.Thread(target=lambda: out.append(lab.mcp.chain.call(
+        "deactivate_user", {"user_id": target}, caller_of(token), cancel=cancel)), daemon=True)
+    try:
+        worker.start()
+        push = until(lambda: push_for(lab, target), "the tier-3 push on the phone")
+        assert push.tier == 3
+        assert approve(lab, push).status_code == 200
+        worker.join(WAIT)
+    finally:
+        unsubscribe()
+    outcome = out[0]
+    assert not outcome.ok and outcome.code == "call_cancelled", outcome
+    assert "spent the approval" in (outcome.error or ""), outcome
+    decisions = lab.verify.audit.since(audit_before)
+    assert not [d for d in decisions if d.kind in ("token_exchange", "admin_api")], decisions
+    # the approval is spent at the IdP, and the tenant recorded why
+    assert [a.used for a in lab.verify.approvals.call_approvals() if a.id == push.id] == [True]
+    late = [d for d in decisions if d.kind == "ciba" and d.outcome == "withdraw_late"
+            and d.approval_id == push.id]
+    assert late and late[-1].details["approvalSpent"] is True
+    withdrawn = session_events(lab, token, "agent:push_withdrawn")
+    assert withdrawn and withdrawn[-1].details["pushStatus"] == "approved"
+    assert "spent the approval" in (withdrawn[-1].reason or "")
+    # another call of exactly this in the same session finds no approval to redeem
+    chain = lab.mcp.chain
+    with pytest.raises(OAuthError) as refused:
+        exchange(chain.server, chain.identity, subject_token=token,
+                 details=push.authorization_details[0], audience=chain.admin_api_url)
+    assert refused.value.code == "access_denied"
+    assert refused.value.policy_id == "tier3-needs-call-approval"
+    after = lab.verify.audit.since(audit_before)
+    assert not [d for d in after if d.kind == "admin_api"]
+    assert not [d for d in after if d.kind == "token_exchange" and d.outcome == "issued"]
+    assert not cancel.cancel("again")

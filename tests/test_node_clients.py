@@ -22,6 +22,7 @@ import pytest
 
 from harness.lab import Lab
 from harness.verify.login import complete_passkey_login
+from tests.cimd_documents import DocumentServer, cimd_site  # noqa: F401 - `documents`
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "clients" / "node"
 MODULES = NODE_DIR / "node_modules"
@@ -194,6 +195,68 @@ def test_the_inspector_cli_registers_itself_dynamically_then_lists(
     assert {"list_users", "create_user", "delete_user"} <= names
 
 
+# the clients' Client ID Metadata Document: RFC 8252 loopback redirect URIs match on any port,
+# so one document serves a client whose listener takes whatever port is free
+CIMD = {"redirect_uris": ["http://127.0.0.1/callback"], "grant_types": ["authorization_code",
+        "refresh_token"], "response_types": ["code"], "token_endpoint_auth_method": "none"}
+
+
+def test_the_typescript_sdk_registers_by_its_metadata_document_then_lists_and_reads(
+        lab: Lab, documents: DocumentServer) -> None:
+    """--client-metadata-url: the SDK (1.32.2, auth.js `shouldUseUrlBasedClientId`) sees
+    client_id_metadata_document_supported and uses the https URL as its client_id; the tenant
+    fetches the document (over TLS, from a CA made for this run), and alice signs in."""
+    url = documents.publish("/ts-sdk/client.json",
+                            {**CIMD, "client_name": "IIA Lab TypeScript SDK client"})
+    registered = len(lab.verify.registered)
+    client = NodeClient(lab.mcp_url, "--client-metadata-url", url)
+    try:
+        assert client.expect("registered")["client_id"] == url
+        authorize = client.expect("authorize")["url"]
+        assert httpx.URL(authorize).params["client_id"] == url
+        assert browser_sign_in(authorize, "alice@example.com") == 200
+        assert client.expect("connected")["client_id"] == url
+        client.send(op="list")
+        tools = {tool["name"]: tool for tool in client.expect("tools")["tools"]}
+        assert {"list_users", "create_user", "delete_user"} <= set(tools)
+        # the annotations, as a third-party client reads them (hints, never a rule)
+        assert tools["delete_user"]["annotations"]["destructiveHint"] is True
+        assert tools["list_users"]["annotations"]["readOnlyHint"] is True
+        client.send(op="call", id="m1", name="list_users",
+                    arguments={"filter": 'userName eq "bob@example.com"'})
+        result = client.expect("result", id="m1")["result"]
+        assert not result.get("isError"), result
+        assert "bob@example.com" in json.dumps(result)
+    finally:
+        client.close()
+    assert len(lab.verify.registered) == registered  # no RFC 7591 registration: the document
+    assert documents.requests.count("/ts-sdk/client.json") >= 1
+    refused = [d for d in lab.verify.audit.decisions("client_metadata_document")
+              if d.client_id == url and d.outcome == "refused"]
+    assert not refused
+
+
+def test_the_inspector_cli_registers_by_its_metadata_document_then_lists_and_reads(
+        lab: Lab, documents: DocumentServer, tmp_path: Path) -> None:
+    url = documents.publish("/inspector/client.json",
+                            {**CIMD, "client_name": "MCP Inspector CLI"})
+    registered = len(lab.verify.registered)
+    cimd = ("--client-metadata-url", url, "--callback-url", "http://127.0.0.1:0/callback")
+    listed = inspector(lab, tmp_path, "--method", "tools/list", *cimd)
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    authorize = listed.stderr.split("navigate to: ", 1)[1].split()[0]
+    assert httpx.URL(authorize).params["client_id"] == url  # the document URL is its client_id
+    names = {tool["name"] for tool in json.loads(listed.stdout)["result"]["tools"]}
+    assert {"list_users", "create_user", "delete_user"} <= names
+    called = inspector(lab, tmp_path, "--method", "tools/call", "--tool-name", "list_users",
+                       "--tool-arg", 'filter=userName eq "bob@example.com"', *cimd)
+    assert called.returncode == 0, called.stderr[-3000:]
+    assert "bob@example.com" in called.stdout
+    assert not json.loads(called.stdout)["result"].get("isError")
+    assert len(lab.verify.registered) == registered
+    assert documents.requests.count("/inspector/client.json") >= 1
+
+
 def _push_for(lab: Lab, name: str, status: str = "pending") -> Any:
     for push in lab.verify.approvals.all():
         if push.status == status and name in json.dumps(push.authorization_details):
@@ -247,3 +310,25 @@ def test_a_tier2_call_with_progress_and_a_raised_timeout_completes_after_approva
     result = ts_client.expect("result", id="w2")["result"]
     assert not result.get("isError"), result
     assert lab.verify.directory.user_by_username(name) is not None
+
+
+def test_a_tier2_call_the_typescript_sdk_times_out_never_executes(
+        lab: Lab, ts_client: NodeClient) -> None:
+    """The failure this issue began with: the SDK's own request timeout fires while the push
+    waits (-32001 Request timed out), the SDK sends notifications/cancelled by itself, and the
+    person approves afterwards. Nothing is written. (Whether the push was already on the phone
+    when the cancellation came depends on the machine's speed; either way it is not pending
+    afterwards and an approval of it does nothing.)"""
+    import secrets
+    name = f"node-timeout-{secrets.token_hex(4)}@example.com"
+    ts_client.sign_in("alice@example.com")
+    ts_client.send(op="call", id="t1", name="create_user", timeout=5000,
+                   arguments={"user_name": name, "given_name": "Node", "family_name": "Timeout"})
+    assert ts_client.expect("error", id="t1")["code"] == -32001  # the SDK's RequestTimeout
+    _until(lambda: lab.mcp.calls.running() == 0, "the cancelled call to end at the server")
+    assert _push_for(lab, name) is None  # nothing left pending on the phone
+    for push in [p for p in lab.verify.approvals.all()
+                 if name in json.dumps(p.authorization_details)]:
+        assert push.status == "withdrawn"
+        assert _approve(lab, push).status_code == 409
+    assert lab.verify.directory.user_by_username(name) is None

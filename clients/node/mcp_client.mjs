@@ -1,10 +1,12 @@
 // An MCP client built on the official TypeScript SDK, knowing only the MCP server's URL.
 //
-//   node mcp_client.mjs URL [--client-id ID]
+//   node mcp_client.mjs URL [--client-id ID | --client-metadata-url HTTPS-URL]
 //
 // It connects with StreamableHTTPClientTransport and an OAuthClientProvider: the SDK discovers
 // the authorization server (RFC 9728, RFC 8414), registers (RFC 7591) unless --client-id names a
-// pre-registered client, and asks the provider to send the user to the authorization URL. The
+// pre-registered client or --client-metadata-url its Client ID Metadata Document (the SDK uses
+// that URL as its client_id when the server advertises client_id_metadata_document_supported;
+// it must be https), and asks the provider to send the user to the authorization URL. The
 // provider prints that URL ({"event":"authorize","url":...}) for the test harness, which signs
 // the user in as a browser would and follows the redirect to this process's loopback listener
 // (RFC 8252); the code it brings is redeemed by the SDK (PKCE S256).
@@ -32,6 +34,7 @@ const option = (name) => {
   return i >= 0 ? args[i + 1] : undefined;
 };
 const clientId = option("--client-id");
+const clientMetadataUrl = option("--client-metadata-url");
 
 const emit = (event) => process.stdout.write(JSON.stringify(event) + "\n");
 
@@ -55,6 +58,7 @@ class HarnessOAuthProvider {
     this._state = undefined;
   }
   get redirectUrl() { return redirectUrl; }
+  get clientMetadataUrl() { return clientMetadataUrl; }
   get clientMetadata() {
     return {
       client_name: "IIA Lab TypeScript SDK client", redirect_uris: [redirectUrl],

@@ -4,9 +4,10 @@ MCP authorization spec 2025-11-25 asks an authorization server to support them: 
 the client's registration.
 
 * The URL (§3): https, a path other than "/", no "." or ".." segments, no fragment, no user
-  information. In this lab (`loopback_http_metadata_documents` in
-  fixtures/tenant/client_registration.json) also http on the loopback interface, so a client
-  served on 127.0.0.1 needs no certificate.
+  information. `loopback_http_metadata_documents` in fixtures/tenant/client_registration.json
+  would allow http on the loopback interface too; it is off, as the MCP authorization spec
+  (2025-11-25) says the client_id URL MUST be https, and the official clients refuse anything
+  else (tests/cimd_documents.py serves test clients' documents over TLS instead).
 * The fetch (§4, §6.5, §6.6): a GET with no redirects followed, answered 200 with JSON, read
   to at most `document_max_bytes` (5 KB, the draft's suggestion) within `document_timeout`.
 * The document (§4.1): `client_id` equal to the URL (simple string comparison); the metadata
