@@ -43,17 +43,20 @@ def _fill(store: Store, n: int, start: int = 0, stream: str = "s1") -> list[int]
 def test_antenna_prunes_delivered_sets_by_count_keeping_the_newest(tmp_path: Path) -> None:
     store = Store(tmp_path / "a.sqlite", keep_rows=50)
     store.put_stream("s1", "owner", {"delivery": {"method": "push"}})
+    store.put_stream("s2", "owner", {"delivery": {"method": "push"}})
+    _fill(store, 5, start=10_000, stream="s2")  # older than all: s2's receiver is away
     for batch in range(6):  # 600 SETs delivered, 100 at a time
         store.delivered(*_fill(store, 100, start=batch * 100))
     size = store.size()
-    assert size["outbox_delivered"] == 50 and size["sets_by_event"] == 50
+    assert size["outbox_delivered"] == 50 and size["sets_by_event"] == 50 + 5  # s2 pending
     assert store.sets_for("ev-599") == [("s1", "jti-599")]  # the newest: kept, joinable
     assert store.sets_for("ev-550") == [("s1", "jti-550")]
     assert store.sets_for("ev-549") == [] and store.sets_for("ev-0") == []  # the oldest: gone
-    # pending SETs are never pruned (delivery is at least once), however many there are
+    # pending SETs are never pruned (delivery is at least once), however old or many
+    assert [r.jti for r in store.pending("s2", 10)] == [f"jti-{i}" for i in range(10_000, 10_005)]
     _fill(store, 3 * PRUNE_EVERY, start=1000)
     store.prune()
-    assert store.size()["outbox_pending"] == 3 * PRUNE_EVERY
+    assert store.size()["outbox_pending"] == 3 * PRUNE_EVERY + 5
     assert store.size()["outbox_delivered"] == 50
 
 
