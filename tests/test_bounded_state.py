@@ -240,3 +240,41 @@ def test_chat_sessions_drop_lapsed_ones_when_a_new_one_comes() -> None:
         ids.append(store.create({"access_token": token, "expires_in": 300}).id)
         clock.now += 1
     assert len(store._sessions) <= 101 and store.get(ids[-1]) is not None
+
+
+def test_mcp_session_revocations_are_remembered_a_day_then_forgotten() -> None:
+    from iia.sessions import REMEMBER_SECONDS, SessionRevocations
+
+    clock = Clock()
+    revocations = SessionRevocations(clock)
+    revocations.revoke("old", "anomaly")
+    clock.now += REMEMBER_SECONDS - 1
+    revocations.revoke("recent", "anomaly")
+    assert revocations.reason("old") == "anomaly"  # within the day: still dropped
+    clock.now += 2
+    revocations.revoke("new", "anomaly")
+    assert revocations.reason("old") is None  # a day on: forgotten as another one comes
+    assert revocations.reason("recent") == revocations.reason("new") == "anomaly"
+
+
+def test_idp_forgets_expired_refresh_grants_and_keeps_live_spent_ones() -> None:
+    from harness.keyset import RotatingKeySet
+    from harness.verify.sessions import SessionStore
+    from harness.verify.tokens import TokenInvalid, TokenService
+
+    clock = Clock()
+    sessions = SessionStore(clock)
+    tokens = TokenService("https://idp.example", RotatingKeySet(rotation_period=3600,
+                                                                retain=3600),
+                          sessions, refresh_ttl=100, clock=clock)
+    session = sessions.create("u1", "alice@example.com", "iia-ui")
+    for i in range(50):
+        tokens.keep_refresh_token(f"rt-{i}", session, client_id="iia-ui", scope="openid",
+                                  resource="r")
+        clock.now += 10
+    assert len(tokens._refresh) <= 11
+    tokens.use_refresh_token("rt-49", "iia-ui")
+    tokens.keep_refresh_token("rt-50", session, client_id="iia-ui", scope="openid",
+                              resource="r")
+    with pytest.raises(TokenInvalid, match="already used"):  # a spent live one: still known
+        tokens.use_refresh_token("rt-49", "iia-ui")
