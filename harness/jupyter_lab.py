@@ -12,9 +12,10 @@
   with the token, and only then prints `JupyterLab is ready: <url>`: the URL printed is the URL
   that answered.
 
-Ctrl-C stops JupyterLab (it runs in its own session, so it does not stop to ask "Shutdown this
-Jupyter server?"). The token is made here, passed in the environment, and printed only in the
-URL, on the terminal.
+Ctrl-C stops JupyterLab: it runs in its own session (the terminal's Ctrl-C reaches this wrapper,
+which stops it), and a SIGINT sent to the server itself stops it at once too (`answer_yes`: it
+does not stop to ask "Shutdown this Jupyter server?"). The token is made here, passed in the
+environment, and printed only in the URL, on the terminal.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def command(port: int, allow_root: bool) -> list[str]:
     return [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
             f"--port={port}", f"--ServerApp.root_dir={project_root() / 'notebooks'}",
             "--LabApp.news_url=None", "--MultiKernelManager.default_kernel_name=python3",
+            # a SIGINT stops the server at once: with a terminal on stdin it would otherwise ask
+            # "Shutdown this Jupyter server (y/[n])?" and carry on after 5 s unanswered
+            "--ServerApp.answer_yes=True",
             *(["--allow-root"] if allow_root else [])]
 
 

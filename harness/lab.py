@@ -44,7 +44,15 @@ from harness.verify import VerifyTenant
 from harness.verify.rotation import RotatingClientSecret
 from harness.verify.tokens import member_groups
 from iia.agent import model_client
-from iia.antenna import CAEP, PUSH, SUPPORTED, AnomalyRules, Antenna, antenna_app
+from iia.antenna import (
+    CAEP,
+    PUSH,
+    SUPPORTED,
+    AnomalyRules,
+    Antenna,
+    OAuthManagement,
+    antenna_app,
+)
 from iia.chat import ChatApp
 from iia.console import console_app
 from iia.events import EventBus
@@ -177,10 +185,17 @@ class Lab:
                           url=self.mcp_url)
         # Antenna (iia's SSF transmitter) and a CAEP receiver; then every receiver subscribes
         # through Antenna's management API, as any SSF receiver would.
+        # An outside receiver manages its streams with an access token of the IdP (client
+        # credentials, scope ssf.manage, resource = Antenna's issuer), checked by its JWKS.
         antenna_sock = bind_loopback()
-        self.antenna = Antenna(f"http://127.0.0.1:{antenna_sock.getsockname()[1]}",
-                               self.runtime_dir / "antenna.sqlite", events=self.events,
-                               rules=AnomalyRules.load(s.fixtures / "antenna" / "anomaly.json"))
+        antenna_url = f"http://127.0.0.1:{antenna_sock.getsockname()[1]}"
+        self.antenna = Antenna(antenna_url, self.runtime_dir / "antenna.sqlite",
+                               events=self.events,
+                               rules=AnomalyRules.load(s.fixtures / "antenna" / "anomaly.json"),
+                               management=OAuthManagement(
+                                   issuer=self.verify.issuer,
+                                   jwks_uri=f"{self.verify.issuer}/jwks",
+                                   audience=antenna_url))
         self.antenna.start()
         await self._serve(HttpService("antenna", antenna_app(self.antenna), antenna_sock))
         caep_sock = bind_loopback()

@@ -27,6 +27,8 @@ __all__ = ["CATALOG", "MARKDOWN_END", "MARKDOWN_START", "AdminRequest", "Catalog
 Args = Mapping[str, Any]
 
 USER_FIELDS = ("id", "userName", "displayName", "title", "active", "nickName")
+# the member ids a list_groups result shows per group (its `members` count is the whole)
+MEMBER_IDS = 50
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,12 @@ def _groups(body: Any) -> Any:
         return body
     return {"totalResults": body.get("totalResults"), "groups": [
         {"id": g.get("id"), "displayName": g.get("displayName"),
-         "members": len(g.get("members") or [])} for g in body.get("Resources", [])]}
+         "members": len(g.get("members") or []),
+         # who they are, by id (a model reads their names with list_users); the first
+         # MEMBER_IDS only, so a large group never floods the model's context
+         "memberIds": [m.get("value") for m in (g.get("members") or [])[:MEMBER_IDS]
+                       if isinstance(m, dict)]}
+        for g in body.get("Resources", [])]}
 
 
 def _list_params(args: Args) -> dict[str, str]:

@@ -13,7 +13,9 @@ inherited_sockets`: `LISTEN_FDS`, `LISTEN_FDNAMES` with the names `mcp`, `chat`,
 
     IIA_BIND (127.0.0.1 by default), IIA_MCP_PORT, IIA_CHAT_PORT, IIA_ANTENNA_PORT,
     IIA_CONSOLE_PORT (with --console); IIA_ANTENNA_URL (as receivers reach it), IIA_ANTENNA_DB
-    (SQLite path), IIA_ANOMALY_RULES (a JSON file like fixtures/antenna/anomaly.json),
+    (SQLite path), IIA_ANTENNA_MANAGEMENT_JWKS_URI (the IdP's keys for the management tokens
+    of outside receivers; IIA_VERIFY_ISSUER's /jwks by default), IIA_ANOMALY_RULES (a JSON
+    file like fixtures/antenna/anomaly.json),
     IIA_SSF_RECEIVERS (a JSON list: name, endpoint_url, aud, events, authorization_file; Antenna
     creates one push stream for each at start, sending the header read from the receiver's
     file), IIA_AUDIT_DIR (the durable audit trail: every event, with its SET jtis, appended to
@@ -39,7 +41,7 @@ from pathlib import Path
 import uvicorn
 
 from iia.agent import model_client
-from iia.antenna import SUPPORTED, AnomalyRules, Antenna, antenna_app
+from iia.antenna import SUPPORTED, AnomalyRules, Antenna, OAuthManagement, antenna_app
 from iia.antenna.event_types import FOR_BUS_EVENT
 from iia.audit_trail import EVENTS, AuditSettings, record_events
 from iia.chat import ChatApp
@@ -145,6 +147,18 @@ def _listening(env: Mapping[str, str], handed: Mapping[str, socket.socket],
             for name in _served(console)}
 
 
+def antenna_management(env: Mapping[str, str]) -> OAuthManagement | None:
+    """Outside receivers manage streams at Antenna with an access token of the IdP
+    (`IIA_VERIFY_ISSUER`; its keys at `IIA_ANTENNA_MANAGEMENT_JWKS_URI`, by default the
+    issuer's `/jwks`), audience = Antenna's issuer (`iia.antenna.management`)."""
+    issuer = env.get("IIA_VERIFY_ISSUER")
+    if not issuer:
+        return None
+    return OAuthManagement(issuer=issuer, audience=env["IIA_ANTENNA_URL"],
+                           jwks_uri=env.get("IIA_ANTENNA_MANAGEMENT_JWKS_URI",
+                                            issuer.rstrip("/") + "/jwks"))
+
+
 async def run(env: Mapping[str, str], *, console: bool = False,
               sockets: Mapping[str, socket.socket] | None = None) -> None:
     """Serve the MCP server, the chat route, Antenna (and the console) until cancelled, on the
@@ -162,7 +176,8 @@ async def run(env: Mapping[str, str], *, console: bool = False,
     rules = Path(env["IIA_ANOMALY_RULES"]) if env.get("IIA_ANOMALY_RULES") else None
     antenna = Antenna(env["IIA_ANTENNA_URL"], env.get("IIA_ANTENNA_DB", "antenna.sqlite"),
                       events=events, rules=AnomalyRules.load(rules) if rules else None,
-                      bounds=AntennaBounds.from_env(env)).start()
+                      bounds=AntennaBounds.from_env(env),
+                      management=antenna_management(env)).start()
     journal = audit.journal(EVENTS)
     if journal is not None:  # after Antenna: an event's SETs are committed before its record
         record_events(events, journal, antenna.sets_for, set_types=FOR_BUS_EVENT)

@@ -2,8 +2,11 @@
 `iia.ssf`, only a JWT library, so it checks Antenna the way an outside receiver would.
 
 * SSF 1.0 §7 discovery: `/.well-known/ssf-configuration` gives `issuer` and `jwks_uri`; the
-  stream is created at `configuration_endpoint` with the management auth of `auth_headers`
-  (one helper, so switching to OAuth client credentials is one change).
+  stream is created at `configuration_endpoint` with the management auth of `auth_headers`: an
+  OAuth 2.0 access token (the transmitter's `authorization_schemes`: `urn:ietf:rfc:6749`, as
+  the CAEP Interoperability Profile says) that `client_credentials_token` gets from the IdP
+  (OpenID discovery, RFC 6749 §4.4, scope `ssf.manage`, RFC 8707 `resource` = the
+  transmitter's issuer).
 * RFC 8935 push: `SpecReceiver` is an HTTP endpoint on loopback. Every SET is validated
   (`check_set`): a JWS with `typ: secevent+jwt` (RFC 8417 §2.3), signed by a key of the
   transmitter's JWKS (by `kid`; ES256 or RS256), `iss` the transmitter, `aud` the stream's,
@@ -16,6 +19,14 @@
   a different SET reusing a `jti` is an error.
 * RFC 8936 poll: `poll` acknowledges and fetches, validating each SET the same way.
 * `stop()` / `start()` take the endpoint down and bring it back on the same port (an outage).
+* CAEP Interoperability Profile: SETs signed with ES256 or RS256, the key picked by `kid` and
+  the header's `alg` the key's own (a JWKS entry's `alg`, or its `kty`: EC for ES256, RSA for
+  RS256); `SetChecker(algs=...)` narrows it to what the stream asked for (`set_signing_alg`).
+
+Run as its own process (`python -m tests.spec_receiver`, `main`): it reads its client secret
+from the first line of stdin (never argv), gets a token from the IdP, creates a push stream to
+its own endpoint, prints the stream as one JSON line, asks for a verification SET, then prints
+one JSON line per SET it accepts (`{"set": claims, "alg": ...}`) until stdin closes.
 """
 
 from __future__ import annotations
@@ -40,9 +51,28 @@ FORMATS: dict[str, tuple[str, ...]] = {
 COMPLEX_MEMBERS = ("user", "device", "session", "application", "tenant", "org_unit", "group")
 
 
+KEY_TYPES = {"ES256": "EC", "RS256": "RSA"}
+MANAGE_SCOPE = "ssf.manage"
+
+
 def auth_headers(token: str) -> dict[str, str]:
-    """Management auth for SSF stream management: today a bearer token Antenna issued."""
+    """Management auth for SSF stream management: an OAuth 2.0 bearer token (RFC 6750)."""
     return {"Authorization": f"Bearer {token}"}
+
+
+def client_credentials_token(idp_issuer: str, client_id: str, secret: str,
+                             resource: str, scope: str = MANAGE_SCOPE) -> str:
+    """RFC 6749 §4.4 at the IdP's token endpoint (OpenID discovery), HTTP Basic client auth,
+    for `resource` (RFC 8707): the access token."""
+    meta = httpx.get(f"{idp_issuer.rstrip('/')}/.well-known/openid-configuration",
+                     timeout=10).json()
+    response = httpx.post(meta["token_endpoint"], auth=(client_id, secret), timeout=10,
+                          data={"grant_type": "client_credentials", "scope": scope,
+                                "resource": resource})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["token_type"].lower() == "bearer" and scope in body.get("scope", scope).split()
+    return str(body["access_token"])
 
 
 def discover(transmitter: str) -> dict[str, Any]:
@@ -53,10 +83,13 @@ def discover(transmitter: str) -> dict[str, Any]:
 
 
 def subscribe(config: Mapping[str, Any], token: str, delivery: dict[str, Any],
-              events: list[str], aud: str | None = None) -> dict[str, Any]:
+              events: list[str], aud: str | None = None,
+              alg: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"delivery": delivery, "events_requested": events}
     if aud is not None:
         body["aud"] = aud
+    if alg is not None:
+        body["set_signing_alg"] = alg
     response = httpx.post(config["configuration_endpoint"], json=body,
                           headers=auth_headers(token), timeout=10)
     assert response.status_code in (200, 201), response.text
@@ -91,11 +124,15 @@ def check_subject(sub_id: Any, nested: bool = False) -> None:
 class SetChecker:
     """Validates SETs of one stream against the transmitter's published keys."""
 
-    def __init__(self, config: Mapping[str, Any], aud: str | list[str]) -> None:
+    def __init__(self, config: Mapping[str, Any], aud: str | list[str],
+                 algs: tuple[str, ...] = ALGS) -> None:
         self.issuer = str(config["issuer"])
         self.jwks_uri = str(config["jwks_uri"])
         self.aud = aud
+        self.algs = algs
+        self.seen_algs: list[str] = []  # the alg of each SET accepted, in order
         self._keys: dict[str, jwt.PyJWK] = {}
+        self._jwks: dict[str, dict[str, Any]] = {}
         self._seen: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
@@ -103,6 +140,7 @@ class SetChecker:
         if kid not in self._keys:  # a new kid: fetch the JWKS again (key rotation)
             for jwk in httpx.get(self.jwks_uri, timeout=10).json()["keys"]:
                 self._keys[jwk["kid"]] = jwt.PyJWK(jwk)
+                self._jwks[jwk["kid"]] = jwk
         if kid not in self._keys:
             raise ValueError(f"no key {kid!r} in the transmitter's JWKS")
         return self._keys[kid]
@@ -115,9 +153,13 @@ class SetChecker:
             raise ValueError(f"not a JWS: {exc}") from exc
         if header.get("typ") != SET_TYP:
             raise ValueError(f"typ must be {SET_TYP} (RFC 8417 §2.3)")
-        if header.get("alg") not in ALGS:
-            raise ValueError(f"alg {header.get('alg')!r} is not accepted")
+        alg = header.get("alg")
+        if alg not in self.algs:
+            raise ValueError(f"alg {alg!r} is not accepted (accepted: {self.algs})")
         key = self._key(str(header.get("kid")))
+        jwk = self._jwks[str(header.get("kid"))]
+        if jwk.get("kty") != KEY_TYPES[alg] or jwk.get("alg", alg) != alg:
+            raise ValueError(f"key {header.get('kid')!r} is not a {alg} key")
         try:
             claims = jwt.decode(token, key, algorithms=[header["alg"]],
                                 audience=self.aud, issuer=self.issuer,
@@ -139,6 +181,7 @@ class SetChecker:
                     raise ValueError(f"jti {claims['jti']} reused by a different SET")
                 return claims, True
             self._seen[claims["jti"]] = claims
+            self.seen_algs.append(alg)
         return claims, False
 
 
@@ -211,12 +254,17 @@ class SpecReceiver:
 
 
 def poll(endpoint: str, token: str, checker: SetChecker, *, ack: list[str], max_events: int = 10,
-         return_immediately: bool = True) -> tuple[list[dict[str, Any]], bool]:
-    """One RFC 8936 §2.4 poll: acknowledge `ack`; the new SETs (validated) in the answer's
-    order, and `moreAvailable`."""
-    response = httpx.post(endpoint, json={"ack": ack, "maxEvents": max_events,
-                                          "returnImmediately": return_immediately},
-                          headers=auth_headers(token), timeout=30)
+         return_immediately: bool | None = True, set_errs: Mapping[str, Any] | None = None
+         ) -> tuple[list[dict[str, Any]], bool]:
+    """One RFC 8936 §2.4 poll: acknowledge `ack`, report `set_errs`; the new SETs (validated)
+    in the answer's order, and `moreAvailable`. `return_immediately` None leaves it out (the
+    RFC's default: false, a long poll)."""
+    request: dict[str, Any] = {"ack": ack, "maxEvents": max_events}
+    if return_immediately is not None:
+        request["returnImmediately"] = return_immediately
+    if set_errs:
+        request["setErrs"] = dict(set_errs)
+    response = httpx.post(endpoint, json=request, headers=auth_headers(token), timeout=60)
     assert response.status_code == 200, response.text
     data = response.json()
     out = []
@@ -232,3 +280,60 @@ def inversions(order: list[Any]) -> int:
     the issue positions in arrival order)."""
     return sum(1 for i in range(len(order)) for j in range(i + 1, len(order))
                if order[i] > order[j])
+
+
+def main() -> None:
+    """`python -m tests.spec_receiver TRANSMITTER IDP_ISSUER CLIENT_ID [--alg RS256]
+    [--events URI ...]`: an outside receiver in its own process (see the module docstring)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("transmitter")
+    parser.add_argument("idp_issuer")
+    parser.add_argument("client_id")
+    parser.add_argument("--alg", choices=ALGS, default=None)
+    parser.add_argument("--events", nargs="*", default=[
+        "https://schemas.openid.net/secevent/caep/event-type/session-revoked",
+        "https://schemas.openid.net/secevent/ssf/event-type/verification"])
+    args = parser.parse_args()
+    secret = sys.stdin.readline().strip()
+    config = discover(args.transmitter)
+    assert {"spec_urn": "urn:ietf:rfc:6749"} in config.get("authorization_schemes", [])
+    token = client_credentials_token(args.idp_issuer, args.client_id, secret,
+                                     resource=config["issuer"])
+    receiver = SpecReceiver()
+    aud = f"urn:spec-receiver:{receiver.port}"
+    stream = subscribe(config, token, {"method": "urn:ietf:rfc:8935",
+                                       "endpoint_url": receiver.url}, args.events, aud=aud,
+                       alg=args.alg)
+    receiver.checker = SetChecker(config, aud, algs=(args.alg,) if args.alg else ALGS)
+    print(json.dumps({"stream": stream}), flush=True)
+    verify = httpx.post(config["verification_endpoint"], headers=auth_headers(token),
+                        json={"stream_id": stream["stream_id"], "state": "spec-receiver"},
+                        timeout=10)
+    assert verify.status_code == 204, verify.text
+    printed = 0
+
+    def report() -> None:
+        nonlocal printed
+        while True:
+            with receiver._lock:
+                new = receiver.received[printed:]
+                algs = receiver.checker.seen_algs[printed:] if receiver.checker else []
+                errors = list(receiver.errors)
+            for claims, alg in zip(new, algs, strict=False):
+                print(json.dumps({"set": claims, "alg": alg}), flush=True)
+            printed += len(new)
+            if errors:
+                print(json.dumps({"errors": errors}), flush=True)
+                receiver.errors.clear()
+            time.sleep(0.02)
+
+    threading.Thread(target=report, daemon=True).start()
+    sys.stdin.read()  # until the parent closes our stdin
+    receiver.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -196,11 +197,11 @@ def test_a_fault_inside_the_worker_does_not_stop_delivery(world: World,
     delivers everything afterwards; nothing is lost or marked failed."""
     real_sign, calls = world.antenna.signer.sign, []
 
-    def flaky(claims: dict) -> str:
+    def flaky(claims: dict, **kwargs: Any) -> str:
         calls.append(claims["jti"])
         if len(calls) == 1:
             raise RuntimeError("signer unavailable")
-        return real_sign(claims)
+        return real_sign(claims, **kwargs)
 
     monkeypatch.setattr(world.antenna.signer, "sign", flaky)
     stream_id = world.stream([AGENT["token-exchange-issued"]])

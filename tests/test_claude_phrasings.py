@@ -41,6 +41,14 @@ def gid(name: str) -> str:
     return next(g["id"] for g in GROUPS if g["displayName"] == name)
 
 
+def members_of(name: str) -> tuple[str, dict[str, Any]]:
+    """The list_users call that reads a group's members by id, as the stand-in makes it."""
+    ids = [m["value"] for m in next(g for g in GROUPS if g["displayName"] == name)["members"]]
+    assert len(ids) <= 5  # one read; a larger group is read five ids at a time (tested below)
+    return ("list_users", {"filter": " or ".join(f'id eq "{i}"' for i in ids),
+                           "count": len(ids)})
+
+
 def by_email(email: str) -> dict[str, Any]:
     return {"filter": f'userName eq "{email}"'}
 
@@ -53,7 +61,8 @@ def group(name: str) -> dict[str, Any]:
     return {"filter": f'displayName eq "{name}"'}
 
 
-FILTER = re.compile(r'^(userName|displayName|title|active) (eq|co|sw) (?:"([^"]*)"|(false|true))$')
+FILTER = re.compile(
+    r'^(id|userName|displayName|title|active) (eq|co|sw) (?:"([^"]*)"|(false|true))$')
 
 
 @dataclass
@@ -75,6 +84,8 @@ class Tenant:
     def _match(self, scim_filter: str | None, resource: dict[str, Any]) -> bool:
         if not scim_filter:
             return True
+        if " or " in scim_filter:  # `id eq "a" or id eq "b"`: the members of a group, by id
+            return any(self._match(part, resource) for part in scim_filter.split(" or "))
         m = FILTER.match(scim_filter)
         assert m, f"the stand-in sent a filter this test tenant does not know: {scim_filter}"
         attribute, op, text, boolean = m.groups()
@@ -276,7 +287,15 @@ PHRASINGS: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = [
                                       ("get_user", {"user_id": uid("laura")})]),
     ("tell me about judy@example.com", [("list_users", by_email("judy@example.com")),
                                         ("get_user", {"user_id": uid("judy")})]),
-    ("who is in Sales?", [("list_groups", group("Sales"))]),
+    ("who is in Sales?", [("list_groups", group("Sales")), members_of("Sales")]),
+    ("list the users in the admins group", [("list_groups", group("Tenant Administrators")),
+                                            members_of("Tenant Administrators")]),
+    ("Which people belong to the Finance team?", [("list_groups", group("Finance")),
+                                                   members_of("Finance")]),
+    ("how many people are in Support?", [("list_groups", group("Support"))]),
+    ("add bob@example.com to the admins group", [
+        ("list_users", by_email("bob@example.com")),
+        ("grant_admin_role", {"user_id": uid("bob")})]),
     ("show inactive users", [("list_users", {"filter": "active eq false", "count": 50})]),
     # several things at once
     ("deactivate ivan@example.com and revoke his sessions", [
@@ -479,3 +498,59 @@ def test_the_room_phrasing_through_the_lab(lab: Lab) -> None:
     sales = lab.verify.directory.group_by_name("Sales")
     assert sales is not None and user.id in [m.value for m in sales.members or []]
     assert f"Yara {family} ({email}) is deactivated." == deactivated.text
+
+
+@pytest.mark.parametrize("asked, name", [("list the users in the admins group",
+                                          "Tenant Administrators"),
+                                         ("who is in Sales?", "Sales")])
+def test_a_group_is_answered_with_its_members_by_name(chat: Conversation, asked: str,
+                                                      name: str) -> None:
+    """Asked who is in a group, the stand-in names its members (e-mail and name), and only
+    them: it once answered "the users in the admins group" with every user of the tenant."""
+    _, answer = chat.say(asked)
+    team = next(g for g in GROUPS if g["displayName"] == name)
+    ids = {m["value"] for m in team["members"]}
+    for user in USERS:
+        shown = f"{user['displayName']} ({user['userName']})"
+        assert (shown in answer) is (user["id"] in ids), (shown, answer)
+    assert answer.startswith(f"{name} has {len(ids)} member")
+
+
+def test_a_large_group_is_read_five_ids_at_a_time(chat: Conversation) -> None:
+    """Each read's filter fits the tool's 256 characters (the schema check in `say` refuses
+    one that does not), and every member is named."""
+    sales = next(g for g in chat.tenant.groups if g["displayName"] == "Sales")
+    sales["members"] = [{"value": u["id"]} for u in chat.tenant.users[:12]]
+    calls, answer = chat.say("who is in Sales?")
+    reads = [c for c in calls if c[0] == "list_users"]
+    assert len(reads) == 3 and all(len(c[1]["filter"]) <= 256 for c in reads)
+    assert all(u["displayName"] in answer for u in chat.tenant.users[:12])
+    assert answer.startswith("Sales has 12 members:")
+
+
+def test_who_is_in_the_admins_group_through_the_real_chain(lab: Lab) -> None:
+    """The question a room asks, through the agent loop, the MCP server and the admin API:
+    two tier-1 reads, and the answer names the administrators only."""
+    import asyncio
+
+    from iia.agent import AgentLoop, McpToolClient, model_client
+    from iia.settings import AgentSettings
+    from tests.helpers import user_token
+
+    settings = AgentSettings.from_env(lab.iia_env())
+    token = user_token(lab)["access_token"]
+
+    async def go() -> Any:
+        async with (model_client(settings, max_retries=0) as model,
+                    McpToolClient(settings.mcp_url, lambda: token) as mcp):
+            return await AgentLoop(settings, model).run(
+                [{"role": "user", "content": "list the users in the admins group"}], mcp)
+
+    result = asyncio.run(go())
+    assert [c["name"] for c in result.tool_calls] == ["list_groups", "list_users"]
+    assert not any(c.get("is_error") for c in result.tool_calls)
+    admins = lab.verify.directory.group_by_name("Tenant Administrators")
+    assert admins is not None
+    ids = {m.value for m in admins.members or []}
+    for user in lab.verify.directory.users():
+        assert (f"{user.display_name} ({user.user_name})" in result.text) is (user.id in ids)

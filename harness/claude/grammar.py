@@ -47,6 +47,11 @@ PERSON_FILLER_HEAD = ("the user", "user", "the account of", "account of", "the a
                       "the person", "the employee", "employee", "colleague", "our")
 PERSON_FILLER_TAIL = ("'s account", "'s user", "'s profile", "'s record", "account", "user")
 GROUP_FILLER_TAIL = ("group", "groups", "team", "department", "dept")
+# "admins" and its synonyms, read as the tenant's administrators group (reads only)
+ADMIN_GROUP = "Tenant Administrators"
+ADMIN_GROUP_WORDS = frozenset({"admins", "administrators", "admin", "tenant admins",
+                               "tenant administrators"})
+READ_GROUP_INTENTS = frozenset({"group_info", "group_members"})
 NOT_GROUPS = frozenset({"tenant", "directory", "system", "verify", "company", "organisation",
                         "organization", "admins", "administrators", "admin"})
 # Words a new person's description may carry besides their name and e-mail.
@@ -232,8 +237,13 @@ class Grammar:
         given, family = (names[0], " ".join(names[1:])) if names else ("", "")
         return NewPerson(email=email, given=given, family=family, title=title)
 
-    def group(self, text: str) -> GroupRef | None:
+    def group(self, text: str, *, reading: bool = False) -> GroupRef | None:
+        """The group a phrase names. "The admins" names Tenant Administrators only to read
+        it ("who is in the admins group"): to join it is to be made an administrator, which
+        is the grant_admin intent, never a membership change."""
         text = _strip_words(text.strip(), ("the",), GROUP_FILLER_TAIL)
+        if reading and text.lower() in ADMIN_GROUP_WORDS:
+            return GroupRef(ADMIN_GROUP)
         words = text.split()
         if not words or len(words) > 4 or text.lower() in NOT_GROUPS or any(
                 not WORD.match(w) and w != "&" for w in words) or \
@@ -284,7 +294,7 @@ class Grammar:
                     continue
                 targets.append(new)
             if "group" in slots:
-                group = self.group(slots["group"])
+                group = self.group(slots["group"], reading=phrase.intent in READ_GROUP_INTENTS)
                 if group is None:
                     continue
             return Clause(phrase.intent, tuple(targets), group)

@@ -18,6 +18,8 @@ client_metadata_document.py): both are `Source`s it asks in that order.
 
 from __future__ import annotations
 
+import hmac
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -87,6 +89,19 @@ def loopback_redirect_matches(registered: str, presented: str) -> bool:
             and not p.fragment and not p.username and not p.password)
 
 
+class IssuedClientSecret:
+    """A confidential client's secret made when the tenant starts, kept in memory only and
+    handed to the one who runs the client (the lab gives it to an outside SSF receiver's
+    process); `"secret": "generated"` in clients.json. It does not rotate."""
+
+    def __init__(self, client_id: str) -> None:
+        self.client_id = client_id
+        self.value = secrets.token_urlsafe(32)
+
+    def authenticate(self, presented: str) -> bool:
+        return hmac.compare_digest(presented.encode(), self.value.encode())
+
+
 @dataclass
 class Client(ClientMixin):  # type: ignore[misc]
     client_id: str
@@ -94,7 +109,8 @@ class Client(ClientMixin):  # type: ignore[misc]
     grant_types: frozenset[str]
     redirect_uris: tuple[str, ...] = ()
     post_logout_redirect_uris: tuple[str, ...] = ()
-    secret: RotatingClientSecret | None = field(default=None, repr=False)
+    secret: RotatingClientSecret | IssuedClientSecret | None = field(default=None,
+                                                                       repr=False)
     # OpenID CIBA Core §4 client metadata: how tokens reach a CIBA client ("poll" or "ping")
     # and, in ping mode, the URL the OP POSTs its callback to (§10.2)
     backchannel_token_delivery_mode: str = "poll"  # noqa: S105 - a mode's name, no secret

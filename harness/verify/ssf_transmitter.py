@@ -17,6 +17,12 @@ Stream management needs `Authorization: Bearer <token>`: an access token this te
 the client credentials grant (RFC 6749 §4.4) with scope `ssf.manage` (`ManagementTokens`). A
 stream belongs to the client that created it; another client's stream is 404.
 
+The same grant with a `resource` (RFC 8707) issues a management token for another transmitter:
+a JWT access token (RFC 9068, `typ: at+jwt`, signed with the tenant's keys and checked against
+its JWKS) with `aud` = that resource (Antenna's issuer), `sub`/`client_id` the client, `scope`
+`ssf.manage`; the audience binds it to that one transmitter (an outside SSF receiver
+subscribes to Antenna with it: iia/antenna/management.py).
+
 What is transmitted (subjects per RFC 9493, SSF 1.0 §4.1):
 
 * CAEP `session-revoked` for every IdP session that ends: logout, sessions revoked through the
@@ -50,6 +56,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import jwt
@@ -76,6 +83,7 @@ CAEP_EVENTS = {name: _CAEP + name for name in
 VERIFICATION = "https://schemas.openid.net/secevent/ssf/event-type/verification"
 SUPPORTED = sorted([*CAEP_EVENTS.values(), VERIFICATION])
 TOKEN_TTL = 3600  # seconds a management access token lives
+JWT_TTL = 900  # seconds a JWT management token for another transmitter lives (RFC 9068)
 MAX_TOKENS = 1000
 MAX_STREAMS = 100
 MAX_QUEUED = 10_000
@@ -93,10 +101,13 @@ class ManagementTokens:
     credentials grant (`ClientCredentialsGrant` in grants.py) and checked here, the one
     resource they are for. Kept as digests, at most `MAX_TOKENS`, each `TOKEN_TTL` seconds."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, *, issuer: str | None = None,
+                 sign: Callable[[dict[str, Any]], str] | None = None) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._tokens: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self.issuer = issuer  # with `sign`: JWT tokens for another transmitter (`resource`)
+        self._sign = sign
 
     def grant(self, client: Client, form: Mapping[str, str]) -> Response:
         scope = form.get("scope") or MANAGE_SCOPE
@@ -105,6 +116,8 @@ class ManagementTokens:
                                  f"{client.client_id} may ask only for {MANAGE_SCOPE}, and "
                                  "only when registered for it"}, status_code=400,
                                 headers={"Cache-Control": "no-store"})
+        if form.get("resource"):
+            return self._for_resource(client, str(form["resource"]))
         token = secrets.token_urlsafe(32)
         with self._lock:
             self._tokens[_digest(token)] = (client.client_id, self._clock() + TOKEN_TTL)
@@ -112,6 +125,23 @@ class ManagementTokens:
                 self._tokens.popitem(last=False)
         return JSONResponse({"access_token": token, "token_type": "Bearer",
                              "expires_in": TOKEN_TTL, "scope": MANAGE_SCOPE},
+                            headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    def _for_resource(self, client: Client, resource: str) -> Response:
+        """RFC 8707 + RFC 9068: a JWT access token for the transmitter at `resource`."""
+        parts = urlsplit(resource)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment or \
+                self._sign is None or self.issuer is None:
+            return JSONResponse({"error": "invalid_target", "error_description":
+                                 "resource must be the absolute http(s) URL of an SSF "
+                                 "transmitter, without a fragment (RFC 8707 §2)"},
+                                status_code=400, headers={"Cache-Control": "no-store"})
+        now = int(self._clock())
+        token = self._sign({"iss": self.issuer, "sub": client.client_id, "aud": resource,
+                            "client_id": client.client_id, "scope": MANAGE_SCOPE, "iat": now,
+                            "exp": now + JWT_TTL, "jti": secrets.token_urlsafe(16)})
+        return JSONResponse({"access_token": token, "token_type": "Bearer",
+                             "expires_in": JWT_TTL, "scope": MANAGE_SCOPE},
                             headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
     def client_of(self, authorization: str) -> str | None:

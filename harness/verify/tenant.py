@@ -56,6 +56,7 @@ from harness.verify.client_auth import (
     SCOPES_SUPPORTED,
     Client,
     ClientRegistry,
+    IssuedClientSecret,
     client_scopes,
     id_token_alg,
 )
@@ -127,9 +128,12 @@ def load_clients(fixtures: Path, mcp_secret: RotatingClientSecret,
     clients = {}
     for raw in doc["clients"]:
         mode, notify = ciba_delivery(raw, mcp_resource)
-        secret = mcp_secret if raw.get("secret") == "vault" else None
+        secret: RotatingClientSecret | IssuedClientSecret | None = (
+            mcp_secret if raw.get("secret") == "vault" else
+            IssuedClientSecret(raw["client_id"]) if raw.get("secret") == "generated" else None)
         if not raw["public"] and secret is None:
-            raise ValueError(f"confidential client {raw['client_id']} needs its secret in Vault")
+            raise ValueError(f"confidential client {raw['client_id']} needs its secret in Vault "
+                             "or generated at start")
         if secret is not None and secret.client_id != raw["client_id"]:
             raise ValueError("the Vault-held secret belongs to another client")
         clients[raw["client_id"]] = Client(
@@ -218,7 +222,8 @@ class VerifyTenant:
                                     directory=self.directory, audit=self.audit, clock=clock)
         self.ssf = SsfReceiver(issuer=self.issuer, directory=self.directory,
                                sessions=self.sessions, audit=self.audit)
-        self.ssf_tokens = ManagementTokens(clock)
+        self.ssf_tokens = ManagementTokens(
+            clock, issuer=self.issuer, sign=lambda claims: self.keys.sign(claims, typ="at+jwt"))
         self.transmitter = SsfTransmitter(base_url=self.base_url, oidc_issuer=self.issuer,
                                           sessions=self.sessions, audit=self.audit,
                                           tokens=self.ssf_tokens, clock=clock)

@@ -6,11 +6,13 @@ from __future__ import annotations
 from iia.antenna.anomaly import AnomalyDetector, AnomalyRules
 from iia.antenna.app import antenna_app
 from iia.antenna.event_types import AGENT, CAEP, SUPPORTED, VERIFICATION
+from iia.antenna.management import MANAGE_SCOPE, OAuthManagement
 from iia.antenna.transmitter import POLL, PUSH, Antenna, StreamError
 
 __all__ = [
            "AGENT",
            "CAEP",
+           "MANAGE_SCOPE",
            "POLL",
            "PUSH",
            "SUPPORTED",
@@ -18,6 +20,7 @@ __all__ = [
            "AnomalyDetector",
            "AnomalyRules",
            "Antenna",
+           "OAuthManagement",
            "StreamError",
            "antenna_app",
 ]

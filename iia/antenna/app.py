@@ -5,7 +5,12 @@
     GET|POST|PATCH|PUT|DELETE /ssf/streams   stream configuration (bearer token)
     GET|POST /ssf/status                  stream status: enabled | paused | disabled
     POST /ssf/verify                      send a verification event
-    POST /ssf/poll/{stream_id}            poll delivery (RFC 8936)
+    POST /ssf/poll/{stream_id}            poll delivery (RFC 8936): ack, setErrs, maxEvents (a
+                                          whole number >= 0), returnImmediately (default false:
+                                          wait for a SET, at most `Antenna.poll_wait` seconds)
+
+Management needs `Authorization: Bearer` (401 invalid_token otherwise; 503 naming the IdP when
+its keys cannot be fetched); every malformed request is 400 invalid_request with the reason.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from iia.antenna.management import MANAGE_SCOPE, ManagementUnavailable
+from iia.antenna.sets import ALGORITHMS
 from iia.antenna.transmitter import POLL, PUSH, Antenna, StreamError
 
 __all__ = ["antenna_app"]
@@ -30,6 +37,27 @@ def _error(status: int, description: str) -> JSONResponse:
     headers = {"WWW-Authenticate": 'Bearer realm="antenna"'} if status == 401 else None
     return JSONResponse({"error": code, "error_description": description}, status_code=status,
                         headers=headers)
+
+
+MAX_ACK = 1000  # jtis acknowledged in one poll
+MAX_EVENTS = 100  # SETs handed out by one poll, whatever maxEvents asks
+DEFAULT_MAX_EVENTS = 10
+
+
+def set_errors(raw: Any) -> dict[str, str]:
+    """RFC 8936 §2.4 `setErrs`: {jti: {"err": code, "description": text}} -> {jti: "err: text"}.
+    Anything else is a 400 with the reason."""
+    if not isinstance(raw, dict) or len(raw) > MAX_ACK:
+        raise StreamError(f"setErrs must be an object of at most {MAX_ACK} jti -> "
+                          '{"err", "description"} (RFC 8936 §2.4)')
+    out = {}
+    for jti, error in raw.items():
+        if not isinstance(error, dict) or not isinstance(error.get("err"), str) or \
+                not isinstance(error.get("description", ""), str):
+            raise StreamError(f"setErrs[{jti!r}] must be an object with err (a string) and "
+                              "description (RFC 8936 §2.4, RFC 8935 §2.4)")
+        out[jti] = f"{error['err']}: {error.get('description', '')}"
+    return out
 
 
 def antenna_app(antenna: Antenna) -> Starlette:
@@ -49,9 +77,14 @@ def antenna_app(antenna: Antenna) -> Starlette:
     def guarded(handler: Callable[[Request, str], Awaitable[Response]]
                 ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            client = owner(request)
+            try:
+                client = await run_in_threadpool(owner, request)
+            except ManagementUnavailable as exc:  # fail closed, naming the IdP
+                return JSONResponse(exc.to_dict(), status_code=exc.status)
             if client is None:
-                return _error(401, "a management bearer token is required")
+                return _error(401, "a management bearer token is required: an access token "
+                              "the IdP issued to a registered receiver client (client "
+                              f"credentials, scope {MANAGE_SCOPE}, resource {antenna.issuer})")
             try:
                 return await handler(request, client)
             except StreamError as exc:
@@ -66,7 +99,9 @@ def antenna_app(antenna: Antenna) -> Starlette:
             "delivery_methods_supported": [PUSH, POLL],
             "configuration_endpoint": f"{i}/ssf/streams", "status_endpoint": f"{i}/ssf/status",
             "verification_endpoint": f"{i}/ssf/verify",
-            "authorization_schemes": [{"spec_urn": "urn:ietf:rfc:6750"}],
+            # the CAEP Interoperability Profile's: OAuth 2.0 (RFC 6749) access tokens
+            "authorization_schemes": [{"spec_urn": "urn:ietf:rfc:6749"}],
+            "set_signing_alg_values_supported": list(ALGORITHMS),
             "default_subjects": "ALL"})
 
     async def jwks(request: Request) -> JSONResponse:
@@ -101,20 +136,23 @@ def antenna_app(antenna: Antenna) -> Starlette:
 
     async def poll(request: Request, client: str) -> Response:
         data = await body(request)
-        ack = data.get("ack") or []
-        if not isinstance(ack, list):
-            raise StreamError("ack must be a list of jti")
-        max_events = data.get("maxEvents", 10)
+        ack = data.get("ack", [])
+        if not isinstance(ack, list) or not all(isinstance(a, str) for a in ack) or \
+                len(ack) > MAX_ACK:
+            raise StreamError(f"ack must be a list of at most {MAX_ACK} jti strings "
+                              "(RFC 8936 §2.4)")
+        max_events = data.get("maxEvents", DEFAULT_MAX_EVENTS)
         if not isinstance(max_events, int) or isinstance(max_events, bool) or max_events < 0:
             raise StreamError("maxEvents must be a whole number of SETs, 0 or more "
                               "(RFC 8936 §2.4)")
-        immediately = data.get("returnImmediately", True)
+        immediately = data.get("returnImmediately", False)  # RFC 8936 §2.4: default false
         if not isinstance(immediately, bool):
             raise StreamError("returnImmediately must be true or false (RFC 8936 §2.4)")
+        errors = set_errors(data.get("setErrs", {}))
         result = await run_in_threadpool(
             antenna.poll, client, request.path_params["stream_id"],
-            max_events=min(max_events, 100), ack=[str(a) for a in ack],
-            return_immediately=immediately)
+            max_events=min(max_events, MAX_EVENTS), ack=ack,
+            return_immediately=immediately, set_errors=errors)
         return JSONResponse(result)
 
     async def health(request: Request) -> JSONResponse:

@@ -49,7 +49,10 @@ CREATE TABLE IF NOT EXISTS sets_by_event (
 CREATE INDEX IF NOT EXISTS sets_by_event_id ON sets_by_event (event_id);
 CREATE INDEX IF NOT EXISTS sets_by_event_set ON sets_by_event (stream_id, jti);
 CREATE INDEX IF NOT EXISTS outbox_ended ON outbox (state, id);
+CREATE TABLE IF NOT EXISTS clients (digest TEXT PRIMARY KEY, name TEXT NOT NULL);
 """
+MAX_CLIENTS = 1000  # in-process management clients kept (the oldest go first)
+ERROR_TEXT = 300  # characters of a receiver's setErrs description kept
 
 KEEP_SECONDS = 3600.0  # a delivered SET is kept an hour ...
 KEEP_ROWS = 2000  # ... and at most this many ended rows (delivered, failed, dropped)
@@ -152,6 +155,20 @@ class Store:
             db.execute("UPDATE outbox SET state = 'dropped' WHERE stream_id = ? AND "
                        "state = 'pending'", (stream_id,))
 
+    # -- management clients (digests of the tokens Antenna issued in-process) ---------------
+
+    def add_client(self, digest: str, name: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO clients VALUES (?, ?)", (digest, name))
+            db.execute("DELETE FROM clients WHERE rowid NOT IN (SELECT rowid FROM clients "
+                       "ORDER BY rowid DESC LIMIT ?)", (MAX_CLIENTS,))
+
+    def client(self, digest: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT name FROM clients WHERE digest = ?",
+                                   (digest,)).fetchone()
+        return None if row is None else str(row[0])
+
     # -- the outbox -------------------------------------------------------------------------
 
     def enqueue(self, stream_id: str, jti: str, event_type: str,
@@ -242,6 +259,28 @@ class Store:
             count = cur.rowcount
         self._ended(count)
         return count
+
+    def refused(self, stream_id: str, errors: dict[str, str]) -> int:
+        """RFC 8936 §2.4 `setErrs`: the receiver refused these SETs (jti -> "err: why"); they
+        are failed, with the reason kept. Jtis not pending on this stream change nothing."""
+        if not errors:
+            return 0
+        with self._tx() as db:
+            n = 0
+            for jti, why in errors.items():
+                n += db.execute("UPDATE outbox SET state = 'failed', last_error = ? WHERE "
+                                "stream_id = ? AND state = 'pending' AND jti = ?",
+                                (why[:ERROR_TEXT], stream_id, jti)).rowcount
+        self._ended(n)
+        return n
+
+    def failures(self, stream_id: str, limit: int = 20) -> list[tuple[str, str]]:
+        """(jti, why) of the stream's latest failed SETs, newest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT jti, last_error FROM outbox WHERE stream_id = ? AND "
+                                    "state = 'failed' ORDER BY id DESC LIMIT ?",
+                                    (stream_id, limit)).fetchall()
+        return [(r[0], r[1] or "") for r in rows]
 
     def retry_later(self, row_id: int, delay: float, error: str) -> None:
         with self._tx() as db:

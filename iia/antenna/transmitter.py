@@ -6,9 +6,12 @@ by the stream's worker or handed out on poll (RFC 8936). The emitting thread onl
 claims and queues one event's SETs in the outbox (`outbox.OutboxWriter`), whose one writer at a
 time commits what concurrent emitters gathered in one transaction and returns to each once its
 SETs are on disk (group commit); signing and pushing happen in the stream's worker, off the call
-path. Management clients authenticate with a bearer token issued to them at registration
-(`register_client`); only digests of those tokens are kept. The anomaly detector watches the
-same bus and revokes sessions through CAEP.
+path. Management clients authenticate with a bearer token: an access token the IdP issued to
+the receiver's client for Antenna (`management`, iia/antenna/management.py), or one Antenna issued
+in-process (`register_client`; only digests kept, in the store, so they outlive a restart). Stream
+updates follow SSF 1.0 §8.1.1 (`update_stream`); each stream's SETs are signed with the algorithm
+it chose (`set_signing_alg`: ES256 by default, or RS256). The anomaly detector watches the same bus
+and revokes sessions through CAEP.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from iia.antenna import caep
 from iia.antenna.anomaly import AnomalyDetector, AnomalyRules
 from iia.antenna.delivery import PushWorker
 from iia.antenna.event_types import CAEP, FOR_BUS_EVENT, SUPPORTED, VERIFICATION
+from iia.antenna.management import OWNER_PREFIX, OAuthManagement
 from iia.antenna.outbox import OutboxWriter
-from iia.antenna.sets import SetSigner
+from iia.antenna.sets import ALGORITHMS, DEFAULT_ALG, SetSigner
 from iia.antenna.store import NewSet, OutboxRow, Store
 from iia.errors import IIAError
 from iia.events import EventBus, SecurityEvent
@@ -38,6 +42,8 @@ PUSH = "urn:ietf:rfc:8935"
 POLL = "urn:ietf:rfc:8936"
 STATUSES = ("enabled", "paused", "disabled")
 REVOCATIONS_KEPT = 1000
+MASKED = "(set)"  # what GET shows of a push stream's authorization_header
+RECEIVER_SUPPLIED = ("delivery", "events_requested", "description", "set_signing_alg")
 
 
 class StreamError(IIAError, code="invalid_request", status=400):
@@ -53,8 +59,8 @@ def _digest(token: str) -> str:
 
 class Antenna:
     def __init__(self, issuer: str, store: Path | str, *, events: EventBus | None = None,
-                 rules: AnomalyRules | None = None,
-                 clock: Callable[[], float] = time.time,
+                 rules: AnomalyRules | None = None, management: OAuthManagement | None = None,
+                 poll_wait: float = 5.0, clock: Callable[[], float] = time.time,
                  bounds: AntennaBounds | None = None) -> None:
         bounds = bounds or AntennaBounds()
         self.issuer = issuer.rstrip("/")
@@ -65,7 +71,8 @@ class Antenna:
         self.events = events
         self._clock = clock
         self._lock = threading.Lock()
-        self._clients: dict[str, str] = {}  # token digest -> client name
+        self.management = management  # IdP-issued management tokens (None: in-process only)
+        self.poll_wait = poll_wait  # the longest a long poll (returnImmediately false) waits
         self._workers: dict[str, PushWorker] = {}
         self._poll_waiters = threading.Condition()
         # sid -> {emitted_at, first_delivered_at}: the newest `REVOCATIONS_KEPT` revocations
@@ -98,27 +105,42 @@ class Antenna:
     # -- management clients -----------------------------------------------------------------
 
     def register_client(self, name: str) -> str:
-        """Issue a management bearer token for `name` (returned once, kept as a digest)."""
+        """Issue a management bearer token for `name` (returned once, kept as a digest in the
+        store, so it still works after a restart)."""
+        if name.startswith(OWNER_PREFIX):
+            raise StreamError(f"{OWNER_PREFIX}* names the IdP's clients")
         token = secrets.token_urlsafe(32)
-        with self._lock:
-            self._clients[_digest(token)] = name
+        self.store.add_client(_digest(token), name)
         return token
 
     def client(self, token: str | None) -> str | None:
+        """Who `token` manages streams for: a client of `register_client`, or `oauth:<id>`
+        for an access token the IdP issued to its client (`management`); None: nobody.
+        Raises ManagementUnavailable when the IdP's keys cannot be fetched."""
         if not token:
             return None
-        with self._lock:
-            return self._clients.get(_digest(token))
+        name = self.store.client(_digest(token))
+        if name is not None:
+            return name
+        if self.management is not None and token.count(".") == 2:
+            return self.management.owner(token)
+        return None
 
     # -- streams (SSF 1.0 §8.1.1) -----------------------------------------------------------
 
     def _config(self, stream_id: str, owner: str | None) -> tuple[dict[str, Any], str]:
-        found = self.store.stream(stream_id)
+        found = self.store.stream(stream_id) if stream_id else None
         if found is None or (owner is not None and found[0] != owner):
             raise StreamError(f"no stream {stream_id!r}", 404)
         return found[1], found[2]
 
-    def _validated(self, body: Mapping[str, Any], stream_id: str) -> dict[str, Any]:
+    def _validated(self, body: Mapping[str, Any], stream_id: str,
+                   current: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The stream's configuration from the receiver-supplied fields of `body` (SSF 1.0
+        §8.1.1: `delivery`, `events_requested`, `description`, and this transmitter's
+        `set_signing_alg`); `aud` only when the stream is made (`current` None). A
+        transmitter-supplied field in `body` must say what the stream has (or will have):
+        else 400 with the reason, and nothing changes."""
         delivery = body.get("delivery") or {"method": POLL}
         if not isinstance(delivery, Mapping):
             raise StreamError("delivery must be an object with a method (SSF 1.0 §8.1.1)")
@@ -133,20 +155,50 @@ class Antenna:
         requested = body.get("events_requested") or []
         if not isinstance(requested, list) or not all(isinstance(e, str) for e in requested):
             raise StreamError("events_requested must be a list of event-type URIs")
-        aud = body.get("aud")
-        if aud is not None and not (isinstance(aud, str) or (
-                isinstance(aud, list) and all(isinstance(a, str) for a in aud))):
-            raise StreamError("aud must be a string or a list of strings")
-        return {
+        alg = body.get("set_signing_alg", DEFAULT_ALG)
+        if alg not in ALGORITHMS:
+            raise StreamError(f"set_signing_alg must be one of {', '.join(ALGORITHMS)}")
+        if current is None:
+            aud = body.get("aud")
+            if aud is not None and not ((isinstance(aud, str) and aud) or (
+                    isinstance(aud, list) and aud and all(isinstance(a, str) for a in aud))):
+                raise StreamError("aud must be a string or a list of strings")
+        else:
+            aud = current["aud"]
+        config = {
             "stream_id": stream_id, "iss": self.issuer, "aud": aud or stream_id,
             "delivery": dict(delivery), "events_supported": SUPPORTED,
             "events_requested": requested,
-            "events_delivered": [e for e in requested if e in SUPPORTED],
+            "events_delivered": [e for e in dict.fromkeys(requested) if e in SUPPORTED],
             "description": str(body.get("description", "")),
-            "min_verification_interval": 0,
+            "min_verification_interval": 0, "set_signing_alg": alg,
         }
+        self._unchanged(body, config, current)
+        return config
+
+    @staticmethod
+    def _unchanged(body: Mapping[str, Any], config: Mapping[str, Any],
+                   current: Mapping[str, Any] | None) -> None:
+        """SSF 1.0 §8.1.1: the receiver cannot set transmitter-supplied fields; one it sends
+        (a copy of the configuration it read, say) must hold the stream's value."""
+        if "iss" in body and body["iss"] != config["iss"]:
+            raise StreamError(f"iss is {config['iss']!r}, this transmitter; it cannot be "
+                              f"set to {body['iss']!r}")
+        if current is not None and "aud" in body and body["aud"] != current["aud"]:
+            raise StreamError("aud cannot be changed once the stream exists (SSF 1.0 §8.1.1)")
+        for name in ("events_delivered", "events_supported"):
+            if name in body and (not isinstance(body[name], list) or
+                                 set(map(str, body[name])) != set(config[name])):
+                raise StreamError(f"{name} must be {config[name]} (events_delivered is "
+                                  "events_requested ∩ events_supported); the transmitter "
+                                  "sets it")
+        if "min_verification_interval" in body and \
+                body["min_verification_interval"] != config["min_verification_interval"]:
+            raise StreamError("min_verification_interval is set by the transmitter")
 
     def create_stream(self, owner: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        if "stream_id" in body:
+            raise StreamError("stream_id is assigned by the transmitter (SSF 1.0 §8.1.1.1)")
         stream_id = secrets.token_urlsafe(12)
         config = self._validated(body, stream_id)
         self.store.put_stream(stream_id, owner, config)
@@ -156,10 +208,30 @@ class Antenna:
 
     def update_stream(self, owner: str, body: Mapping[str, Any],
                       replace: bool = False) -> dict[str, Any]:
-        stream_id = str(body.get("stream_id", ""))
+        """PATCH (§8.1.1.3): the receiver-supplied fields given replace theirs, the others
+        stay; PUT (§8.1.1.4, `replace`): the receiver-supplied fields are the body's, absent
+        ones back to their defaults. Neither changes `stream_id`, `iss` or `aud`."""
+        stream_id = body.get("stream_id")
+        if not isinstance(stream_id, str) or not stream_id:
+            raise StreamError("stream_id is required")
         current, _ = self._config(stream_id, owner)
-        merged = dict(body) if replace else {**current, **body}
-        config = self._validated(merged, stream_id)
+        if replace:
+            merged = dict(body)
+            if "delivery" not in body:
+                raise StreamError("PUT replaces the whole configuration: delivery is required "
+                                  "(SSF 1.0 §8.1.1.4)")
+        else:
+            merged = {**{k: current[k] for k in RECEIVER_SUPPLIED if k in current}, **body}
+        delivery = merged.get("delivery")
+        if isinstance(delivery, Mapping) and delivery.get("authorization_header") == MASKED and \
+                "authorization_header" in current["delivery"]:  # a GET's copy sent back
+            merged["delivery"] = {**delivery, "authorization_header":
+                                  current["delivery"]["authorization_header"]}
+        config = self._validated(merged, stream_id, current)
+        method = config["delivery"]["method"]
+        if method != current["delivery"]["method"]:
+            raise StreamError("the delivery method of a stream cannot be changed; create "
+                              "another stream")
         self.store.put_stream(stream_id, owner, config)
         self._wake(stream_id)
         return self._public(config)
@@ -181,9 +253,12 @@ class Antenna:
         self._config(stream_id, owner)
         found = self.store.stream(stream_id)
         assert found is not None
-        out = {"stream_id": stream_id, "status": found[2]}
+        out: dict[str, Any] = {"stream_id": stream_id, "status": found[2]}
         if found[3]:
             out["reason"] = found[3]
+        failures = self.store.failures(stream_id)
+        if failures:  # what the receiver refused (setErrs, a push's 400), newest first
+            out["set_errors"] = [{"jti": jti, "error": why} for jti, why in failures]
         return out
 
     def set_status(self, owner: str, stream_id: str, status: str,
@@ -209,7 +284,7 @@ class Antenna:
         out = dict(config)
         delivery = dict(out["delivery"])
         if "authorization_header" in delivery:
-            delivery["authorization_header"] = "(set)"  # never echoed back
+            delivery["authorization_header"] = MASKED  # never echoed back
         out["delivery"] = delivery
         return out
 
@@ -313,7 +388,12 @@ class Antenna:
             found = self.store.stream(stream_id)
             return None if found is None else (found[1], found[2])
 
-        worker = PushWorker(stream_id, self.store, sign=self.signer.sign, config=current,
+        def sign(claims: dict[str, Any]) -> str:
+            found = self.store.stream(stream_id)
+            alg = found[1].get("set_signing_alg", DEFAULT_ALG) if found else DEFAULT_ALG
+            return self.signer.sign(claims, alg=alg)
+
+        worker = PushWorker(stream_id, self.store, sign=sign, config=current,
                             on_delivered=self._delivered)
         with self._lock:
             self._workers[stream_id] = worker
@@ -338,13 +418,23 @@ class Antenna:
             self._poll_waiters.notify_all()
 
     def poll(self, owner: str, stream_id: str, *, max_events: int, ack: list[str],
-             return_immediately: bool, wait: float = 5.0) -> dict[str, Any]:
-        """RFC 8936 §2.4: acknowledge `ack`, then hand out up to `max_events` pending SETs."""
+             return_immediately: bool, set_errors: Mapping[str, str] | None = None,
+             wait: float | None = None) -> dict[str, Any]:
+        """RFC 8936 §2.4: acknowledge `ack` and record `set_errors` (jti -> "err: why": those
+        SETs failed; jtis this stream has not pending are ignored, as the RFC has no error for
+        them), then hand out up to `max_events` pending SETs; with `return_immediately` false
+        (the RFC's default) wait for one, at most `wait` seconds (`poll_wait`). `max_events` 0
+        only acknowledges."""
         config, status = self._config(stream_id, owner)
         if config["delivery"]["method"] != POLL:
             raise StreamError("this stream is delivered by push, not poll")
         if ack:
             self.store.acknowledge(stream_id, ack)
+        if set_errors:
+            self.store.refused(stream_id, dict(set_errors))
+        if max_events == 0:
+            return {"sets": {}, "moreAvailable": bool(self.store.pending(stream_id, 1))}
+        wait = self.poll_wait if wait is None else wait
         deadline = time.monotonic() + (0 if return_immediately else wait)
         while True:
             rows = self.store.pending(stream_id, max_events + 1) if status == "enabled" else []
@@ -353,5 +443,6 @@ class Antenna:
             with self._poll_waiters:
                 self._poll_waiters.wait(max(0.0, deadline - time.monotonic()))
             status = self._config(stream_id, owner)[1]
-        sets = {r.jti: self.signer.sign(r.claims) for r in rows[:max_events]}
+        alg = config.get("set_signing_alg", DEFAULT_ALG)
+        sets = {r.jti: self.signer.sign(r.claims, alg=alg) for r in rows[:max_events]}
         return {"sets": sets, "moreAvailable": len(rows) > max_events}
