@@ -51,11 +51,13 @@ test: install lint typecheck
 	  IIA_LAB_DIR=$$d IIA_PHONE=scripted $(BIN)/pytest tests
 
 ## bench: what enforcement costs, against an unenforced baseline (bench/results.json, .png);
-##        then start-up and notebook durations against their goals (bench/timings.json)
+##        then start-up and notebook durations against their goals (bench/timings.json), then
+##        the soak: RSS and store sizes per 1000 calls over 20,000 calls (bench/soak.json)
 bench: install
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.timings
+	$(BIN)/python -m bench.soak
 
 ## mutants: remove each security rule of mutants/rules.toml in a copy of the tree and run the
 ## tests that must catch it; fails on a survivor (slow, not in CI; ARGS=--only ID,... --jobs 2)

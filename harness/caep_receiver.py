@@ -6,6 +6,10 @@ stored once), and keeps what it received for notebooks and tests (`GET /received
 Each `ReceivedEvent` also keeps the SET exactly as it came over the wire (`token`), so a test can
 check the token the transmitter actually sent with a JOSE library of its own. It lives in memory
 only: it is left out of the record's repr, out of `GET /received`, and out of every log line.
+
+Bounded (issue #20): the newest `capacity` SETs are kept (default 2000,
+`IIA_CAEP_RECEIVER_KEEP_SETS`), and the newest 1000 refusal codes; a SET seen again after it was
+forgotten is still recognised by the validator's replay memory (iia.ssf, 10,000 jtis).
 """
 
 from __future__ import annotations
@@ -21,9 +25,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from harness.bounded import BoundedLog, capacity_from_env
 from iia.ssf import AlreadyReceived, SetRefused, SetValidator, Transmitter
 
-__all__ = ["CaepReceiver", "ReceivedEvent"]
+__all__ = ["KEEP_SETS", "CaepReceiver", "ReceivedEvent"]
+
+KEEP_SETS = 2000
+KEEP_REFUSALS = 1000
 
 
 @dataclass(frozen=True)
@@ -36,16 +44,21 @@ class ReceivedEvent:
 
 
 class CaepReceiver:
-    def __init__(self, audience: str) -> None:
+    def __init__(self, audience: str, capacity: int | None = None) -> None:
         self.audience = audience
+        self.capacity = capacity or capacity_from_env("IIA_CAEP_RECEIVER_KEEP_SETS", KEEP_SETS)
         self._lock = threading.Lock()
         self.validator = SetValidator(audience)
         self._events: dict[str, ReceivedEvent] = {}
         self.deliveries = 0  # pushes acknowledged
-        self.refusals: list[str] = []
+        self.refusals: BoundedLog[str] = BoundedLog(KEEP_REFUSALS)
 
     def subscribe(self, issuer: str, jwks_uri: str, authorization: str | None = None) -> None:
         self.validator.trust(Transmitter(issuer, jwks_uri, authorization))
+
+    def kept(self) -> int:
+        with self._lock:
+            return len(self._events)
 
     def events(self, event_type: str | None = None) -> list[ReceivedEvent]:
         with self._lock:
@@ -69,6 +82,8 @@ class CaepReceiver:
             self.deliveries += 1
             self._events.setdefault(jti, ReceivedEvent(jti, event_type, claims, time.time(),
                                                        token=token))
+            while len(self._events) > self.capacity:  # dicts keep insertion order: oldest
+                del self._events[next(iter(self._events))]
         return Response(status_code=202)
 
     async def received(self, request: Request) -> JSONResponse:

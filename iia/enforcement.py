@@ -154,7 +154,7 @@ class EnforcementChain:
         self.names = SessionNames()
         self.last: ToolOutcome | None = None
         # (call id, milliseconds per step) of recent calls: the sequence view and the benchmark
-        self.timings: deque[tuple[str, dict[str, float]]] = deque(maxlen=10_000)
+        self.timings: deque[tuple[str, dict[str, float]]] = deque(maxlen=1000)  # bounded
         # recent outcomes with their session (decoded claims only, never a token)
         self.history: deque[tuple[str, ToolOutcome]] = deque(maxlen=200)
         # -- instrumentation (iia.ops counters): tool calls taken, since start --

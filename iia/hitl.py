@@ -342,7 +342,15 @@ class ConsentCache:
 
     def remember(self, session_id: str, approval_id: str | None = None) -> None:
         with self._lock:
-            self._consents[session_id] = (self.clock(), approval_id)
+            now = self.clock()
+            # bounded (issue #20): a lapsed consent of a session that never came back goes here
+            for sid in [s for s, (at, _) in self._consents.items() if now - at > self.ttl]:
+                del self._consents[sid]
+            self._consents[session_id] = (now, approval_id)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._consents)
 
     def consent(self, session_id: str) -> tuple[float, str | None] | None:
         """(seconds since consent, approval id) in this session, or None when none is valid."""

@@ -53,6 +53,7 @@ from iia.mcp_server import McpServer
 from iia.net import inherited_sockets, listening_socket, run_loop, server_config
 from iia.settings import (
     AgentSettings,
+    AntennaBounds,
     ChatSettings,
     McpSettings,
     SsfReceiver,
@@ -175,6 +176,7 @@ async def run(env: Mapping[str, str], *, console: bool = False,
     rules = Path(env["IIA_ANOMALY_RULES"]) if env.get("IIA_ANOMALY_RULES") else None
     antenna = Antenna(env["IIA_ANTENNA_URL"], env.get("IIA_ANTENNA_DB", "antenna.sqlite"),
                       events=events, rules=AnomalyRules.load(rules) if rules else None,
+                      bounds=AntennaBounds.from_env(env),
                       management=antenna_management(env)).start()
     journal = audit.journal(EVENTS)
     if journal is not None:  # after Antenna: an event's SETs are committed before its record

@@ -7,12 +7,21 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["SessionRevocations"]
+__all__ = ["REMEMBER_SECONDS", "SessionRevocations"]
+
+
+REMEMBER_SECONDS = 86_400.0  # a day: far longer than any access token of a dropped session lives
 
 
 class SessionRevocations:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    """Bounded (issue #20): a dropped session is remembered `remember` seconds (default a day,
+    longer than any access token that names it lives; the IdP mints no new one for it), then
+    forgotten when another session is dropped."""
+
+    def __init__(self, clock: Callable[[], float] = time.time,
+                 remember: float = REMEMBER_SECONDS) -> None:
         self._clock = clock
+        self.remember = remember
         self._lock = threading.Lock()
         self._revoked: dict[str, tuple[float, str]] = {}
         self._first_refusal: dict[str, float] = {}
@@ -23,7 +32,11 @@ class SessionRevocations:
         with self._lock:
             if sid in self._revoked:
                 return False
-            self._revoked[sid] = (self._clock(), reason)
+            now = self._clock()
+            for old in [k for k, (at, _) in self._revoked.items() if now - at > self.remember]:
+                del self._revoked[old]
+                self._first_refusal.pop(old, None)
+            self._revoked[sid] = (now, reason)
             listeners = list(self._listeners)
         for listener in listeners:
             listener(sid, reason)

@@ -19,8 +19,8 @@ from urllib.parse import urlparse
 from iia.errors import ConfigurationError
 from iia.identity.settings import read_env_file
 
-__all__ = ["AgentSettings", "ChatSettings", "McpSettings", "SsfReceiver", "client_ids", "load_env",
-           "read_authorization_file", "ssf_receivers", "web_origin"]
+__all__ = ["AgentSettings", "AntennaBounds", "ChatSettings", "McpSettings", "SsfReceiver",
+           "client_ids", "load_env", "read_authorization_file", "ssf_receivers", "web_origin"]
 
 S = TypeVar("S")
 
@@ -97,6 +97,34 @@ def _load(cls: type[S], env_names: Mapping[str, str], env: Mapping[str, str] | N
     if missing:
         raise ConfigurationError(f"{cls.__name__} needs {', '.join(missing)}")
     return cls(**values)
+
+
+@dataclass(frozen=True)
+class AntennaBounds:
+    """What Antenna keeps (issue #20, bounded state): a SET that reached an end (delivered,
+    refused, dropped) stays `keep_delivered_seconds` and at most the newest
+    `keep_delivered_sets` of them (pending SETs are never pruned); the anomaly detector forgets
+    a session idle for `anomaly_idle_seconds` (or ended)."""
+
+    keep_delivered_seconds: float = 3600.0
+    keep_delivered_sets: int = 2000
+    anomaly_idle_seconds: float = 3600.0
+
+    ENV: ClassVar[dict[str, str]] = {
+        "keep_delivered_seconds": "IIA_ANTENNA_KEEP_DELIVERED_SECONDS",
+        "keep_delivered_sets": "IIA_ANTENNA_KEEP_DELIVERED_SETS",
+        "anomaly_idle_seconds": "IIA_ANOMALY_IDLE_SECONDS"}
+
+    def __post_init__(self) -> None:
+        if self.keep_delivered_seconds <= 0 or self.keep_delivered_sets < 1 \
+                or self.anomaly_idle_seconds <= 0:
+            raise ConfigurationError("IIA_ANTENNA_KEEP_DELIVERED_SECONDS and "
+                                     "IIA_ANOMALY_IDLE_SECONDS must be positive, "
+                                     "IIA_ANTENNA_KEEP_DELIVERED_SETS at least 1")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> AntennaBounds:
+        return _load(cls, cls.ENV, env, overrides)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from scim2_server.requests import ScimRequest
 from scim2_server.responses import ScimResponse
 from starlette.types import ASGIApp
 
+from harness.bounded import BoundedLog, capacity_from_env
 from harness.expiring import ExpiringSet
 from harness.verify.admin_errors import InvalidToken, MissingToken, NoPassthrough, NotCovered
 from harness.verify.admin_worker import admin_worker
@@ -58,6 +59,7 @@ from harness.verify.verify_endpoints import VerifyEndpoints
 __all__ = ["AdminApi", "AdminRequestRecord", "InvalidToken", "MissingToken", "NoPassthrough",
            "NotCovered"]
 
+KEEP_REQUESTS = 5000  # the request log's bound (IIA_VERIFY_KEEP_REQUESTS)
 _BEARER = re.compile(r"^Bearer +([A-Za-z0-9\-._~+/]+=*) *$", re.IGNORECASE)
 # RFC 7644 §4 discovery: what the service provider supports and the schemas it serves.
 PUBLIC_PATHS = frozenset({"/ServiceProviderConfig", "/ResourceTypes", "/Schemas"})
@@ -183,7 +185,10 @@ class AdminApi:
         self.registry = registry
         self.audit = audit
         self.base_url = base_url.rstrip("/")
-        self.requests: list[AdminRequestRecord] = []
+        # the request log, bounded (issue #20): the newest KEEP_REQUESTS records; history is
+        # the IdP's journal on disk (every request is also an `admin_api` decision)
+        self.requests: BoundedLog[AdminRequestRecord] = BoundedLog(
+            capacity_from_env("IIA_VERIFY_KEEP_REQUESTS", KEEP_REQUESTS))
         # Long-lived API-client tokens that skip the on-behalf-of checks. The lab never sets
         # any; the benchmark's *unenforced* baseline does, to measure what enforcement costs.
         self._static = frozenset(hashlib.sha256(t.encode()).hexdigest() for t in static_tokens)

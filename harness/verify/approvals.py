@@ -76,6 +76,10 @@ class CallApproval:
     used: bool = False
 
 
+KEEP_ENDED = 600.0  # seconds an ended push or an unredeemable approval is still shown
+KEEP_ITEMS = 5000  # pushes, tier-3 approvals, session consents: at most this many each
+
+
 class Approvals:
     def __init__(self, *, request_ttl: float = 120.0, interval: float = 1.0,
                  call_approval_ttl: float = 300.0,
@@ -104,10 +108,31 @@ class Approvals:
             created_at=now, expires_at=now + (expiry or self.request_ttl),
             interval=self.interval, session=session)
         with self._lock:
+            self._prune(now)
             self._requests[push.id] = push
             self._by_auth_req[push.auth_req_id] = push.id
         self._notify(push)
         return push
+
+    def _prune(self, now: float) -> None:
+        """Bounded (issue #20), under the lock: a push that ended more than `KEEP_ENDED`
+        seconds ago goes (a pending one never), a tier-3 approval goes `KEEP_ENDED` seconds
+        after it could no longer be redeemed, and at most `KEEP_ITEMS` of each are kept,
+        the newest (session consents too: one per session)."""
+        horizon = now - KEEP_ENDED
+        for push in list(self._requests.values()):
+            self._expire(push, now)
+        ended = [p for p in self._requests.values() if p.status != "pending"]
+        gone = {p.id for p in ended if p.expires_at < horizon}
+        extra = len(self._requests) - len(gone) - KEEP_ITEMS + 1  # room for the new one
+        gone.update([p.id for p in ended if p.id not in gone][:max(0, extra)])
+        for approval_id in gone:
+            push = self._requests.pop(approval_id)
+            self._by_auth_req.pop(push.auth_req_id, None)
+        self._calls = [a for a in self._calls
+                       if a.approved_at + self.call_approval_ttl >= horizon][-KEEP_ITEMS:]
+        while len(self._consents) >= KEEP_ITEMS:
+            del self._consents[next(iter(self._consents))]
 
     def _expire(self, push: PushRequest, now: float) -> None:
         if push.status == "pending" and push.expires_at <= now:
@@ -189,6 +214,7 @@ class Approvals:
     def _record(self, push: PushRequest, now: float) -> None:
         details = push.authorization_details[0]
         if details["type"] == "agent_write_consent" and push.session:
+            self._consents.pop((push.user_id, push.session), None)  # the newest last
             self._consents[(push.user_id, push.session)] = now
         else:
             self._calls.append(CallApproval(id=push.id, user_id=push.user_id,

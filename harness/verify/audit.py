@@ -1,15 +1,23 @@
 """The tenant's audit trail: every decision it makes, issued or refused, with the reason and the
-policy that decided. Notebooks and tests read it; `/lab/decisions` serves it over HTTP."""
+policy that decided. Notebooks and tests read it; `/lab/decisions` serves it over HTTP.
+
+Bounded (issue #20): the newest `capacity` decisions are kept in memory (default 5000,
+`IIA_VERIFY_KEEP_DECISIONS`); every decision also goes to the durable journal on disk
+(audit_journal), which is the history. `len(trail)` counts every decision ever recorded, so
+`since(len(trail))` still reads what came after a marker."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["AuditTrail", "Decision"]
+from harness.bounded import BoundedLog, capacity_from_env
+
+__all__ = ["KEEP_DECISIONS", "AuditTrail", "Decision"]
+
+KEEP_DECISIONS = 5000
 
 
 @dataclass(frozen=True)
@@ -37,18 +45,24 @@ class Decision:
 
 
 class AuditTrail:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._items: list[Decision] = []
+    def __init__(self, capacity: int | None = None) -> None:
+        self._items: BoundedLog[Decision] = BoundedLog(
+            capacity or capacity_from_env("IIA_VERIFY_KEEP_DECISIONS", KEEP_DECISIONS))
+
+    @property
+    def capacity(self) -> int:
+        return self._items.capacity
+
+    def kept(self) -> int:
+        """Decisions held in memory now (at most `capacity`)."""
+        return self._items.kept()
 
     def record(self, decision: Decision) -> Decision:
-        with self._lock:
-            self._items.append(decision)
+        self._items.append(decision)
         return decision
 
     def decisions(self, kind: str | None = None) -> list[Decision]:
-        with self._lock:
-            return [d for d in self._items if kind is None or d.kind == kind]
+        return [d for d in self._items.items() if kind is None or d.kind == kind]
 
     def last(self, kind: str | None = None) -> Decision | None:
         items = self.decisions(kind)
@@ -56,10 +70,7 @@ class AuditTrail:
 
     def since(self, marker: int, kind: str | None = None) -> list[Decision]:
         """Decisions recorded after `marker` (a value of `len(trail)`)."""
-        with self._lock:
-            items = self._items[marker:]
-        return [d for d in items if kind is None or d.kind == kind]
+        return [d for d in self._items[marker:] if kind is None or d.kind == kind]
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
+        return len(self._items)

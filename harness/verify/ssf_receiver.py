@@ -23,6 +23,8 @@ from harness.verify.directory import Directory
 from harness.verify.sessions import SessionStore
 from iia.ssf import AlreadyReceived, SetRefused, SetValidator, Transmitter
 
+KEEP_RECEIVED = 2000  # SETs remembered with what was done about them
+
 __all__ = ["SESSION_REVOKED", "SsfReceiver"]
 
 SESSION_REVOKED = "https://schemas.openid.net/secevent/caep/event-type/session-revoked"
@@ -85,6 +87,8 @@ class SsfReceiver:
                 return seen  # acknowledged again, acted on once
             record = ReceivedSet(jti=jti, event_type=event_type, acted_on=[])
             self.received[jti] = record
+            while len(self.received) > KEEP_RECEIVED:  # bounded (issue #20): the newest
+                del self.received[next(iter(self.received))]  # the validator still knows it
         if event_type == SESSION_REVOKED:
             subject = claims.get("sub_id") or (event or {}).get("subject") or {}
             reason = _reason(event)

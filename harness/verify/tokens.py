@@ -260,6 +260,9 @@ class TokenService:
                            resource: str) -> None:
         """Store what a refresh token the generator made grants (only its digest is kept)."""
         with self._lock:
+            now = self._clock()  # bounded (issue #20): an expired grant is refused anyway
+            for key in [k for k, g in self._refresh.items() if g.expires_at <= now]:
+                del self._refresh[key]
             self._refresh[_hash(token)] = RefreshGrant(
                 sid=session.sid, user_id=session.user_id, client_id=client_id, scope=scope,
                 resource=resource, expires_at=self._clock() + self.refresh_ttl)

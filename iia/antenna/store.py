@@ -8,6 +8,12 @@ token-shaped rests on disk. Rows move
 pending -> delivered (or failed: refused by the receiver; dropped: the stream was disabled).
 `sets_by_event` indexes every SET issued by the bus event it came from (the event's `eventId`),
 so an audit record joins the SETs that told the world about it (`sets_for`).
+Bounded (issue #20): rows that reached an end (delivered, failed, dropped) are kept
+`keep_seconds` (default 3600) and at most `keep_rows` of them (default 2000, all streams
+together), newest first; older ones are deleted with their `sets_by_event` entries every
+`PRUNE_EVERY` ends, so the file stops growing (SQLite reuses the freed pages). Pending rows are
+never pruned: delivery is at least once. History lives in the durable audit trail
+(iia.audit_trail), not here.
 The database holds stream configurations (a push endpoint's Authorization header among them) and
 who-did-what claims, so it is created readable by its owner only (0600; SQLite gives its WAL and
 shared-memory files the same mode).
@@ -41,10 +47,17 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox (stream_id, state, next_at, id);
 CREATE TABLE IF NOT EXISTS sets_by_event (
     event_id TEXT NOT NULL, stream_id TEXT NOT NULL, jti TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS sets_by_event_id ON sets_by_event (event_id);
+CREATE INDEX IF NOT EXISTS sets_by_event_set ON sets_by_event (stream_id, jti);
+CREATE INDEX IF NOT EXISTS outbox_ended ON outbox (state, id);
 CREATE TABLE IF NOT EXISTS clients (digest TEXT PRIMARY KEY, name TEXT NOT NULL);
 """
 MAX_CLIENTS = 1000  # in-process management clients kept (the oldest go first)
 ERROR_TEXT = 300  # characters of a receiver's setErrs description kept
+
+KEEP_SECONDS = 3600.0  # a delivered SET is kept an hour ...
+KEEP_ROWS = 2000  # ... and at most this many ended rows (delivered, failed, dropped)
+PRUNE_EVERY = 100  # ended rows between two prunes
+ENDED = ("delivered", "failed", "dropped")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +83,13 @@ class OutboxRow:
 
 
 class Store:
-    def __init__(self, path: Path | str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Path | str, clock: Callable[[], float] = time.time, *,
+                 keep_seconds: float = KEEP_SECONDS, keep_rows: int = KEEP_ROWS) -> None:
+        if keep_seconds <= 0 or keep_rows < 1:
+            raise ValueError("keep_seconds must be positive and keep_rows at least 1")
         self._clock = clock
+        self.keep_seconds, self.keep_rows = keep_seconds, keep_rows
+        self._ended_since_prune = 0
         self._lock = threading.RLock()
         if str(path) != ":memory:":
             os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
@@ -169,14 +187,15 @@ class Store:
         now = self._clock()
         with self._tx() as db:
             streams = self._stream_cache()
+            rows = [(s.stream_id, s.jti, s.event_type, json.dumps(s.claims),
+                     "pending" if streams.get(s.stream_id, ("", {}, "disabled"))[2]
+                     != "disabled" else "dropped", now, now) for s in sets]
             db.executemany("INSERT INTO outbox (stream_id, jti, event_type, claims, state, "
-                           "next_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           [(s.stream_id, s.jti, s.event_type, json.dumps(s.claims),
-                             "pending" if streams.get(s.stream_id, ("", {}, "disabled"))[2]
-                             != "disabled" else "dropped", now, now) for s in sets])
+                           "next_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             db.executemany("INSERT INTO sets_by_event VALUES (?, ?, ?)",
                            [(s.event_id, s.stream_id, s.jti) for s in sets
                             if s.event_id is not None])
+        self._ended(sum(1 for r in rows if r[4] == "dropped"))
 
     def sets_for(self, event_id: str) -> list[tuple[str, str]]:
         """(stream id, SET jti) of every SET issued for the bus event `event_id`."""
@@ -229,6 +248,7 @@ class Store:
             db.executemany("UPDATE outbox SET state = 'delivered', delivered_at = ?, "
                            "attempts = attempts + 1 WHERE id = ?",
                            [(now, row_id) for row_id in row_ids])
+        self._ended(len(row_ids))
 
     def acknowledge(self, stream_id: str, jtis: list[str]) -> int:
         with self._tx() as db:
@@ -236,7 +256,9 @@ class Store:
                 f"UPDATE outbox SET state = 'delivered', delivered_at = ? WHERE stream_id = ? "  # noqa: S608
                 f"AND state = 'pending' AND jti IN ({','.join('?' * len(jtis))})",
                 (self._clock(), stream_id, *jtis))
-            return cur.rowcount
+            count = cur.rowcount
+        self._ended(count)
+        return count
 
     def refused(self, stream_id: str, errors: dict[str, str]) -> int:
         """RFC 8936 §2.4 `setErrs`: the receiver refused these SETs (jti -> "err: why"); they
@@ -249,7 +271,8 @@ class Store:
                 n += db.execute("UPDATE outbox SET state = 'failed', last_error = ? WHERE "
                                 "stream_id = ? AND state = 'pending' AND jti = ?",
                                 (why[:ERROR_TEXT], stream_id, jti)).rowcount
-            return n
+        self._ended(n)
+        return n
 
     def failures(self, stream_id: str, limit: int = 20) -> list[tuple[str, str]]:
         """(jti, why) of the stream's latest failed SETs, newest first."""
@@ -268,6 +291,47 @@ class Store:
         with self._tx() as db:
             db.execute("UPDATE outbox SET state = 'failed', attempts = attempts + 1, "
                        "last_error = ? WHERE id = ?", (error, row_id))
+        self._ended(1)
+
+    # -- bounds -----------------------------------------------------------------------------
+
+    def _ended(self, count: int) -> None:
+        with self._lock:
+            self._ended_since_prune += count
+            due = self._ended_since_prune >= PRUNE_EVERY
+            if due:
+                self._ended_since_prune = 0
+        if due:
+            self.prune()
+
+    def prune(self) -> int:
+        """Delete the ended rows (delivered, failed, dropped) older than `keep_seconds` or
+        beyond the newest `keep_rows`, with their `sets_by_event` entries, in one transaction.
+        Returns how many rows went. Pending rows stay."""
+        cutoff = self._clock() - self.keep_seconds
+        marks = ",".join("?" * len(ENDED))
+        with self._tx() as db:
+            floor = db.execute(
+                f"SELECT id FROM outbox WHERE state IN ({marks}) ORDER BY id DESC "  # noqa: S608
+                "LIMIT 1 OFFSET ?", (*ENDED, self.keep_rows - 1)).fetchone()
+            rows = db.execute(
+                f"SELECT id, stream_id, jti FROM outbox WHERE state IN ({marks}) "  # noqa: S608
+                "AND (id < ? OR COALESCE(delivered_at, created_at) < ?)",
+                (*ENDED, floor[0] if floor is not None else -1, cutoff)).fetchall()
+            if rows:
+                db.executemany("DELETE FROM sets_by_event WHERE stream_id = ? AND jti = ?",
+                               [(r[1], r[2]) for r in rows])
+                db.executemany("DELETE FROM outbox WHERE id = ?", [(r[0],) for r in rows])
+        return len(rows)
+
+    def size(self) -> dict[str, int]:
+        """Rows per table (outbox by state): what a soak or a test reads of the bounds."""
+        with self._lock:
+            states = self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state")
+            out = {f"outbox_{state}": int(n) for state, n in states.fetchall()}
+            out["sets_by_event"] = int(self._db.execute(
+                "SELECT COUNT(*) FROM sets_by_event").fetchone()[0])
+        return out
 
     def counts(self, stream_id: str) -> dict[str, int]:
         with self._lock:

@@ -34,12 +34,14 @@ from iia.antenna.sets import ALGORITHMS, DEFAULT_ALG, SetSigner
 from iia.antenna.store import NewSet, OutboxRow, Store
 from iia.errors import IIAError
 from iia.events import EventBus, SecurityEvent
+from iia.settings import AntennaBounds
 
 __all__ = ["POLL", "PUSH", "Antenna", "StreamError"]
 
 PUSH = "urn:ietf:rfc:8935"
 POLL = "urn:ietf:rfc:8936"
 STATUSES = ("enabled", "paused", "disabled")
+REVOCATIONS_KEPT = 1000
 MASKED = "(set)"  # what GET shows of a push stream's authorization_header
 RECEIVER_SUPPLIED = ("delivery", "events_requested", "description", "set_signing_alg")
 
@@ -58,10 +60,13 @@ def _digest(token: str) -> str:
 class Antenna:
     def __init__(self, issuer: str, store: Path | str, *, events: EventBus | None = None,
                  rules: AnomalyRules | None = None, management: OAuthManagement | None = None,
-                 poll_wait: float = 5.0, clock: Callable[[], float] = time.time) -> None:
+                 poll_wait: float = 5.0, clock: Callable[[], float] = time.time,
+                 bounds: AntennaBounds | None = None) -> None:
+        bounds = bounds or AntennaBounds()
         self.issuer = issuer.rstrip("/")
         self.signer = SetSigner(self.issuer)
-        self.store = Store(store, clock)
+        self.store = Store(store, clock, keep_seconds=bounds.keep_delivered_seconds,
+                           keep_rows=bounds.keep_delivered_sets)
         self.outbox = OutboxWriter(self.store, on_commit=self._committed)
         self.events = events
         self._clock = clock
@@ -70,8 +75,10 @@ class Antenna:
         self.poll_wait = poll_wait  # the longest a long poll (returnImmediately false) waits
         self._workers: dict[str, PushWorker] = {}
         self._poll_waiters = threading.Condition()
-        self.revocations: dict[str, dict[str, float]] = {}  # sid -> {emitted_at, delivered...}
-        self.detector = AnomalyDetector(rules or AnomalyRules(), self.revoke_session, clock)
+        # sid -> {emitted_at, first_delivered_at}: the newest `REVOCATIONS_KEPT` revocations
+        self.revocations: dict[str, dict[str, float]] = {}
+        self.detector = AnomalyDetector(rules or AnomalyRules(), self.revoke_session, clock,
+                                        idle_seconds=bounds.anomaly_idle_seconds)
         self._unsubscribe: Callable[[], None] | None = None
 
     # -- life -------------------------------------------------------------------------------
@@ -361,6 +368,8 @@ class Antenna:
     def revoke_session(self, sid: str, email: str | None, reason: str) -> None:
         """Revoke a user session everywhere: a CAEP session-revoked SET to every subscriber."""
         self.revocations[sid] = {"emitted_at": time.time()}
+        while len(self.revocations) > REVOCATIONS_KEPT:  # dicts keep insertion order
+            del self.revocations[next(iter(self.revocations))]
         if self.events is not None:
             self.events.emit("caep:session_revoked", outcome="denied", reason=reason,
                              session_id=sid, user_email=email, duration_ms=0)

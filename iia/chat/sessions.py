@@ -96,9 +96,12 @@ class ChatSessionStore:
         claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
         session = ChatSession(id=secrets.token_urlsafe(32), email=str(claims.get("email", "")),
                               sub=str(claims["sub"]), sid=str(claims["sid"]),
-                              access_token=tokens["access_token"])
+                              access_token=tokens["access_token"], created_at=self._clock())
         session.update_tokens(tokens, self._clock())
         with self._lock:
+            now = self._clock()  # bounded (issue #20): lapsed sessions go as a new one comes
+            for sid in [k for k, v in self._sessions.items() if now - v.created_at > self.ttl]:
+                del self._sessions[sid]
             self._sessions[session.id] = session
         return session
 
