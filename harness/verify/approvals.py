@@ -6,7 +6,7 @@ leaves behind for the token-exchange policy.
   client has not learned of it, and an approval the client never received is authority
   nobody holds. The IdP's record and the client's own (the MCP server's consent cache) then
   begin at the same moment, and an approved push whose client gave up, was cancelled or
-  expired leaves nothing behind (docs: DESIGN.md §7);
+  expired leaves nothing behind (docs/architecture.md §6);
 * redeeming an approved `agent_write_consent` for a session records that session's **write
   consent** (tier 2); the policy accepts it for 30 minutes;
 * redeeming an approved tier-3 operation records a **call approval** bound to the user, to
