@@ -45,7 +45,7 @@ from iia.hitl import (
 )
 from iia.identity import WorkloadIdentity
 from iia.oauth.ciba_id_token import PasskeyAnswer
-from iia.oauth.client import AuthorizationServerClient
+from iia.oauth.client import AuthorizationServerClient, IdpBusyError
 from iia.oauth.errors import OAuthError
 from iia.oauth.token_exchange import JWT, OboToken, exchange
 from iia.people import SessionNames
@@ -202,6 +202,11 @@ class EnforcementChain:
                           correlation={"rarDigest": details["digest"]}):
             try:
                 return self._enforce(tool, args, details, caller, timings, began, trail)
+            except IdpBusyError as exc:  # past the client's retry budget: busy, not down
+                return self._fail(tool, timings, began, exc.code,
+                                  f"{exc.description}: the call was not made; it may be "
+                                  "asked again in a few seconds", dependency=exc.dependency,
+                                  trail=trail)
             except IIAError as exc:
                 return self._fail(tool, timings, began, exc.code, exc.description,
                                   dependency=exc.dependency, trail=trail)

@@ -18,6 +18,7 @@ The tree (module in brackets; `code` and `status` beside each; leaves are one li
     |   +-- VaultError                [iia.identity] vault: unavailable, sealed, login refused
     |   |                             (403), permission denied (403), secret missing
     |   +-- IdpUnavailableError       [iia.oauth] idp
+    |   |   +-- IdpBusyError          [iia.oauth] idp_busy (503 + Retry-After, past the budget)
     |   +-- JwksUnavailableError      [iia.jwks] idp (or the transmitter)
     |   +-- AdminApiUnavailableError  [iia.admin_api] admin_api
     |   +-- McpUnavailableError       [iia.agent] mcp

@@ -12,6 +12,14 @@ Vault read, not one per poll. Without a callback it still polls, every `ping_fal
 (at least the IdP's interval, §7.3): a lost callback delays the answer, it never loses it. Poll
 mode (no `ping` receiver, or an IdP that does not offer ping) polls at the IdP's interval.
 
+A token request that fails transiently (the IdP unreachable, a 5xx, `temporarily_unavailable`
+or `server_error`, a busy IdP past its retry budget, our Vault unavailable) ends nothing: the
+push still waits at the IdP, or holds the user's answer, so the channel asks again, backing off
+(the IdP's interval, doubled per failure in a row up to `BACKOFF_MAX`, never sooner than a
+busy IdP's Retry-After), until the push expires (plus `EXPIRY_GRACE`); only then does it give up,
+saying the answer could not be learned, not that nobody answered. `slow_down` adds 5 s to the
+interval (§11); `access_denied`, `expired_token` and every other error are final.
+
 The answer's ID Token (CIBA §10.1.1; with a denial, the `id_token` member of `access_denied`) is
 validated (iia.oauth.ciba_id_token): an approval whose ID Token does not validate is not one
 (`approval_unverified`). What it attests of the passkey that signed the answer (the credential
@@ -37,10 +45,11 @@ from typing import Any, Protocol
 from iia.cancellation import Awaiting, CallCancel, CallCancelledError
 from iia.errors import IIAError
 from iia.identity import WorkloadIdentity
+from iia.identity.errors import VaultSealedError, VaultUnavailableError
 from iia.identity.vault import ClientCredential
 from iia.oauth.ciba_id_token import CibaIdTokenVerifier, InvalidIdTokenError, PasskeyAnswer
 from iia.oauth.ciba_ping import PingReceiver, PingWait
-from iia.oauth.client import AuthorizationServerClient
+from iia.oauth.client import AuthorizationServerClient, IdpUnavailableError
 from iia.oauth.errors import OAuthError
 from iia.protocol import CIBA_GRANT
 from iia.rar import RarDetails, wire
@@ -54,6 +63,10 @@ log = logging.getLogger(__name__)
 
 PING_FALLBACK = 30.0  # seconds between fallback polls in ping mode (IdP interval if longer)
 EXPIRY_GRACE = 5.0  # seconds past the deadline a ping-mode wait gives the IdP's expiry callback
+BACKOFF_MAX = 10.0  # seconds: the longest wait between token requests after transient failures
+
+# what the token endpoint answers when it could not decide now: ask again later
+TRANSIENT_OAUTH = frozenset({"temporarily_unavailable", "server_error"})
 
 class CibaOutcome(StrEnum):
     """What the token endpoint answers a CIBA poll that issues no token (OpenID CIBA Core
@@ -201,49 +214,77 @@ class CibaApprovalChannel:
 
     def _wait(self, user: str, auth_req_id: str, started: float, deadline: float,
               interval: float, wait: PingWait | None, cancel: CallCancel | None) -> Approval:
+        delay: float | None = None  # set: the backoff after a transient failure
+        failures = 0
         while True:
             called_back = False
             if wait is None:
+                pause = interval if delay is None else delay
                 if cancel is None:
-                    self._sleep(interval)
+                    self._sleep(pause)
                 else:
-                    cancel.wait(interval)
+                    cancel.wait(pause)
             else:  # the callback, or a fallback poll; never past the IdP's own expiry call
                 remaining = max(0.0, deadline - self._clock()) + EXPIRY_GRACE
-                called_back = wait.notified.wait(min(max(interval, self.ping_fallback),
-                                                     remaining))
+                pause = max(interval, self.ping_fallback) if delay is None else delay
+                called_back = wait.notified.wait(min(pause, remaining))
             if cancel is not None and cancel.cancelled:
                 raise self._withdraw(user, auth_req_id, cancel)
             client: list[str] = []
             try:
                 tokens = self._token_request(auth_req_id, client)
-            except OAuthError as exc:
-                outcome = CibaOutcome.of(exc)
-                if outcome is CibaOutcome.AUTHORIZATION_PENDING:
+            except IIAError as exc:
+                if not transient(exc):
+                    self._final(exc, user, client, auth_req_id)
                     if wait is not None and called_back:
                         self._rearm(wait, cancel)  # called back too soon: back to the fallback
-                    if self._clock() >= deadline:
+                    if isinstance(exc, OAuthError) \
+                            and CibaOutcome.of(exc) is CibaOutcome.SLOW_DOWN:
+                        interval += 5  # CIBA §11
+                    elif self._clock() >= deadline:  # authorization_pending, and past it
                         raise ApprovalTimeoutError(
                             f"{user} did not answer the push within {self.timeout:.0f} s") \
                             from exc
+                    delay, failures = None, 0
                     continue
-                if outcome is CibaOutcome.SLOW_DOWN:
-                    interval += 5  # CIBA §11
-                    if wait is not None and called_back:
-                        self._rearm(wait, cancel)
-                    continue
-                if outcome is CibaOutcome.ACCESS_DENIED:
-                    denied = ApprovalDeniedError(f"{user} denied the request on their phone")
-                    denied.passkey = self._denial(exc, client, auth_req_id)
-                    raise denied from exc
-                if outcome is CibaOutcome.EXPIRED_TOKEN:
-                    raise ApprovalTimeoutError(f"{user} did not answer the push in time") \
-                        from exc
-                raise
+                # a transient failure ends nothing: the push still waits (or holds its
+                # answer) at the IdP; ask again, backing off, until the push expires
+                if self._clock() >= deadline + EXPIRY_GRACE:
+                    raise _unanswered(exc, user) from exc
+                failures += 1
+                delay = self._backoff(interval, failures, exc)
+                log.warning("a token request for a pending push failed (%s); asking again "
+                            "in %.1f s", exc.code, delay)
+                if wait is not None:
+                    self._rearm(wait, cancel)
+                continue
             now = self._clock()
             return Approval(approval_id=auth_req_id, approved_at=time.time(),
                             waited_ms=round((now - started) * 1000),
                             passkey=self._attested(tokens, client[-1], auth_req_id))
+
+    def _final(self, exc: IIAError, user: str, client: list[str], auth_req_id: str) -> None:
+        """Raise what a final answer of the token request means; return for the two that say
+        keep waiting (authorization_pending, slow_down)."""
+        outcome = CibaOutcome.of(exc) if isinstance(exc, OAuthError) else None
+        if outcome in (CibaOutcome.AUTHORIZATION_PENDING, CibaOutcome.SLOW_DOWN):
+            return
+        if outcome is CibaOutcome.ACCESS_DENIED:
+            assert isinstance(exc, OAuthError)
+            denied = ApprovalDeniedError(f"{user} denied the request on their phone")
+            denied.passkey = self._denial(exc, client, auth_req_id)
+            raise denied from exc
+        if outcome is CibaOutcome.EXPIRED_TOKEN:
+            raise ApprovalTimeoutError(f"{user} did not answer the push in time") from exc
+        raise exc
+
+    def _backoff(self, interval: float, failures: int, exc: IIAError) -> float:
+        """Seconds before asking again after the `failures`-th transient failure in a row:
+        the IdP's interval, doubled each time up to `BACKOFF_MAX`, and never sooner than a
+        busy IdP's Retry-After."""
+        delay = min(BACKOFF_MAX, max(1.0, interval) * float(2 ** (failures - 1)))
+        asked = getattr(exc, "retry_after", None)
+        return max(delay, float(asked)) if isinstance(asked, int | float) else delay
 
     def _token_request(self, auth_req_id: str, client: list[str]) -> dict[str, Any]:
         """The token request (§10.1), noting in `client` which client made it (the audience
@@ -328,6 +369,26 @@ class CibaApprovalChannel:
         return CallCancelledError(f"{what}; the push was already {status or 'closed'} at the "
                                   "identity provider, and nothing was done",
                                   push_status=status or None)
+
+
+def transient(exc: IIAError) -> bool:
+    """A token-request failure that says nothing about the push: the IdP (or the Vault
+    holding our credential) could not be reached or could not answer now. Final answers
+    (access_denied, expired_token, invalid_grant, invalid_client ...) are not transient;
+    authorization_pending and slow_down are answers too, not failures."""
+    if isinstance(exc, OAuthError):
+        return exc.code in TRANSIENT_OAUTH
+    return isinstance(exc, IdpUnavailableError | VaultUnavailableError | VaultSealedError)
+
+
+def _unanswered(exc: IIAError, user: str) -> IIAError:
+    """The push expired while the token endpoint kept failing: the same kind of error, saying
+    that the answer could not be learned (not that nobody answered) and nothing was done."""
+    sentence = (f"the answer to the push to {user}'s phone could not be learned before it "
+                f"expired ({exc.description}); nothing was done")
+    if isinstance(exc, OAuthError):
+        return IdpUnavailableError(sentence, upstream_code=exc.code)
+    return exc.__class__(sentence, dependency=exc.dependency, upstream_code=exc.upstream_code)
 
 
 class ConsentCache:

@@ -368,8 +368,9 @@ def test_authorization_details(lab: Lab, x: TokenExchange) -> None:
 
 @pytest.fixture
 def heidi_approval(lab: Lab) -> Iterator[tuple[dict[str, Any], dict[str, Any], CallApproval]]:
-    """heidi approved (on the phone) exactly one tier-3 call in one of her sessions: her
-    claims in that session, the object, and the recorded approval."""
+    """heidi approved (on the phone) exactly one tier-3 call in one of her sessions, and the
+    MCP server redeemed it: her claims in that session, the object, and the recorded
+    approval."""
     tokens = user_token(lab, "heidi@example.com")
     claims = lab.verify.tokens.decode(tokens["access_token"], typ="at+jwt")
     obj = rar(lab, "verify_deactivate_user", target=f"u-checks-{time.time_ns()}")
@@ -377,6 +378,8 @@ def heidi_approval(lab: Lab) -> Iterator[tuple[dict[str, Any], dict[str, Any], C
         client_id="iia-mcp-server", user_id=claims["sub"], email="heidi@example.com", tier=3,
         binding_message="checks", authorization_details=[obj], session=claims["sid"])
     lab.verify.approvals.answer(push.id, True)
+    assert lab.verify.approvals.redeem(push)  # the MCP server's token request took it
+    assert lab.verify.approvals.take_effect(push)
     approval = next(a for a in lab.verify.approvals.call_approvals(claims["sub"])
                     if a.id == push.id)
     yield claims, obj, approval

@@ -26,7 +26,7 @@ from harness.verify.passkeys import (
     push_challenge,
 )
 from iia.identity import WorkloadIdentity
-from tests.helpers import bc_authorize, rar, wait_for
+from tests.helpers import bc_authorize, poll, rar, wait_for
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
 
@@ -200,7 +200,8 @@ def test_another_users_passkey_cannot_sign_in_as_the_hinted_user(lab: Lab) -> No
 
 # -- answering a push -------------------------------------------------------------------------
 
-def test_approve_with_a_bound_assertion(lab: Lab, push: PushRequest) -> None:
+def test_approve_with_a_bound_assertion(lab: Lab, push: PushRequest,
+                                        identity: WorkloadIdentity) -> None:
     signed = sign(lab, push.id)
     view = challenge_binding_view(push, signed)
     assert view["bound"] and view["clientDataJSON.challenge"] == view["digest"]
@@ -219,6 +220,9 @@ def test_approve_with_a_bound_assertion(lab: Lab, push: PushRequest) -> None:
     decision = [d for d in lab.verify.audit.decisions("passkey") if d.approval_id == push.id]
     assert decision and decision[-1].details == {"credentialIdDigest": digest,
                                                  "userVerified": True}
+    # the approval takes effect when the MCP server redeems it, not at the tap
+    assert not [a for a in lab.verify.approvals.call_approvals() if a.id == push.id]
+    assert poll(lab, identity, push.auth_req_id).status_code == 200
     assert [a for a in lab.verify.approvals.call_approvals() if a.id == push.id]
 
 

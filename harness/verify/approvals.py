@@ -1,18 +1,27 @@
 """Push approvals: the pending CIBA requests shown on the user's "phone", and what an approval
 leaves behind for the token-exchange policy.
 
-* approving `agent_write_consent` for a session records that session's **write consent**
-  (tier 2); the policy accepts it for 30 minutes;
-* approving a tier-3 operation records a **call approval** bound to the user, to the session
-  the push named (the `sid` of the user's access token sent as CIBA `login_hint_token`), and to
-  that exact authorization_details object (type, target, arguments digest...); one token exchange
-  in that session consumes it, once, within `call_approval_ttl` seconds. A push that named no
-  session (`login_hint` only) leaves an approval no session can redeem;
-* withdrawing the user's delegation (`void_user`) drops their session consents and spends their
-  unused call approvals: what was approved under a delegation does not outlive it;
+* an approval takes effect when the requesting client **redeems** it (the CIBA token request
+  that receives the tokens, `take_effect`), not when the user taps Approve: until then the
+  client has not learned of it, and an approval the client never received is authority
+  nobody holds. The IdP's record and the client's own (the MCP server's consent cache) then
+  begin at the same moment, and an approved push whose client gave up, was cancelled or
+  expired leaves nothing behind (docs/architecture.md §6);
+* redeeming an approved `agent_write_consent` for a session records that session's **write
+  consent** (tier 2); the policy accepts it for 30 minutes;
+* redeeming an approved tier-3 operation records a **call approval** bound to the user, to
+  the session the push named (the `sid` of the user's access token sent as CIBA
+  `login_hint_token`), and to that exact authorization_details object (type, target,
+  arguments digest...); one token exchange in that session consumes it, once, within
+  `call_approval_ttl` seconds. A push that named no session (`login_hint` only) leaves an
+  approval no session can redeem;
+* withdrawing the user's delegation (`void_user`) drops their session consents, spends their
+  unused call approvals and voids their approved pushes not yet redeemed: what was approved
+  under a delegation does not outlive it;
 * the requesting client withdrawing a push (`withdraw`: its call was cancelled) takes a pending
-  push off the phone for good (status `withdrawn`: no answer is taken, no token issued), and
-  spends the call approval an approved one left unused: it was for a call that will not run.
+  push off the phone for good (status `withdrawn`: no answer is taken, no token issued), voids
+  an approved one not yet redeemed (no token is issued for it), and spends the call approval
+  a redeemed one left unused: it was for a call that will not run.
 
 Each request has two identifiers: `id`, which the phone shows and answers, and `auth_req_id`,
 which only the requesting client polls with (OpenID CIBA §7.3).
@@ -57,6 +66,7 @@ class PushRequest:
     answered_with: str | None = None  # the digest of the passkey's credential id
     user_verified: bool | None = None  # the assertion's UV flag
     withdrawn_at: float | None = None  # when the requesting client withdrew it
+    voided: bool = False  # approved, then withdrawn or its delegation revoked before redeemed
 
     def public(self, now: float) -> dict[str, Any]:
         """What the phone, `iia-lab approvals --json` and the approval API show."""
@@ -180,8 +190,6 @@ class Approvals:
             push.status = "approved" if approve else "denied"
             push.answered_at = now
             push.answered_with, push.user_verified = answered_with, user_verified
-            if approve:
-                self._record(push, now)
         self._notify(push)
         return push
 
@@ -197,6 +205,9 @@ class Approvals:
             if push.status == "pending":
                 push.status, push.withdrawn_at, withdrew = "withdrawn", now, True
             elif push.status == "approved":
+                # not yet taken effect: it never will (a redemption under way is refused too)
+                spent = not push.redeemed and not push.voided
+                push.voided = True
                 for approval in self._calls:
                     if approval.id == push.id and not approval.used:
                         approval.used = spent = True
@@ -228,6 +239,17 @@ class Approvals:
             since = float("inf") if push.last_poll is None else now - push.last_poll
             push.last_poll = now
             return since
+
+    def take_effect(self, push: PushRequest) -> bool:
+        """The client is receiving the tokens of this approved push: its approval takes
+        effect now (the session's write consent, or the call approval). False, recording
+        nothing, when the push is not approved or was voided."""
+        now = self.clock()
+        with self._lock:
+            if push.status != "approved" or push.voided:
+                return False
+            self._record(push, now)
+            return True
 
     def redeem(self, push: PushRequest) -> bool:
         """Mark the auth_req_id as exchanged for tokens; False if it already was."""
@@ -291,6 +313,9 @@ class Approvals:
             calls = [a for a in self._calls if a.user_id == user_id and not a.used]
             for approval in calls:
                 approval.used = True
+            for push in self._requests.values():  # approved, not yet redeemed: never will be
+                if push.user_id == user_id and push.status == "approved" and not push.redeemed:
+                    push.voided = True
         return len(consents), len(calls)
 
     def consume(self, approval: CallApproval) -> bool:

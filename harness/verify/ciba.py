@@ -427,6 +427,7 @@ class Ciba:
         self._answered(push)
         self._redeem_once(push)
         self._push_user_active(push)
+        self._takes_effect(push)
         return self._approval_tokens(client, push)
 
     def _own_push(self, client: Client, form: Mapping[str, str]) -> PushRequest:
@@ -440,11 +441,16 @@ class Ciba:
         return push
 
     def _not_withdrawn(self, push: PushRequest) -> None:
-        """invalid_grant: the client withdrew this request (harness/verify/ciba_withdrawal.py);
-        nothing is issued for it, whatever the phone does later."""
+        """invalid_grant: the client withdrew this request (harness/verify/ciba_withdrawal.py),
+        or its approval was voided before it was redeemed (withdrawn after the user approved,
+        or the user's delegation withdrawn); nothing is issued for it."""
         if push.status == "withdrawn":
             raise InvalidGrant("auth_req_id was withdrawn by the client: nothing is issued "
                                "for it")
+        if push.voided:
+            raise InvalidGrant("auth_req_id was approved, then voided before it was redeemed "
+                               "(withdrawn by the client, or the user's delegation was "
+                               "withdrawn): nothing is issued for it")
 
     def _not_redeemed(self, push: PushRequest) -> None:
         """§11 invalid_grant: an auth_req_id is exchanged for tokens once."""
@@ -477,6 +483,14 @@ class Ciba:
         """§11 invalid_grant: of two concurrent polls of an approval, one gets the tokens."""
         if not self.approvals.redeem(push):
             raise InvalidGrant("auth_req_id was already exchanged for tokens")
+
+    def _takes_effect(self, push: PushRequest) -> None:
+        """The approval takes effect as its tokens go to the client (harness/verify/
+        approvals.py): the write consent or call approval is recorded now, not at the tap;
+        `invalid_grant` if it was voided meanwhile."""
+        if not self.approvals.take_effect(push):
+            raise InvalidGrant("auth_req_id was voided before it was redeemed: nothing is "
+                               "issued for it")
 
     def _push_user_active(self, push: PushRequest) -> None:
         """The user who approved is still an active user."""

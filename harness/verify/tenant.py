@@ -49,6 +49,7 @@ from harness.verify.approvals import Approvals
 from harness.verify.audit import AuditTrail, Decision
 from harness.verify.audit_journal import JournaledAuditTrail
 from harness.verify.authorization_server import VerifyAuthorizationServer
+from harness.verify.capacity import Saturated, TokenGate, load_capacity
 from harness.verify.ciba import DELIVERY_MODES, Ciba, PushLimits, ciba_delivery
 from harness.verify.ciba_withdrawal import WITHDRAW_PATH, CibaWithdrawal
 from harness.verify.client_auth import (
@@ -199,6 +200,8 @@ class VerifyTenant:
         self.spiffe = SpiffeBundleSource(trust_domain, spiffe_keys_url)
         self.server = VerifyAuthorizationServer(clients=self.clients, tokens=self.tokens,
                                                 scopes_supported=SCOPES_SUPPORTED)
+        # the token endpoint's capacity (fixtures/tenant/capacity.json): past it, 503 busy
+        self.token_gate = TokenGate(load_capacity(fixtures))
         # the WebAuthn relying party: RP ID localhost, origin http://localhost:PORT
         self.passkeys = RelyingParty(origin=user_facing_url(self.base_url), clock=clock)
         self.oidc = OidcProvider(issuer=self.issuer, mcp_resource=self.mcp_resource,
@@ -305,7 +308,13 @@ class VerifyTenant:
     # -- endpoints that authenticate the client: authlib's server ------------------------
 
     async def token(self, request: Request) -> Response:
-        return await self.server.token(request)
+        """The token endpoint, within its capacity (harness/verify/capacity.py): a request
+        holds its slot from its headers to its answer; one turned away is not read."""
+        try:
+            async with self.token_gate.slot():
+                return await self.server.token(request)
+        except Saturated:
+            return self.token_gate.busy()
 
     async def introspect(self, request: Request) -> Response:
         return await self.server.endpoint(Introspection.ENDPOINT_NAME, request)

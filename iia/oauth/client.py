@@ -5,13 +5,24 @@ the withdrawal of a push whose call was cancelled (`backchannel_withdrawal_endpo
 Requests authenticate with `client_secret_basic` (RFC 6749 §2.3.1) using a credential read from
 Vault; error bodies become typed `OAuthError`s (§5.2); an unreachable or failing server is
 `IdpUnavailableError`, naming the identity provider.
+
+A busy server (HTTP 503 `temporarily_unavailable` with `Retry-After`, RFC 9110 §10.2.3: it
+did nothing and says when to come back) is asked again after the time it names, within a
+budget: at most `BUSY_RETRIES` more requests and `BUSY_BUDGET` seconds of waiting per
+request (a `Retry-After` longer than what is left of the budget is not waited for). When the
+budget is spent the answer is `IdpBusyError`: the identity provider is busy, not unreachable,
+and nothing was issued. A 503 without `Retry-After`, or any other 5xx, is not retried here (it
+may have done something); callers that know their request is safe to repeat (a CIBA poll)
+retry on their own terms.
 """
 
 from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -22,11 +33,23 @@ from iia.identity.vault import ClientCredential
 from iia.net import http_client
 from iia.oauth.errors import error_from_response
 
-__all__ = ["AuthorizationServerClient", "IdpUnavailableError", "discover"]
+__all__ = ["BUSY_BUDGET", "BUSY_RETRIES", "AuthorizationServerClient", "IdpBusyError",
+           "IdpUnavailableError", "discover", "retry_after"]
+
+BUSY_RETRIES = 3  # more requests after a busy answer, at most
+BUSY_BUDGET = 5.0  # seconds of Retry-After waited per request, at most
 
 
 class IdpUnavailableError(DependencyError, code="idp_unavailable", dependency="idp"):
     """The identity provider does not answer, or answers 5xx or nonsense."""
+
+
+class IdpBusyError(IdpUnavailableError, code="idp_busy"):
+    """The identity provider is up but busy: it answered 503 `temporarily_unavailable` with
+    `Retry-After` (and kept answering so within the retry budget). Nothing was issued.
+    `retry_after` is the wait it last asked for, in seconds."""
+
+    retry_after: float | None = None
 
 
 def discover(issuer: str, *, http: httpx.Client | None = None,
@@ -62,15 +85,21 @@ class AuthorizationServerClient:
     (`iia.net.http_client`) serves every request to the authorization server."""
 
     def __init__(self, issuer: str, *, http: httpx.Client | None = None,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, busy_retries: int = BUSY_RETRIES,
+                 busy_budget: float = BUSY_BUDGET,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.issuer = issuer.rstrip("/")
         self._http = http or http_client(timeout)
+        self.busy_retries = busy_retries
+        self.busy_budget = busy_budget
+        self._sleep = sleep
         self._metadata: dict[str, Any] | None = None
         self._lock = threading.Lock()
         # -- instrumentation (iia.ops counters): requests sent, by endpoint and by grant --
         self._count_lock = threading.Lock()
         self.requests: dict[str, int] = {}  # endpoint metadata name -> requests sent
         self.grants: dict[str, int] = {}  # token endpoint: grant_type -> requests sent
+        self.busy_answers = 0  # 503 temporarily_unavailable + Retry-After answers received
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -88,7 +117,36 @@ class AuthorizationServerClient:
 
     def _post(self, endpoint: str, form: Mapping[str, str],
               credential: ClientCredential) -> dict[str, Any]:
+        """One request, asked again while the server is busy and the budget lasts."""
         url = self.endpoint(endpoint)
+        waited = 0.0
+        retries = 0
+        while True:
+            response, body = self._send(endpoint, url, form, credential)
+            if response.status_code == 200 and isinstance(body, dict):
+                return body
+            if response.status_code < 500:
+                raise error_from_response(response.status_code, body)
+            delay = _busy(response, body)
+            if delay is None:
+                raise IdpUnavailableError(_unavailable(endpoint, response, body),
+                                          upstream_code=str(response.status_code))
+            with self._count_lock:
+                self.busy_answers += 1
+            if retries >= self.busy_retries or waited + delay > self.busy_budget:
+                said = (_unavailable(endpoint, response, body) + _retried(retries, waited)
+                        + "; nothing was issued")
+                if isinstance(body, dict) and body.get("dependency") == "vault":
+                    raise IdpUnavailableError(said, upstream_code=str(response.status_code))
+                busy = IdpBusyError(said, upstream_code=str(response.status_code))
+                busy.retry_after = delay
+                raise busy
+            self._sleep(delay)
+            waited += delay
+            retries += 1
+
+    def _send(self, endpoint: str, url: str, form: Mapping[str, str],
+              credential: ClientCredential) -> tuple[httpx.Response, object]:
         with self._count_lock:
             self.requests[endpoint] = self.requests.get(endpoint, 0) + 1
             if endpoint == "token_endpoint":
@@ -105,12 +163,7 @@ class AuthorizationServerClient:
             body = response.json()
         except ValueError:
             body = None
-        if response.status_code == 200 and isinstance(body, dict):
-            return body
-        if response.status_code >= 500:
-            raise IdpUnavailableError(_unavailable(endpoint, response, body),
-                                      upstream_code=str(response.status_code))
-        raise error_from_response(response.status_code, body)
+        return response, body
 
     def token(self, form: Mapping[str, str], credential: ClientCredential) -> dict[str, Any]:
         """A token request (any grant); the token response or the typed OAuth error."""
@@ -151,3 +204,34 @@ def _unavailable(endpoint: str, response: httpx.Response, body: object) -> str:
     retry = response.headers.get("Retry-After")
     return f"the identity provider is busy ({said}" + (
         f", retry after {retry} s)" if retry else ")")
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """RFC 9110 §10.2.3 `Retry-After`: delay-seconds or an HTTP-date, as seconds from now
+    (never negative); None when absent or malformed."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _busy(response: httpx.Response, body: object) -> float | None:
+    """The seconds a busy server asked us to wait: a 503 `temporarily_unavailable` (RFC 6749
+    §5.2's code for "cannot handle the request now") with a Retry-After; else None."""
+    if response.status_code != 503 or not isinstance(body, dict) \
+            or body.get("error") != "temporarily_unavailable":
+        return None
+    return retry_after(response)
+
+
+def _retried(retries: int, waited: float) -> str:
+    if not retries:
+        return ""
+    return f"; still so after {retries} {'retry' if retries == 1 else 'retries'} " \
+           f"in {waited:g} s"
