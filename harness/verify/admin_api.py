@@ -24,6 +24,11 @@ error body (RFC 7644 §3.12, `admin_errors`); every decision goes to the audit t
 `requests`. The SCIM side is `scim_service.AdminScimService`; the JSON side `verify_endpoints`.
 The server's loop reads each request and writes its response; the gate and the SCIM work run on
 `admin_worker`'s thread, so the tenant's other endpoints are not held up behind them.
+
+A lab fault (`lose_answers`): the next requests are executed as usual (the directory changes,
+the request log and the audit trail record what was done) and then their answer is lost on the
+way back, replaced by a gateway's `502 Bad Gateway`, as when a proxy in front of the API drops
+the answer of a request it already forwarded.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -128,7 +134,13 @@ class _AdminApplication(ASGIApplication):
             await self.serve_lifespan(receive, send)
             return
         request = await self.read_request(scope, receive)
-        status, headers, body = await admin_worker.run(self._answer(request))
+        lost = self.api._lose_answer(request.method.upper())  # lab fault: None, or executed?
+        if lost is False:  # the gateway never forwarded it
+            status, headers, body = _BAD_GATEWAY
+        else:
+            status, headers, body = await admin_worker.run(self._answer(request))
+            if lost:
+                status, headers, body = _BAD_GATEWAY
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -172,6 +184,12 @@ class _AdminApplication(ASGIApplication):
         return response
 
 
+# what a gateway in front of the API answers when the API's own answer did not reach it
+_BAD_GATEWAY = (502, [(b"content-type", b"text/plain; charset=utf-8")],
+                b"502 Bad Gateway: the upstream's answer was lost")
+_READS = frozenset({"GET", "HEAD"})
+
+
 class AdminApi:
     """The admin API of the simulated Verify tenant. Mount `app()` at `/v2.0`."""
 
@@ -196,11 +214,42 @@ class AdminApi:
         # the jtis already used here, kept until their token has expired anyway
         self._spent = ExpiringSet(clock)
         self._app = _AdminApplication(self)
+        # lab fault: answers still to lose after executing the request (writes, reads)
+        self._fault_lock = threading.Lock()
+        self._lost = {"writes": 0, "reads": 0}
+        self._lost_executed = True
         self.coverage = Coverage(registry=registry, directory=directory,
                                  service=self._app.service, location=self.base_url)
 
     def app(self) -> ASGIApp:
         return cast(ASGIApp, self._app)
+
+    # -- lab faults --------------------------------------------------------------------------
+
+    def lose_answers(self, writes: int = 1, reads: int = 0, *, executed: bool = True) -> None:
+        """Execute the next `writes` write requests (POST, PUT, PATCH, DELETE) and the next
+        `reads` reads as usual, then lose their answers (502 from a gateway); with
+        `executed=False` the gateway answers 502 without forwarding them (nothing is done,
+        nothing recorded). `(0, 0)` ends the fault."""
+        if writes < 0 or reads < 0:
+            raise ValueError("lose_answers counts are never negative")
+        with self._fault_lock:
+            self._lost = {"writes": writes, "reads": reads}
+            self._lost_executed = executed
+
+    def answers_to_lose(self) -> dict[str, int]:
+        with self._fault_lock:
+            return dict(self._lost)
+
+    def _lose_answer(self, method: str) -> bool | None:
+        """None: answer as usual; True: execute, then lose the answer; False: lose the
+        request before it is executed."""
+        kind = "reads" if method in _READS else "writes"
+        with self._fault_lock:
+            if self._lost[kind] <= 0:
+                return None
+            self._lost[kind] -= 1
+            return self._lost_executed
 
     # -- the gate ----------------------------------------------------------------------------
 
