@@ -1,6 +1,10 @@
 """The client of the IdP's admin API (SCIM 2.0 and Verify-style JSON), called only with an
 on-behalf-of token minted for exactly this request. SCIM error bodies (RFC 7644 §3.12) become
-`AdminApiError` with the status and the server's `detail`."""
+`AdminApiError` with the status and the server's `detail`.
+
+A failure that leaves open whether the request was executed (it was sent, and the answer was a
+5xx or never came: a read timeout, a dropped connection) is an `AdminApiUnavailableError` with
+`maybe_executed`; one where the request cannot have reached the API (no connection) is not."""
 
 from __future__ import annotations
 
@@ -28,8 +32,10 @@ class AdminApiError(IIAError):
 class AdminApiUnavailableError(DependencyError):
     code = "admin_api_unavailable"
 
-    def __init__(self, description: str, *, upstream_code: str | None = None) -> None:
+    def __init__(self, description: str, *, upstream_code: str | None = None,
+                 maybe_executed: bool = False) -> None:
         super().__init__(description, dependency="admin_api", upstream_code=upstream_code)
+        self.maybe_executed = maybe_executed  # the request may have reached the admin API
 
 
 class AdminApiClient:
@@ -46,12 +52,17 @@ class AdminApiClient:
             response = self._http.request(request.method, self.base_url + request.path,
                                           params=dict(request.params), json=request.json,
                                           headers=headers)
-        except httpx.HTTPError as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise AdminApiUnavailableError(f"the admin API at {self.base_url} is unreachable "
                                            f"({exc.__class__.__name__})") from exc
+        except httpx.HTTPError as exc:  # sent, perhaps executed, and no answer came back
+            raise AdminApiUnavailableError(f"the admin API at {self.base_url} gave no answer "
+                                           f"({exc.__class__.__name__})",
+                                           maybe_executed=True) from exc
         if response.status_code >= 500:
             raise AdminApiUnavailableError(f"the admin API answered HTTP {response.status_code}",
-                                           upstream_code=str(response.status_code))
+                                           upstream_code=str(response.status_code),
+                                           maybe_executed=True)
         body: Any = None
         if response.content:
             try:

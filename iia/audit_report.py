@@ -85,6 +85,10 @@ def _outcome(events: list[dict[str, Any]]) -> tuple[str, str | None, dict[str, A
     for event in events:
         if event.get("type") == "agent:hitl_denied":
             return "denied by the user", event.get("reason"), event
+    for event in reversed(events):  # a write whose answer was lost: what the read showed
+        if event.get("type") == "agent:outcome_reconciled":
+            verdict = event.get("readBack") or event.get("outcome")
+            return f"answer lost; read back: {verdict}", event.get("reason"), event
     last = events[-1]
     if last.get("type") == "agent:tool_error":
         return "failed", last.get("reason"), last
@@ -113,8 +117,9 @@ def _join(call_id: str, events: list[dict[str, Any]], decisions: list[dict[str, 
     began, ended = _time(first.get("timestamp")), _time(events[-1].get("timestamp"))
     pushed = any(e.get("type") == "agent:hitl_required" for e in events)
     joined = []
+    read_jti = ids.get("readBackJti")  # a lost answer's read-back: a token of its own
     for d in decisions:
-        if obo_jti and d.get("jti") == obo_jti:
+        if d.get("jti") and d.get("jti") in (obo_jti, read_jti):
             joined.append(d)
             continue
         at = _time(d.get("at"))
@@ -140,7 +145,8 @@ def _join(call_id: str, events: list[dict[str, Any]], decisions: list[dict[str, 
         "tool": first.get("toolName"), "tier": first.get("tier"), "rarType": rar_type,
         "summary": next((e["rarSummary"] for e in events if e.get("rarSummary")), None),
         "outcome": outcome, "reason": reason, "policyId": policy,
-        "oboJti": obo_jti, "approvalId": ids.get("approvalId"), "setJtis": set_jtis,
+        "oboJti": obo_jti, "readBackJti": read_jti, "approvalId": ids.get("approvalId"),
+        "setJtis": set_jtis,
         "events": [{k: e[k] for k in ("timestamp", "type", "outcome", "reason", "durationMs",
                                       "eventId", "setJtis") if k in e} for e in events],
         "decisions": [_decision_view(d) for d in joined],

@@ -14,6 +14,7 @@ enforcement chain, the docs and the notebooks all read this.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,8 +22,8 @@ from urllib.parse import quote, unquote
 
 from iia.rar import RarType, registry
 
-__all__ = ["CATALOG", "MARKDOWN_END", "MARKDOWN_START", "AdminRequest", "CatalogContext", "Tool",
-           "ToolHints", "markdown_table", "replace_markdown_table", "tool"]
+__all__ = ["CATALOG", "MARKDOWN_END", "MARKDOWN_START", "AdminRequest", "CatalogContext",
+           "ReadBack", "Tool", "ToolHints", "markdown_table", "replace_markdown_table", "tool"]
 
 Args = Mapping[str, Any]
 
@@ -58,6 +59,19 @@ class ToolHints:
 
 
 @dataclass(frozen=True)
+class ReadBack:
+    """How to tell whether a write happened when its answer was lost (the request may have
+    reached the admin API, no answer came back): the tier-1 tool to call, with what arguments,
+    and a judge of its answer. `judge(arguments, body)` gets the write's arguments and the
+    read's SCIM body (None when the read answered 404) and says (True: done, False: not done,
+    None: cannot tell, and a few words of what the read showed)."""
+
+    tool: str
+    arguments: Callable[[Args, CatalogContext], dict[str, Any]]
+    judge: Callable[[Args, Any], tuple[bool | None, str]]
+
+
+@dataclass(frozen=True)
 class Tool:
     """One tool. Its RFC 9396 type is the registered type naming it (`iia.rar.registry()`),
     and so are its tier and actions: none of them is restated here."""
@@ -69,6 +83,8 @@ class Tool:
     request: Callable[[Args, CatalogContext], AdminRequest]
     rar_fields: Callable[[Args], dict[str, str]] = lambda args: {}
     compact: Callable[[Any], Any] = lambda body: body
+    # a write's read-back, for when its answer is lost (None: nothing can read it back)
+    read_back: ReadBack | None = None
 
     @property
     def rar(self) -> RarType:
@@ -189,6 +205,57 @@ def _done(action: str) -> Callable[[Any], Any]:
                             else {})}
 
 
+# -- read-backs: how each write is confirmed when its answer was lost ------------------------
+
+def _eq(attribute: str, value: str) -> str:
+    """A SCIM equality filter (RFC 7644 §3.4.2.2); the value is a JSON string literal."""
+    return f"{attribute} eq {json.dumps(value)}"
+
+
+def _user_named(args: Args, body: Any) -> tuple[bool | None, str]:
+    if not isinstance(body, dict) or not isinstance(body.get("totalResults"), int):
+        return None, "the read answered no user list"
+    if body["totalResults"] >= 1:
+        return True, f"{args['user_name']} exists"
+    return False, f"there is no user {args['user_name']}"
+
+
+def _member(want: bool) -> Callable[[Args, Any], tuple[bool | None, str]]:
+    def judge(args: Args, body: Any) -> tuple[bool | None, str]:
+        groups = body.get("Resources") if isinstance(body, dict) else None
+        if not isinstance(groups, list) or len(groups) != 1 or not isinstance(groups[0], dict):
+            return None, "the read did not find the group"
+        group = groups[0]
+        present = any(isinstance(m, dict) and m.get("value") == args["user_id"]
+                      for m in group.get("members") or [])
+        where = f"user {args['user_id']} is {'' if present else 'not '}a member of group " \
+                f"{group.get('displayName') or group.get('id')}"
+        return present == want, where
+    return judge
+
+
+def _deactivated(args: Args, body: Any) -> tuple[bool | None, str]:
+    if not isinstance(body, dict) or not isinstance(body.get("active"), bool):
+        return None, f"user {args['user_id']} could not be read"
+    if body["active"]:
+        return False, f"user {args['user_id']} is still active"
+    return True, f"user {args['user_id']} is deactivated"
+
+
+def _deleted(args: Args, body: Any) -> tuple[bool | None, str]:
+    if body is None:
+        return True, f"user {args['user_id']} no longer exists"
+    return False, f"user {args['user_id']} still exists"
+
+
+def _group_of(group: Callable[[Args, CatalogContext], str]) -> Callable[
+        [Args, CatalogContext], dict[str, Any]]:
+    return lambda a, c: {"filter": _eq("id", group(a, c)), "count": 1}
+
+
+_MEMBER_OF_GROUP = _group_of(lambda a, c: str(a["group_id"]))
+
+
 CATALOG: tuple[Tool, ...] = (
     # -- tier 1: reads ------------------------------------------------------------------------
     Tool("list_users",
@@ -244,7 +311,10 @@ CATALOG: tuple[Tool, ...] = (
              "emails": [{"value": a["user_name"], "type": "work", "primary": True}],
              **({"title": a["title"]} if a.get("title") else {})}),
          rar_fields=lambda a: {"target": a["user_name"]},
-         compact=_done("created")),
+         compact=_done("created"),
+         read_back=ReadBack("list_users",
+                            lambda a, c: {"filter": _eq("userName", a["user_name"]),
+                                          "count": 1}, _user_named)),
     Tool("add_user_to_group",
          "Add a user to a group.", _schema({"user_id": ID, "group_id": ID},
                                            ("user_id", "group_id")),
@@ -252,7 +322,8 @@ CATALOG: tuple[Tool, ...] = (
          request=lambda a, c: AdminRequest("PATCH", f"/Groups/{_p(a['group_id'])}",
                                            json=_members_patch("add", a["user_id"])),
          rar_fields=lambda a: {"target": a["user_id"], "group": a["group_id"]},
-         compact=_done("added to group")),
+         compact=_done("added to group"),
+         read_back=ReadBack("list_groups", _MEMBER_OF_GROUP, _member(True))),
     Tool("remove_user_from_group",
          "Remove a user from a group.", _schema({"user_id": ID, "group_id": ID},
                                                 ("user_id", "group_id")),
@@ -260,7 +331,8 @@ CATALOG: tuple[Tool, ...] = (
          request=lambda a, c: AdminRequest("PATCH", f"/Groups/{_p(a['group_id'])}",
                                            json=_members_patch("remove", a["user_id"])),
          rar_fields=lambda a: {"target": a["user_id"], "group": a["group_id"]},
-         compact=_done("removed from group")),
+         compact=_done("removed from group"),
+         read_back=ReadBack("list_groups", _MEMBER_OF_GROUP, _member(False))),
     # -- tier 3: sensitive (the user approves every call) ---------------------------------
     Tool("deactivate_user",
          "Deactivate a user: they can no longer sign in and their sessions end.",
@@ -270,27 +342,31 @@ CATALOG: tuple[Tool, ...] = (
              "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
              "Operations": [{"op": "replace", "path": "active", "value": False}]}),
          rar_fields=lambda a: {"target": a["user_id"]},
-         compact=_done("deactivated")),
+         compact=_done("deactivated"),
+         read_back=ReadBack("get_user", lambda a, c: {"user_id": a["user_id"]}, _deactivated)),
     Tool("revoke_user_sessions",
          "End every session of a user.", _schema({"user_id": ID}, ("user_id",)),
          summary=lambda a: f"Revoke all sessions of user {a['user_id']}",
          request=lambda a, c: AdminRequest("DELETE", f"/Users/{_p(a['user_id'])}/sessions"),
          rar_fields=lambda a: {"target": a["user_id"]},
-         compact=_done("sessions revoked")),
+         compact=_done("sessions revoked")),  # no read-back: the admin API reads no sessions
     # -- tier 4: blocked (the identity provider refuses to mint a token) ------------------
     Tool("delete_user", "Delete a user.",
          _schema({"user_id": ID}, ("user_id",)),
          summary=lambda a: f"Delete user {a['user_id']}",
          request=lambda a, c: AdminRequest("DELETE", f"/Users/{_p(a['user_id'])}"),
          rar_fields=lambda a: {"target": a["user_id"]},
-         compact=_done("deleted")),
+         compact=_done("deleted"),
+         read_back=ReadBack("get_user", lambda a, c: {"user_id": a["user_id"]}, _deleted)),
     Tool("grant_admin_role",
          "Make a user a tenant administrator.", _schema({"user_id": ID}, ("user_id",)),
          summary=lambda a: f"Grant tenant admin to user {a['user_id']}",
          request=lambda a, c: AdminRequest("PATCH", f"/Groups/{_p(c.admin_group_id)}",
                                            json=_members_patch("add", a["user_id"])),
          rar_fields=lambda a: {"target": a["user_id"]},
-         compact=_done("granted admin")),
+         compact=_done("granted admin"),
+         read_back=ReadBack("list_groups", _group_of(lambda a, c: c.admin_group_id),
+                            _member(True))),
 )
 
 _BY_NAME = {t.name: t for t in CATALOG}

@@ -16,6 +16,12 @@ withdrawn (`agent:push_withdrawn`), no token is exchanged for it, and nothing re
 API after the cancellation; `commit()` right before the admin API is the point of no return. A
 tier-3 approval that arrived before the cancellation is given up at the IdP (withdrawn there
 too, `agent:push_withdrawn` with pushStatus `approved`), so no other call can redeem it.
+
+A write whose request may have reached the admin API but got no answer (a 5xx, a dropped
+connection, a read timeout) is never reported as "nothing was done": the chain emits
+`agent:outcome_unknown`, reads the target back through the chain (the tool's `ReadBack` in the
+catalog: a tier-1 exchange of its own, no approval asked), emits `agent:outcome_reconciled`
+and tells the model one sentence ending `done (confirmed)`, `not done` or `still unknown`.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from iia.admin_api import AdminApiClient, AdminApiError
+from iia.admin_api import AdminApiClient, AdminApiError, AdminApiUnavailableError
 from iia.cancellation import CallCancel, CallCancelledError
 from iia.catalog import CATALOG, CatalogContext, Tool
 from iia.errors import IIAError
@@ -81,14 +87,21 @@ class ToolOutcome:
     timings: StepTimings = field(default_factory=StepTimings)
     obo_claims: Mapping[str, Any] | None = None  # decoded, for the token inspector
     call_id: str = ""
+    # a write whose answer was lost: what the read-back showed (done (confirmed) | not done |
+    # still unknown), and the sentence the model reads instead of the result
+    read_back: str | None = None
+    sentence: str | None = None
 
     def public(self) -> dict[str, Any]:
         """What a console may show: outcome, timings, decoded OBO claims (no token)."""
         return {"callId": self.call_id, "tool": self.tool, "ok": self.ok, "code": self.code,
                 "error": self.error, "steps": dict(self.timings.steps),
-                "obo": dict(self.obo_claims) if self.obo_claims else None}
+                "obo": dict(self.obo_claims) if self.obo_claims else None,
+                **({"readBack": self.read_back} if self.read_back else {})}
 
     def text(self) -> str:
+        if self.ok and self.sentence:
+            return self.sentence
         if self.ok:
             return json.dumps(self.result, ensure_ascii=False, default=str)
         return f"[{self.code}] {self.error}"
@@ -278,6 +291,11 @@ class EnforcementChain:
         t = time.perf_counter()
         try:
             body = self.admin.send(tool.request(args, self.context), obo.token)
+        except AdminApiUnavailableError as exc:
+            timings.add("admin_api", t)
+            if not exc.maybe_executed or tool.tier < 2:
+                raise  # it cannot have been done (or it was a read): fails closed as it is
+            return self._reconcile(tool, args, exc, caller, timings, began, obo, trail)
         except AdminApiError as exc:
             timings.add("admin_api", t)
             if exc.http_status == 404 and tool.name == "get_user":
@@ -290,6 +308,93 @@ class EnforcementChain:
         timings.steps["total"] = round((time.perf_counter() - began) * 1000, 2)
         return ToolOutcome(tool.name, True, result=tool.compact(body), timings=timings,
                            obo_claims=dict(obo.claims))
+
+    # -- a lost answer ------------------------------------------------------------------------
+
+    def _reconcile(self, tool: Tool, args: dict[str, Any], lost: AdminApiUnavailableError,
+                   caller: Caller, timings: StepTimings, began: float, obo: OboToken,
+                   trail: _Trail) -> ToolOutcome:
+        """The write may have been executed and its answer was lost: say that it is unknown,
+        read the target back, and report what the read showed (never "nothing was done"
+        without a read that shows it)."""
+        cause = lost.description
+        self.events.emit("agent:outcome_unknown", outcome="unknown", duration_ms=0,
+                         reason=f"the admin API's answer to {tool.name} was lost ({cause}); "
+                                "reading the target back",
+                         details={"error": lost.code, "dependency": "admin_api",
+                                  **({"upstream": lost.upstream_code}
+                                     if lost.upstream_code else {})},
+                         correlation=trail.correlation())
+        t = time.perf_counter()
+        done, seen, read_jti = self._read_back(tool, args, caller)
+        timings.add("read_back", t)
+        verdict = {True: "done (confirmed)", False: "not done", None: "still unknown"}[done]
+        advice = {True: "", False: "; nothing was changed, the call can be made again",
+                  None: "; check before making the call again"}[done]
+        sentence = (f"{tool.name}: the admin API's answer was lost ({cause}); read back: "
+                    f"{verdict} — {seen}{advice}")
+        self.events.emit("agent:outcome_reconciled",
+                         outcome={True: "success", False: "error", None: "unknown"}[done],
+                         reason=sentence, duration_ms=round((time.perf_counter() - t) * 1000),
+                         details={"readBack": verdict},
+                         correlation={**trail.correlation(),
+                                      **({"readBackJti": read_jti} if read_jti else {})})
+        if done is True:
+            timings.steps["total"] = round((time.perf_counter() - began) * 1000, 2)
+            return ToolOutcome(tool.name, True, result={"status": verdict}, timings=timings,
+                               obo_claims=dict(obo.claims), read_back=verdict,
+                               sentence=sentence)
+        code = "admin_api_unavailable" if done is False else "outcome_unknown"
+        outcome = self._fail(tool, timings, began, code, sentence, dependency="admin_api",
+                             obo=obo, trail=trail)
+        outcome.read_back = verdict
+        return outcome
+
+    def _read_back(self, tool: Tool, args: dict[str, Any],
+                   caller: Caller) -> tuple[bool | None, str, str | None]:
+        """(done?, what the read showed, the read's OBO jti): the catalog's `ReadBack` of
+        `tool`, made as a tier-1 call of its own (its own RFC 9396 object and token exchange,
+        then the admin API), never with the write's token."""
+        spec = tool.read_back
+        reader = self.tools.get(spec.tool) if spec is not None else None
+        if spec is None or reader is None or reader.tier != 1:
+            return None, f"nothing can read back whether {tool.name} happened", None
+        read_args = spec.arguments(args, self.context)
+        details = authorization_details(reader, read_args, self.admin_api_url,
+                                        summary=reader.summary(read_args))
+        fields: dict[str, Any] = {"tool_name": reader.name, "tier": reader.tier,
+                                  "rar_type": reader.rar_type,
+                                  "rar_summary": details["summary"]}
+        t = time.perf_counter()
+        try:
+            read = exchange(self.server, self.identity, subject_token=caller.token,
+                            details=details, audience=self.admin_api_url)
+        except IIAError as exc:
+            self.events.emit("agent:token_exchange_denied", outcome="denied",
+                             reason=exc.description, actor_token_type=JWT,
+                             duration_ms=round((time.perf_counter() - t) * 1000),
+                             details={"error": exc.code, "readBackOf": tool.name},
+                             correlation={"rarDigest": details["digest"]}, **fields)
+            return None, f"the read-back got no token ({exc.description})", None
+        self.events.emit("agent:token_exchange_success", outcome="success",
+                         duration_ms=round((time.perf_counter() - t) * 1000),
+                         actor_token_type=JWT, obo_token_expires_in=read.expires_in,
+                         details={"readBackOf": tool.name},
+                         correlation={"rarDigest": details["digest"],
+                                      "readBackJti": read.jti},
+                         **fields)
+        body: Any
+        try:
+            body = self.admin.send(reader.request(read_args, self.context), read.token)
+        except AdminApiError as exc:
+            if exc.http_status != 404:
+                return None, f"the read-back was refused ({exc.http_status}: " \
+                             f"{exc.description})", read.jti
+            body = None
+        except IIAError as exc:
+            return None, f"the read-back failed too ({exc.description})", read.jti
+        done, seen = spec.judge(args, body)
+        return done, seen, read.jti
 
     # -- human in the loop ------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ TIER_NAMES = {1: "read", 2: "write", 3: "sensitive", 4: "blocked"}
 _REFUSAL = re.compile(r"^\[(?P<code>[a-z_]+)\] (?P<sentence>.*)$", re.S)
 _TARGET_ARGS = ("user_id", "user_name", "group_id", "application_id", "policy_id")
 RAW_LIMIT = 2000
+UNKNOWN = "outcome_unknown"  # iia.enforcement: done or not, nobody could tell
 
 
 @dataclass
@@ -87,6 +88,8 @@ def card(phase: str, name: str, arguments: dict[str, Any], people: People, *,
         out["outcome"] = "refused" if is_error else "done"
         if refusal:
             out["code"] = refusal["code"]
+            if refusal["code"] == UNKNOWN:  # a write whose answer was lost, not read back
+                out["outcome"] = "unknown"
             out["reason"] = people.readable(refusal["sentence"])
         elif is_error:
             out["reason"] = people.readable(text[:500])

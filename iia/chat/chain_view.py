@@ -76,4 +76,7 @@ def chain_view(public: Mapping[str, Any]) -> dict[str, Any]:
     return {"callId": public.get("callId"), "tool": name, "tier": tier, "ok": bool(
         public.get("ok")), "code": public.get("code"), "error": public.get("error"),
         "stoppedAt": stopped, "totalMs": timed.get("total"), "steps": out,
-        "obo": public.get("obo")}
+        "obo": public.get("obo"),
+        # a write whose answer was lost: what reading it back showed, and how long it took
+        **({"readBack": public["readBack"], "readBackMs": timed.get("read_back")}
+           if public.get("readBack") else {})}
