@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-root", action="store_true",
                         help="let JupyterLab run as root (containers, CI sandboxes)")
     args = parser.parse_args(argv)
+    # Ctrl-C stops us (and so JupyterLab) even where SIGINT was inherited ignored, as a shell
+    # without job control does for a background command; Python then installs no handler
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # make's trap, a closed terminal or `kill` must stop JupyterLab too (it has its own session)
     for stop in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(stop, lambda *_: sys.exit(0))

@@ -14,6 +14,7 @@ import pty
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ def jupyter(tmp_path: Path) -> Iterator[RunningLab]:
         env=env, stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
     server_pid = 0
+    reader: threading.Thread | None = None
     try:
         url = ""
         assert wrapper.stdout is not None
@@ -75,6 +77,10 @@ def jupyter(tmp_path: Path) -> Iterator[RunningLab]:
                 url = line.split("open ", 1)[1].strip()
                 break
         assert url, "harness.jupyter_lab never printed its URL"
+        # keep reading what JupyterLab logs: a full pipe would block it, and its shutdown
+        reader = threading.Thread(target=lambda: [None for _ in wrapper.stdout or ()],
+                                  daemon=True)
+        reader.start()
         files = list(runtime.glob("jpserver-*.json"))
         assert len(files) == 1, files
         server_pid = int(json.loads(files[0].read_text())["pid"])
@@ -84,6 +90,8 @@ def jupyter(tmp_path: Path) -> Iterator[RunningLab]:
             if pid and not _gone(pid):
                 os.kill(pid, signal.SIGKILL)
         wrapper.wait(timeout=30)
+        if reader is not None:
+            reader.join(timeout=30)  # the pipe's end: every writer has exited
         if wrapper.stdout is not None:
             wrapper.stdout.close()
         os.close(terminal)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import jwt
@@ -102,6 +103,11 @@ def events(sup: Supervisor, token: str) -> list[dict[str, Any]]:
     body = httpx.get(sup.endpoints["console"] + "/events", params={"after": 0, "session": sid},
                      timeout=30).json()
     return list(body["events"])
+
+
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def decisions(sup: Supervisor) -> list[dict[str, Any]]:
@@ -193,6 +199,12 @@ def test_kill_9_is_followed_by_a_restart_and_a_working_call(sup: Supervisor, nam
     log = (sup.directory / "logs" / f"{name}.log").read_text()
     assert f"started pid {new.pid}" in log and "killed by SIGKILL" in log
     if name == "verify":
+        # the MCP server notices the fresh tenant lost its SSF stream and subscribes again;
+        # between the two its calls are refused (temporarily_unavailable): wait for the stream
+        wait_for(lambda: any(d["kind"] == "ssf_stream" and d["outcome"] == "created"
+                             for d in decisions(sup)) and httpx.get(
+            origin_of(sup.endpoints["mcp"]) + "/healthz", timeout=30).status_code == 200,
+                 "the MCP server subscribed to the restarted tenant's SSF stream")
         old_token, token = token, refused_by_the_fresh_tenant(sup, token)
     result = call(sup, token)
     assert listed(result), result
