@@ -302,7 +302,8 @@ CATALOG: tuple[Tool, ...] = (
          _schema({"user_name": EMAIL, "given_name": NAME, "family_name": NAME,
                   "title": {"type": "string", "maxLength": 128}},
                  ("user_name", "given_name", "family_name")),
-         summary=lambda a: f"Create user {a['user_name']}",
+         # the person by name and e-mail, as the phone and the panel name everyone else
+         summary=lambda a: f"Create user {a['given_name']} {a['family_name']} <{a['user_name']}>",
          request=lambda a, c: AdminRequest("POST", "/Users", json={
              "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
              "userName": a["user_name"], "active": True,
