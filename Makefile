@@ -37,7 +37,8 @@ lab: install
 	  git config filter.nbstripout.clean '"$(abspath $(BIN))/python" -m nbstripout --keep-id'
 	$(BIN)/iia-lab up --detach
 	@# no news toast, no kernel dialog, and the URL printed once it answers (harness/jupyter_lab.py)
-	trap '$(BIN)/iia-lab down' EXIT INT TERM; \
+	@# (the lab stops once: on INT or TERM the shell exits, and its EXIT trap stops the lab)
+	trap '$(BIN)/iia-lab down' EXIT; trap 'exit 130' INT TERM; \
 	$(BIN)/python -m harness.jupyter_lab $(ROOT_FLAG)
 
 ## demo: a headless walkthrough of the four tiers through the real chain (ARGS=--interactive)

@@ -5,6 +5,8 @@
 * no news toast and no update check: the server's news feed is off (`LabApp.news_url=None`) and
   the lab's own settings directory (`<lab dir>/jupyterlab-settings`, JUPYTERLAB_SETTINGS_DIR)
   says "never fetch news";
+* no tabs of an earlier session: each start has an empty workspaces directory
+  (`<lab dir>/jupyterlab-workspaces`), so JupyterLab opens on its launcher;
 * no kernel dialog: the default kernel is `python3` (the notebooks' kernelspec, the venv's
   ipykernel) and the notebook tracker starts the preferred kernel by itself;
 * the URL: JupyterLab prints several and may move to another port when 8888 is taken; this
@@ -24,6 +26,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,9 +65,19 @@ def write_settings(directory: Path) -> Path:
     return directory
 
 
-def command(port: int, allow_root: bool) -> list[str]:
+def fresh_workspaces(directory: Path) -> Path:
+    """An empty workspaces directory for this start: JupyterLab reopens the tabs (and starts
+    the kernels) of the last session's workspace, five at once on a 2-core laptop; the room
+    sees the lab open on its launcher instead."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
+
+
+def command(port: int, allow_root: bool, workspaces: Path | None = None) -> list[str]:
     return [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
             f"--port={port}", f"--ServerApp.root_dir={project_root() / 'notebooks'}",
+            *([f"--LabApp.workspaces_dir={workspaces}"] if workspaces is not None else []),
             "--LabApp.news_url=None", "--MultiKernelManager.default_kernel_name=python3",
             # a SIGINT stops the server at once: with a terminal on stdin it would otherwise ask
             # "Shutdown this Jupyter server (y/[n])?" and carry on after 5 s unanswered
@@ -120,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     token = secrets.token_hex(24)
     env = {**os.environ, "JUPYTER_TOKEN": token, "JUPYTERLAB_SETTINGS_DIR": str(settings)}
     print("==> starting JupyterLab on notebooks/ ...", flush=True)
-    proc = subprocess.Popen(command(args.port, args.allow_root), env=env,
+    workspaces = fresh_workspaces(lab_dir() / "jupyterlab-workspaces")
+    proc = subprocess.Popen(command(args.port, args.allow_root, workspaces), env=env,
                             start_new_session=True)
     try:
         url = wait_ready(proc, token)

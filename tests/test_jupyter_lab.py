@@ -60,6 +60,14 @@ def _wait_gone(pid: int, timeout: float = 60.0) -> bool:
 @pytest.fixture
 def jupyter(tmp_path: Path) -> Iterator[RunningLab]:
     runtime = tmp_path / "runtime"
+    # an earlier session's workspace: its tabs must not come back (nor their kernels start)
+    stale = tmp_path / "lab" / "jupyterlab-workspaces" / "default-37a8.jupyterlab-workspace"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"data": {"layout-restorer:data": {"main": {"dock": {
+        "type": "tab-area", "widgets": ["notebook:05_tier4_blocked.ipynb"]}}},
+        "notebook:05_tier4_blocked.ipynb": {"data": {"path": "05_tier4_blocked.ipynb",
+                                                     "factory": "Notebook"}}},
+        "metadata": {"id": "default"}}))
     env = {**os.environ, "IIA_LAB_DIR": str(tmp_path / "lab"),
            "JUPYTER_RUNTIME_DIR": str(runtime)}
     controller, terminal = pty.openpty()
@@ -105,6 +113,17 @@ def test_the_printed_url_opens_jupyterlab(jupyter: RunningLab) -> None:
     # the token is in the URL printed on the terminal; without it the page is refused
     bare = httpx.get(jupyter.url.split("?", 1)[0], timeout=30, follow_redirects=False)
     assert bare.status_code in (302, 403)
+
+
+def test_an_earlier_sessions_tabs_do_not_come_back(jupyter: RunningLab) -> None:
+    token = jupyter.url.split("token=", 1)[1]
+    base = jupyter.url.split("/lab?", 1)[0]
+    workspace = httpx.get(f"{base}/lab/api/workspaces/default", params={"token": token},
+                          timeout=30)
+    assert workspace.status_code == 200
+    assert "05_tier4_blocked" not in workspace.text
+    sessions = httpx.get(f"{base}/api/sessions", params={"token": token}, timeout=30)
+    assert sessions.status_code == 200 and sessions.json() == []  # no kernel started
 
 
 def test_one_sigint_to_the_server_stops_it(jupyter: RunningLab) -> None:
