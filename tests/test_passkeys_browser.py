@@ -68,6 +68,13 @@ def test_enroll_sign_in_and_approve_with_a_virtual_authenticator(
         card = page.locator(f"[data-push='{push.id}']")
         expect(card).to_contain_text("Laura Lopez <laura@example.com>", timeout=30_000)
         expect(card).to_contain_text("tier 3")
+        # a reload keeps the phone signed in, the push listed (it once looked signed out,
+        # "No pending requests.", while the push waited and expired unseen)
+        page.reload()
+        expect(page.locator("#who")).to_contain_text(ALICE, timeout=30_000)
+        expect(card).to_contain_text("Laura Lopez <laura@example.com>", timeout=30_000)
+        expect(page.locator("#signin")).to_be_hidden()
+        expect(page.locator("#empty")).to_be_hidden()
         screenshot(page, "passkeys-2-push-on-the-phone")
         card.locator("button.approve").click()
         expect(page.locator("#status")).to_contain_text("approved", timeout=30_000)

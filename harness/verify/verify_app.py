@@ -202,7 +202,9 @@ class VerifyApp:
             result, headers={"Cache-Control": "no-store"})
 
     async def phone_page(self, request: Request) -> Response:
-        return self._at_public_origin(request) or HTMLResponse(_page("phone", self.public_url))
+        signed_in = self._app_user(request) is not None  # a reload keeps the phone's session
+        return self._at_public_origin(request) or HTMLResponse(
+            _page("phone", self.public_url, signed_in=signed_in))
 
     async def requests(self, request: Request) -> Response:
         user = request.query_params.get("user")
@@ -382,11 +384,19 @@ async function signIn() {
     const o = await post("/lab/passkeys/sign-in/options");
     const me = await post("/lab/phone/session", {ceremony: o.ceremony,
                                                  credential: await passkeyGet(o.publicKey)});
-    document.getElementById("who").textContent = "Signed in as " + me.user;
-    say(""); document.getElementById("signin").hidden = true;
-    refresh(); setInterval(refresh, 1000);
+    signedIn(me.user);
   } catch (e) { say("Sign-in failed: " + e.message); }
 }
+let watching = null;
+function signedIn(user) {
+  document.getElementById("who").textContent = "Signed in as " + user;
+  say(""); document.getElementById("signin").hidden = true;
+  refresh(); if (watching === null) watching = setInterval(refresh, 1000);
+}
+// a reload keeps the phone's session (its cookie): signed in, the pending pushes listed
+if (document.body.dataset.signedIn === "1") (async () => {
+  const r = await fetch("/lab/phone/me"); if (r.ok) signedIn((await r.json()).user);
+})();
 async function answer(id, answer) {
   try {
     const o = await post(`/lab/phone/requests/${id}/options`, {answer});
@@ -499,12 +509,12 @@ present(new URLSearchParams(location.search).get("present") === "1");
 """
 
 
-def _page(kind: str, origin: str) -> str:
+def _page(kind: str, origin: str, *, signed_in: bool = False) -> str:
     if kind == "phone":
         title, body, script = ("IBM Verify (lab phone)",
                                "<button id='signin' onclick='signIn()'>Sign in with a passkey"
-                               "</button><p id='status'></p><p id='empty'>No pending requests."
-                               "</p><div id='list'></div>", _PHONE_JS)
+                               "</button><p id='status'></p><p id='empty' hidden>No "
+                               "pending requests.</p><div id='list'></div>", _PHONE_JS)
     else:
         title, body, script = ("Enroll a passkey - IBM Verify (lab)",
                                "<p>Enroll this device's passkey (Touch ID, Windows Hello, a "
@@ -513,7 +523,8 @@ def _page(kind: str, origin: str) -> str:
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{title}"
             f"</title><meta name='viewport' content='width=device-width, initial-scale=1'>"
             "<link rel='icon' href='data:,'>"
-            f"<style>{_STYLE}</style></head><body><header><h1>{html.escape(title)}</h1>"
+            f"<style>{_STYLE}</style></head><body data-signed-in='{int(signed_in)}'>"
+            f"<header><h1>{html.escape(title)}</h1>"
             "<button id='present' type='button' aria-pressed='false'>Presenter mode</button>"
             f"</header><main><p id='who'></p>{body}</main>"
             f"<script>{WEBAUTHN_JS}{script}{_PRESENT_JS}</script>"
