@@ -291,6 +291,11 @@ def test_presenter_mode_by_query_and_toggle(ui_lab: Lab, browser: Browser) -> No
         assert "present" not in (page.locator("body").get_attribute("class") or "")
         normal = page.evaluate("getComputedStyle(document.body).fontSize")
         assert float(big.rstrip("px")) > float(normal.rstrip("px"))
+        # presented, then signed in (the IdP and back to "/"): still presented
+        page.get_by_role("button", name="Presenter mode").click()
+        sign_in(page, ui_lab)
+        page.get_by_role("button", name="Normal view").wait_for(timeout=WAIT_MS)
+        assert "present" in (page.locator("body").get_attribute("class") or "")
 
 
 def test_console_page_shows_every_call(ui_lab: Lab, browser: Browser) -> None:
