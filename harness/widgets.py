@@ -505,7 +505,14 @@ def _finished(turn: Turn | None) -> dict[str, Any] | None:
 
 
 def _tool_line(call: dict[str, Any]) -> str:
-    args = _esc(json.dumps(call.get("input", {})))
+    """One line per tool call: what it did, with people and groups by name (the chat route's
+    card summary, e.g. "Add user Zoe Zimmer <zoe@example.com> to group Engineering"), or its
+    arguments where the card has no summary."""
+    summary = call.get("summary")
+    if isinstance(summary, str) and summary and summary != call["name"]:
+        args = "&mdash; " + _esc(summary)
+    else:
+        args = _esc(json.dumps(call.get("input", {})))
     name = _esc(call["name"])
     if call.get("is_error"):
         reason = _esc(str(call.get("result", "")).strip()[:400] or "refused")
@@ -513,7 +520,7 @@ def _tool_line(call: dict[str, Any]) -> str:
                 f"color:#b71c1c;border-left:4px solid #c62828;padding:2px 6px;margin:2px 0'>"
                 f"&#10007; <b>{name}</b> <code>{args}</code> <b>refused</b>: {reason}</div>")
     return (f"<div class='iia-chat-tool' style='color:#2e7d32;font-family:monospace;"
-            f"font-size:.85em;margin:2px 0'>&#10003; {name}({args})</div>")
+            f"font-size:.85em;margin:2px 0'>&#10003; {name} {args}</div>")
 
 
 def _text_line(text: str) -> str:

@@ -255,6 +255,25 @@ def test_the_transcript_keeps_the_order_text_and_tools_came_in() -> None:
     assert "#ffebee" not in chat.lines()[2]  # a tool that worked is not
 
 
+def test_tool_lines_name_people_not_ids() -> None:
+    """A card's summary names the people and groups (the chat route resolved the ids): the
+    line shows it, and not the ids the model passed."""
+    uid, gid = "758c793a-0000-4000-8000-000000000001", "ee4e3943-0000-4000-8000-000000000002"
+    chat = ChatBox(ScriptedClient(  # type: ignore[arg-type]
+        ("tool", {"name": "add_user_to_group", "input": {"user_id": uid, "group_id": gid},
+                  "summary": "Add user Zoe Zimmer <zoe@example.com> to group Engineering",
+                  "is_error": False, "result": "{}"}),
+        ("tool", {"name": "delete_user", "input": {"user_id": uid}, "is_error": True,
+                  "summary": "Delete user Zoe Zimmer <zoe@example.com>", "result": REFUSAL}),
+        done={"stop": "end_turn", "text": "done", "reason": None}))
+    chat.ask("add zoe to engineering, then delete her").result(timeout=30)
+    lines = transcript(chat)
+    assert lines[1] == ("tool", "✓ add_user_to_group — Add user Zoe Zimmer <zoe@example.com> "
+                                "to group Engineering")
+    assert lines[2][0] == "refused" and "Delete user Zoe Zimmer <zoe@example.com>" in lines[2][1]
+    assert all(uid not in text and gid not in text for _, text in lines)
+
+
 def test_a_second_question_comes_after_the_first_answer() -> None:
     chat = ChatBox(ScriptedClient(  # type: ignore[arg-type]
         ("tool", {"name": "list_users", "input": {}, "is_error": False, "result": "[]"}),
