@@ -31,6 +31,7 @@ import argparse
 import os
 import secrets
 import sys
+import textwrap
 import threading
 import time
 from typing import Any, ClassVar
@@ -45,6 +46,12 @@ __all__ = ["main"]
 
 _COLOR = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
+
+
+def _short(text: str, width: int = 240) -> str:
+    """`text` cut at a word boundary, with an ellipsis when cut (never mid-word, e.g. not
+    "(policy tier4-bloc"): the refusal's words a room reads."""
+    return textwrap.shorten(text, width=width, placeholder=" …")
 
 def c(code: str, text: str) -> str:
     return f"\033[{code}m{text}\033[0m" if _COLOR else text
@@ -248,7 +255,7 @@ def converse(client: LabClient, trail: Trail, prompt: str) -> dict[str, Any]:
     for tool in done.get("tools", []):
         failed = tool.get("is_error")
         mark = c("31", "refused or failed") if failed else c("32", "done")
-        detail = f"  {c('2', str(tool.get('result', ''))[:160])}" if failed else ""
+        detail = f"  {c('2', _short(str(tool.get('result', ''))))}" if failed else ""
         say(f"    {c('2', 'tool')} {tool['name']}: {mark}{detail}")
     return done
 
@@ -325,7 +332,7 @@ def tier_verdict(tier: int, done: dict[str, Any], events: list[dict[str, Any]]
         elif code in NOT_APPROVED:
             parts.append(f"{tool['name']} refused: {NOT_APPROVED[code]}, nothing changed")
         else:
-            parts.append(f"{tool['name']} FAILED: {str(tool.get('result', ''))[:120]}")
+            parts.append(f"{tool['name']} FAILED: {_short(str(tool.get('result', '')), 120)}")
             ok = False
     refused = [_code(str(t.get("result", ""))) for t in tools if t.get("is_error")]
     if tier in (2, 3):  # each refusal matches a push the person denied or let expire

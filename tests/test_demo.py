@@ -62,6 +62,10 @@ def test_the_demo_shows_all_four_tiers(tmp_path) -> None:
     assert re.search(r"agent:token_exchange_denied\s+x3\b", out), out
     assert "session-revoked" in out and "the next call was refused" in out
     assert "tier4-blocked" in out and "agent:token_exchange_denied" in out
+    # the refusal's words are cut at a word, never mid-word ("(policy tier4-bloc")
+    refusal = next(line for line in out.splitlines() if "tool delete_user: refused" in line)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", refusal)
+    assert "(policy tier4-blocked)" in plain or plain.endswith(" …"), refusal
     assert "Every tier behaved as designed" in out, out
     verdict = tiers(out)
     assert verdict[1] == ("as designed", "no push", ["list_users done"]), out
