@@ -280,6 +280,29 @@ def test_tiers_and_the_kill_as_a_person_sees_them(ui_lab: Lab, browser: Browser)
         assert lab.verify.directory.user_by_username("bob@example.com") is not None
 
 
+def test_a_failed_calls_row_counts_its_duration_once(ui_lab: Lab, browser: Browser) -> None:
+    """A push that expired, then the call's agent:tool_error (which carries the whole call's
+    duration): the row says the call's duration, not the two added (once 110112 ms for a
+    55 s call)."""
+    with watched_page(browser, "row-duration", base_url=ui_lab.endpoints["chat"]) as w:
+        page = w.page
+        page.goto("/")
+        page.get_by_role("link", name="Sign in").wait_for(timeout=WAIT_MS)
+        shown = page.evaluate("""() => {
+          const r = rowFor("test-call");
+          const at = new Date().toISOString();
+          r.events = [
+            {type: "agent:push_pending", outcome: "pending", durationMs: 0, timestamp: at},
+            {type: "agent:hitl_expired", outcome: "expired", durationMs: 55053, timestamp: at,
+             reason: "alice@example.com did not answer the push in time"},
+            {type: "agent:tool_error", outcome: "error", durationMs: 55059, timestamp: at}];
+          r.first = {...r.events[0], userEmail: "alice@example.com", toolName: "create_user"};
+          renderRow(r);
+          return r.node.querySelector(".line1 .ms").textContent;
+        }""")
+        assert shown == "55059 ms"
+
+
 def test_presenter_mode_by_query_and_toggle(ui_lab: Lab, browser: Browser) -> None:
     with watched_page(browser, "presenter", base_url=ui_lab.endpoints["chat"]) as w:
         page = w.page
