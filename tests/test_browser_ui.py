@@ -303,6 +303,25 @@ def test_a_failed_calls_row_counts_its_duration_once(ui_lab: Lab, browser: Brows
         assert shown == "55059 ms"
 
 
+def test_the_chain_view_follows_a_call_waiting_for_approval(ui_lab: Lab,
+                                                            browser: Browser) -> None:
+    """While a write's push waits, the chain view shows that call at step 4, not the last call
+    that ended (a walkthrough saw list_users 'went through' while create_user waited)."""
+    with watched_page(browser, "chain-waiting", base_url=ui_lab.endpoints["chat"]) as w:
+        page = w.page
+        page.goto("/")
+        page.get_by_role("link", name="Sign in").wait_for(timeout=WAIT_MS)
+        page.evaluate("""() => {
+          makeCard({id: "c1", phase: "start", name: "create_user", tier: 2,
+                    summary: "Create user Yara Young <yara@example.com>"});
+          onApproval({type: "agent:push_pending", outcome: "pending", expiresInS: 60});
+        }""")
+        caption = page.locator("#chain .caption").inner_text()
+        assert "create_user" in caption and "waiting at step 4" in caption
+        assert chain_status(page) == {1: "ok", 2: "ok", 3: "ok", 4: "waiting",
+                                      5: "not_reached", 6: "not_reached", 7: "not_reached"}
+
+
 def test_presenter_mode_by_query_and_toggle(ui_lab: Lab, browser: Browser) -> None:
     with watched_page(browser, "presenter", base_url=ui_lab.endpoints["chat"]) as w:
         page = w.page
