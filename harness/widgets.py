@@ -322,6 +322,9 @@ class PhoneCard:
         push = await asyncio.to_thread(self.wait_for_push, timeout)
         display(HTML(f"<b>Tap {'Approve' if approve else 'Deny'} on the phone card: "
                      f"{_esc(push['binding_message'])}</b>"))
+        # the card itself, here: Run All scrolls past the cell that first showed it (another
+        # view of the same widget, so both show the same buttons and the same state)
+        display(self.widget)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # short sleeps on the kernel loop let clicks in
             record = next((a for a in self.answered if a["id"] == push["id"]), None)

@@ -82,13 +82,20 @@ def test_a_pending_push_appears_and_approve_answers_it_at_the_idp(
 
 
 def test_a_push_nobody_taps_says_how_to_run_without_a_browser(
-        client: LabClient, card: PhoneCard) -> None:
+        client: LabClient, card: PhoneCard, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run headless without IIA_PHONE=scripted, notebooks 03 and 04 wait for a tap nobody
-    makes: the error says what to set, and the push is left to expire (nothing approved)."""
+    makes: the error says what to set, and the push is left to expire (nothing approved).
+    While it waits, the card is shown again where the notebook waits (Run All scrolled past
+    the cell that first showed it)."""
+    import harness.widgets
+
+    shown: list[object] = []
+    monkeypatch.setattr(harness.widgets, "display", shown.append)
     turn = client.ask_async("revoke sessions of peggy@example.com")
     push = card.wait_for_push(timeout=30)
     with pytest.raises(TimeoutError, match="IIA_PHONE=scripted"):
         asyncio.run(card.expect(timeout=1))
+    assert card.widget in shown
     assert outcomes(client, push["id"]) == ["pending"]
     card.deny_button.click()  # end the turn
     assert turn.result(timeout=30)["stop"] == "end_turn"
