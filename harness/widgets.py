@@ -329,6 +329,14 @@ class PhoneCard:
         while time.monotonic() < deadline:  # short sleeps on the kernel loop let clicks in
             record = next((a for a in self.answered if a["id"] == push["id"]), None)
             if record is not None:
+                wanted = "approved" if approve else "denied"
+                if record["outcome"] != wanted:  # the other button: say what it did
+                    raise AssertionError(
+                        f"this step asks you to tap {'Approve' if approve else 'Deny'}, and the "
+                        f"push was {record['outcome']}: {push['binding_message']} "
+                        f"{'went ahead' if record['outcome'] == 'approved' else 'did not run'}."
+                        " Run the cell again to retry; for a fresh tenant, "
+                        "`.venv/bin/iia-lab restart verify`")
                 return record
             await asyncio.sleep(0.1)
         raise TimeoutError(

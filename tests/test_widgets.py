@@ -101,6 +101,23 @@ def test_a_push_nobody_taps_says_how_to_run_without_a_browser(
     assert turn.result(timeout=30)["stop"] == "end_turn"
 
 
+def test_tapping_the_other_button_says_what_it_did(client: LabClient, card: PhoneCard) -> None:
+    """The notebook asks for Deny and the person taps Approve: a sentence saying which, what
+    it did and how to start over, not a bare AssertionError three cells later."""
+    turn = client.ask_async("revoke sessions of peggy@example.com")
+    card.wait_for_push(timeout=30)
+
+    async def wrong_tap() -> None:
+        waiting = asyncio.ensure_future(card.expect(approve=False, timeout=60))
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(card.approve_button.click)
+        await waiting
+
+    with pytest.raises(AssertionError, match=r"tap Deny, and the push was approved.*went ahead"):
+        asyncio.run(wrong_tap())
+    assert turn.result(timeout=30)["stop"] == "end_turn"
+
+
 def test_the_binding_view_shows_the_digest_of_this_push_signed_in_client_data(
         lab: Lab, client: LabClient, card: PhoneCard) -> None:
     turn = client.ask_async("revoke sessions of peggy@example.com")
