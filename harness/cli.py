@@ -186,6 +186,7 @@ def _up_detached(directory: Path, timeout: float | None) -> int:
                 print(f"iia-lab: {failed[0]['name']} failed: {failed[0]['detail']}\n"
                       "iia-lab: stopping the lab.", file=sys.stderr)
                 _stop_pid(child.pid, directory)
+                _wait_cleaned(directory)
                 return 1
             if all(s["state"] == "healthy" for s in services) and \
                     _read_endpoints(directory) is not None:
@@ -459,6 +460,15 @@ def cmd_service(args: argparse.Namespace) -> int:
 
 
 # -- down -------------------------------------------------------------------------------------
+
+def _wait_cleaned(directory: Path, timeout: float = 30.0) -> None:
+    """Return once the stopped lab's state files are gone (it removes them as it exits), so
+    that a failed `up` leaves nothing behind when it returns, not a moment later."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(
+            (directory / name).exists() for name in STATE_FILES):
+        time.sleep(0.05)
+
 
 def _stop_pid(pid: int, directory: Path, grace: float = 60.0) -> None:
     """SIGTERM the lab, wait for it to exit (it stops its children and removes what it made),
